@@ -1,0 +1,2 @@
+//! Benchmarks printing JSON.
+fn main() {}

@@ -1,0 +1,55 @@
+//! Constants shared by the host and the guest.
+
+use std::time::Duration;
+
+/// Protocol generation carried in every envelope (`v`). Modelled on microsandbox's generation 7.
+pub const PROTOCOL_GENERATION: u32 = 7;
+
+/// Name of the virtio-console port that carries the agent channel.
+pub const AGENT_PORT_NAME: &str = "agent";
+
+/// virtio-fs tag of the runtime share (image cache and per-sandbox files), when one is attached.
+pub const RUNTIME_FS_TAG: &str = "msb_runtime";
+
+/// Where agentd mounts the runtime share inside the guest.
+pub const RUNTIME_MOUNT_POINT: &str = "/.msb";
+
+/// Smallest valid `len` field: a frame always carries `id` (4 bytes) and `flags` (1 byte).
+pub const MIN_FRAME_LEN: u32 = 5;
+
+/// Largest valid `len` field (4 MiB). Bounds every allocation made for one frame.
+pub const MAX_FRAME_LEN: u32 = 4 * 1024 * 1024;
+
+/// Size of the `len` prefix.
+pub const LEN_PREFIX_SIZE: usize = 4;
+
+/// Bytes of a frame header after `len`: `id` (4) + `flags` (1).
+pub const FRAME_HEADER_SIZE: usize = 5;
+
+/// Largest stdout/stderr/stdin chunk a sender puts in one `core.exec.*` frame. Leaves room for
+/// the envelope under [`MAX_FRAME_LEN`].
+pub const MAX_STREAM_CHUNK: usize = 1024 * 1024;
+
+/// Largest chunk of a streamed `core.fs.data` transfer (3 MiB).
+pub const MAX_FS_CHUNK: usize = 3 * 1024 * 1024;
+
+/// Correlation id reserved for connection-level control frames.
+pub const CONTROL_ID: u32 = 0;
+
+/// Host clients the VMM's relay serves at most.
+pub const RELAY_MAX_CLIENTS: u32 = 128;
+
+/// Width of each relay client's correlation id range.
+pub const RELAY_ID_STEP: u32 = u32::MAX / RELAY_MAX_CLIENTS;
+
+/// How long agentd lets container inits handle SIGTERM on `core.shutdown` before SIGKILL.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// How long the host waits for the VMM to exit after `core.shutdown` before killing it.
+pub const SHUTDOWN_HOST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Exit code reported for a process killed by the OOM killer (`128 + SIGKILL`).
+pub const OOM_EXIT_CODE: i32 = 137;
+
+/// Base added to a signal number to form the exit code of a signal death, as shells and runc do.
+pub const SIGNAL_EXIT_BASE: i32 = 128;

@@ -1,0 +1,64 @@
+//! The wire protocol between the microsandbox host and agentd, the guest's PID 1.
+//!
+//! One byte stream (a virtio-console port named `agent`) carries frames:
+//!
+//! ```text
+//! [len: u32 BE][id: u32 BE][flags: u8][body: CBOR { "v": generation, "t": type, "p": payload }]
+//! ```
+//!
+//! - `len` counts `id + flags + body`, so `5 <= len <= 4 MiB` ([`MAX_FRAME_LEN`]); anything else
+//!   is a fatal framing error ([`FrameError`]) and the reader stops without allocating for it.
+//! - `id` correlates the frames of one session (an exec, an fs request, a container); `0` is the
+//!   connection-level control id.
+//! - `flags`: `0x01` terminal, `0x02` session start, `0x04` shutdown. Each message type implies
+//!   exactly one value ([`types::implied_flags`]); a mismatch is a [`MessageError`] answered with
+//!   `core.error{invalid_flags}`.
+//! - `p` is the CBOR payload of the type: structs as text-keyed maps, byte fields as byte
+//!   strings, `None` as null, unknown fields ignored.
+//!
+//! Layers: [`frame`] (bytes <-> [`Frame`], blocking and, with the `tokio` feature, async via
+//! [`codec::FrameCodec`]), [`message`] (frame <-> envelope, typed payloads via [`Payload`]),
+//! [`types`] (every payload), [`boot`] (the `MSB_*` kernel command line settings), [`relay`]
+//! (id ranges of the VMM's multi-client relay) and [`consts`].
+//!
+//! This crate does no I/O of its own beyond the `Read`/`Write`/codec adapters.
+
+pub mod boot;
+#[cfg(feature = "tokio")]
+pub mod codec;
+pub mod consts;
+pub mod flags;
+pub mod frame;
+pub mod message;
+pub mod relay;
+pub mod types;
+
+pub use consts::*;
+pub use flags::Flags;
+pub use frame::{read_frame, write_frame, Frame, FrameError};
+pub use message::{Message, MessageError, Payload};
+
+/// Any failure to turn bytes into a usable message: a framing error (fatal for the connection)
+/// or a message error (answered with `core.error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The byte stream is not valid framing.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A well-framed message is unusable.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+}
+
+/// Reads one message from a blocking reader: `Ok(None)` at a clean end of stream.
+pub fn read_message<R: std::io::Read>(reader: &mut R) -> Result<Option<Message>, ProtocolError> {
+    match read_frame(reader)? {
+        Some(frame) => Ok(Some(Message::from_frame(&frame)?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes one message to a blocking writer.
+pub fn write_message<W: std::io::Write>(writer: &mut W, msg: &Message) -> Result<(), FrameError> {
+    write_frame(writer, &msg.to_frame())
+}

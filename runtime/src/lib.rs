@@ -1,0 +1,1 @@
+//! A microsandbox sandbox on the host (filled by the guest-slice issue).
