@@ -1,2 +1,25 @@
-//! Benchmarks printing JSON.
-fn main() {}
+//! Benchmarks that print JSON, one object per run, for `docs/PERFORMANCE.md`.
+//!
+//! `msb-bench codec` measures the protocol codec on the stdout path: a `core.exec.stdout`
+//! payload encoded to a frame and decoded back, for several payload sizes.
+
+mod codec;
+
+use anyhow::{bail, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("codec") | None => {
+            let report = codec::run(std::time::Duration::from_millis(
+                std::env::var("MSB_BENCH_MILLIS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1500),
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Some(other) => bail!("unknown benchmark {other:?}; available: codec"),
+    }
+}

@@ -61,6 +61,6 @@ impl Encoder<Message> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), FrameError> {
-        msg.to_frame().encode_into(dst)
+        msg.encode_into(dst)
     }
 }

@@ -27,6 +27,7 @@ pub mod boot;
 #[cfg(feature = "tokio")]
 pub mod codec;
 pub mod consts;
+mod envelope;
 pub mod flags;
 pub mod frame;
 pub mod message;

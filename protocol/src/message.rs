@@ -7,9 +7,10 @@
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::consts::PROTOCOL_GENERATION;
+use crate::envelope;
 use crate::flags::Flags;
 use crate::frame::Frame;
 use crate::types::ErrorKind;
@@ -117,20 +118,24 @@ impl MessageError {
     }
 }
 
-/// The envelope as written: borrows the message.
-#[derive(Serialize)]
-struct EnvelopeOut<'a> {
-    v: u32,
-    t: &'a str,
-    p: &'a serde_bytes::Bytes,
-}
-
-/// The envelope as read: owns what it decoded (ciborium deserializes owned values only).
-#[derive(Deserialize)]
-struct EnvelopeIn {
-    v: u32,
-    t: String,
-    p: serde_bytes::ByteBuf,
+/// Runs `f` with a reusable per-thread scratch buffer of at least `len` bytes, so that a byte
+/// string in a payload is read in one piece instead of 4 KiB pulls. `len` is a payload length,
+/// hence bounded by the frame limit.
+fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let want = len.max(4096);
+            if scratch.len() < want {
+                scratch.resize(want, 0);
+            }
+            f(&mut scratch[..want])
+        }
+        // Re-entered from inside a decode: fall back to a small stack buffer.
+        Err(_) => f(&mut [0u8; 4096]),
+    })
 }
 
 /// Encodes a value as CBOR.
@@ -170,7 +175,10 @@ impl Message {
                 actual: self.kind.clone(),
             });
         }
-        ciborium::from_reader(self.payload.as_ref()).map_err(|e| MessageError::InvalidPayload {
+        with_scratch(self.payload.len(), |scratch| {
+            ciborium::de::from_reader_with_buffer(self.payload.as_ref(), scratch)
+        })
+        .map_err(|e| MessageError::InvalidPayload {
             id: self.id,
             kind: self.kind.clone(),
             reason: e.to_string(),
@@ -182,17 +190,16 @@ impl Message {
     /// Unknown types are accepted here (any flags); the receiver answers them with
     /// `core.error{unsupported_message_type}`.
     pub fn from_frame(frame: &Frame) -> Result<Message, MessageError> {
-        let env: EnvelopeIn = ciborium::from_reader(frame.body.as_ref()).map_err(
-            |e: ciborium::de::Error<std::io::Error>| MessageError::MalformedEnvelope {
+        let env =
+            envelope::decode(&frame.body).map_err(|reason| MessageError::MalformedEnvelope {
                 id: frame.id,
-                reason: e.to_string(),
-            },
-        )?;
-        if let Some(expected) = crate::types::implied_flags(&env.t) {
+                reason,
+            })?;
+        if let Some(expected) = crate::types::implied_flags(&env.kind) {
             if expected != frame.flags {
                 return Err(MessageError::FlagsMismatch {
                     id: frame.id,
-                    kind: env.t,
+                    kind: env.kind,
                     expected,
                     actual: frame.flags,
                 });
@@ -201,23 +208,47 @@ impl Message {
         Ok(Message {
             id: frame.id,
             flags: frame.flags,
-            version: env.v,
-            kind: env.t,
-            payload: Bytes::from(env.p.into_vec()),
+            version: env.version,
+            kind: env.kind,
+            payload: env.payload,
         })
     }
 
     /// Encodes the envelope into a frame.
     pub fn to_frame(&self) -> Frame {
-        let env = EnvelopeOut {
-            v: self.version,
-            t: &self.kind,
-            p: serde_bytes::Bytes::new(&self.payload),
-        };
         let mut body = Vec::with_capacity(self.payload.len() + self.kind.len() + 16);
-        // Writing a map of an integer, a text and a byte string into a Vec cannot fail.
-        ciborium::into_writer(&env, &mut body).expect("envelope encoding into a Vec is infallible");
+        envelope::encode(self.version, &self.kind, &self.payload, &mut body);
         Frame::new(self.id, self.flags, body)
+    }
+
+    /// Appends the whole frame to `dst` without building an intermediate [`Frame`] (the codec's
+    /// path: one copy of the payload).
+    pub fn encode_into(&self, dst: &mut bytes::BytesMut) -> Result<(), crate::FrameError> {
+        use bytes::BufMut;
+        let start = dst.len();
+        dst.reserve(
+            crate::consts::LEN_PREFIX_SIZE
+                + crate::consts::FRAME_HEADER_SIZE
+                + self.payload.len()
+                + self.kind.len()
+                + 16,
+        );
+        dst.put_u32(0); // patched below, once the body length is known
+        dst.put_u32(self.id);
+        dst.put_u8(self.flags.bits());
+        envelope::encode(
+            self.version,
+            &self.kind,
+            &self.payload,
+            envelope::BytesMutWriter(dst),
+        );
+        let len = dst.len() - start - crate::consts::LEN_PREFIX_SIZE;
+        if len > crate::consts::MAX_FRAME_LEN as usize {
+            dst.truncate(start);
+            return Err(crate::FrameError::LengthTooLong { len: len as u64 });
+        }
+        dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
     }
 }
 
