@@ -43,11 +43,18 @@ TOML
   return 1
 }
 
+# Stops the containerd started by ctrd_start and waits for it to exit.
 ctrd_stop() {
-  if [ -f "$MSB_CTRD_DIR/containerd.pid" ]; then
-    kill "$(cat "$MSB_CTRD_DIR/containerd.pid")" 2>/dev/null || true
-    rm -f "$MSB_CTRD_DIR/containerd.pid"
-  fi
+  local pid i
+  [ -f "$MSB_CTRD_DIR/containerd.pid" ] || return 0
+  pid=$(cat "$MSB_CTRD_DIR/containerd.pid")
+  kill "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$MSB_CTRD_DIR/containerd.pid"
 }
 
 # Builds a one-layer busybox image as an oci-archive and imports it as $2 (e.g.

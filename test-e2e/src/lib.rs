@@ -2,3 +2,6 @@
 //! distribution registry on 127.0.0.1 and real guests under QEMU, and drive the shipped binaries.
 //!
 //! The harness lives here; the tests live in `tests/`.
+
+pub mod containerd;
+pub mod paths;
