@@ -1,1 +1,13 @@
-//! containerd shim v2 and the `msbox` CLI (filled by later issues).
+//! containerd shim v2 (`containerd-shim-microsandbox-v1`: task service, stdio, events, pod
+//! grouping, configuration) and the `msbox` CLI. See `docs/SHIM.md`.
+
+pub mod cleanup;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod record;
+pub mod runtime_adapter;
+pub mod sandbox;
+pub mod shim;
+pub mod stdio;
+pub mod task;

@@ -1,0 +1,107 @@
+//! The binary's `delete` action: containerd runs it after the shim process died (crash, OOM
+//! kill) to clean up what the shim can no longer Delete. It works from the bundle's record alone:
+//! kills the VMM if it still runs (matching pid and start time), removes the container's disk
+//! images and state, and answers like runc's shim (exit status 137 = 128+SIGKILL).
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::MessageField;
+
+use crate::events::timestamp;
+use crate::record::{BundleRecord, RECORD_FILE};
+
+/// Exit status reported for a task whose shim died.
+pub const EXIT_SHIM_DIED: u32 = 137;
+
+/// Cleans up the container of `bundle`; never fails (each failure is logged and skipped).
+pub fn cleanup_bundle(bundle: &Path) -> DeleteResponse {
+    match BundleRecord::read(bundle) {
+        Ok(Some(rec)) => cleanup_record(bundle, &rec),
+        Ok(None) => tracing::info!(bundle = %bundle.display(), "no cleanup record; nothing to do"),
+        Err(e) => tracing::warn!(bundle = %bundle.display(), error = %e, "read cleanup record"),
+    }
+    DeleteResponse {
+        pid: 0,
+        exit_status: EXIT_SHIM_DIED,
+        exited_at: MessageField::some(timestamp(SystemTime::now())),
+        ..Default::default()
+    }
+}
+
+fn cleanup_record(bundle: &Path, rec: &BundleRecord) {
+    if let Some(vmm) = rec.vmm {
+        if vmm.is_alive() {
+            tracing::info!(pid = vmm.pid, "killing leftover VMM");
+            if let Ok(pid) = i32::try_from(vmm.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    for f in &rec.owned_files {
+        let _ = std::fs::remove_file(f);
+    }
+    if let Err(e) = std::fs::remove_dir_all(&rec.state_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %rec.state_dir.display(), error = %e, "remove state directory");
+        }
+    }
+    if rec.sandbox_id == rec.container_id {
+        if let Some(ns_dir) = rec.state_dir.parent() {
+            let _ = std::fs::remove_dir_all(ns_dir.join("sandboxes").join(&rec.sandbox_id));
+        }
+    }
+    let _ = std::fs::remove_file(bundle.join(RECORD_FILE));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::VmmRecord;
+
+    #[test]
+    fn cleanup_kills_the_recorded_vmm_and_removes_state() {
+        let bundle = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let state_dir = state.path().join("default/c1");
+        let sandbox_dir = state.path().join("default/sandboxes/c1");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        std::fs::create_dir_all(&sandbox_dir).unwrap();
+        let upper = state_dir.join("upper.ext4");
+        std::fs::write(&upper, b"x").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let rec = BundleRecord {
+            namespace: "default".into(),
+            container_id: "c1".into(),
+            sandbox_id: "c1".into(),
+            state_dir: state_dir.clone(),
+            owned_files: vec![upper.clone()],
+            vmm: VmmRecord::of_pid(child.id()),
+        };
+        rec.write(bundle.path()).unwrap();
+        let resp = cleanup_bundle(bundle.path());
+        assert_eq!(resp.exit_status, 137);
+        assert!(resp.exited_at.is_some());
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(!state_dir.exists());
+        assert!(!sandbox_dir.exists());
+        assert!(!bundle.path().join(RECORD_FILE).exists());
+    }
+
+    #[test]
+    fn cleanup_without_record_still_answers() {
+        let bundle = tempfile::tempdir().unwrap();
+        assert_eq!(cleanup_bundle(bundle.path()).exit_status, 137);
+    }
+}

@@ -1,0 +1,169 @@
+//! What a task needs from a VM, as a narrow trait the task service is written against.
+//!
+//! The runtime crate (VMM backends, guest agent client) is built in parallel; the shim depends on
+//! this trait only, so the whole task service is testable with [`fake::FakeSandbox`] (feature
+//! `test-utils`) and the real runtime plugs in through one thin adapter ([`crate::runtime_adapter`]).
+//!
+//! A [`SandboxFactory`] boots one VM per pod (or per container when there is no pod); a
+//! [`Sandbox`] runs containers and processes in it. Each process comes back as an
+//! [`ExecSession`]: its pid, a stdin sender, an output receiver and a one-shot exit status, so the
+//! shim can drain the output before it reports the exit. OOM kills and the death of the VM arrive
+//! on the sandbox's event stream ([`Sandbox::subscribe`]).
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use msb_oci::OciRootfsSource;
+use msb_protocol::types::{
+    ContainerCreate, ContainerStatsReply, ExecFailureKind, ExecRequest, Resources,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::SandboxConfig;
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fake;
+
+/// Why a sandbox operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SandboxError {
+    /// The VM could not be started.
+    #[error("boot sandbox: {0}")]
+    Boot(String),
+    /// The root file system could not be prepared (images, disks).
+    #[error("prepare rootfs: {0}")]
+    Rootfs(String),
+    /// The guest refused or failed a container request.
+    #[error("container {id}: {message}")]
+    Container {
+        /// Container id.
+        id: String,
+        /// The guest's message.
+        message: String,
+    },
+    /// A process could not start.
+    #[error("exec failed ({kind:?}): {message}")]
+    ExecFailed {
+        /// Category from the guest.
+        kind: ExecFailureKind,
+        /// The guest's message.
+        message: String,
+    },
+    /// The guest knows no such container or process.
+    #[error("not found in sandbox: {0}")]
+    NotFound(String),
+    /// The VM or its agent connection is gone.
+    #[error("sandbox is gone: {0}")]
+    Gone(String),
+    /// Anything else on the way to the guest.
+    #[error("sandbox: {0}")]
+    Other(String),
+}
+
+/// Identifies a process in the shim: its container and its exec id (`None` for the init).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProcessKey {
+    /// Container id.
+    pub container: String,
+    /// Exec id; `None` is the container's init process.
+    pub exec_id: Option<String>,
+}
+
+/// A chunk of process output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// From stdout (or the terminal).
+    Stdout(Vec<u8>),
+    /// From stderr.
+    Stderr(Vec<u8>),
+}
+
+/// A running process in the guest.
+#[derive(Debug)]
+pub struct ExecSession {
+    /// Its pid in the VM.
+    pub pid: u32,
+    /// Bytes for its stdin; an empty chunk is EOF. `None` when it has no stdin.
+    pub stdin: Option<mpsc::Sender<Vec<u8>>>,
+    /// Its output; closed once the process's output ended.
+    pub output: mpsc::Receiver<Output>,
+    /// Its exit status (exact code, or 128+signal). Dropped without a value when the VM died.
+    pub exit: oneshot::Receiver<i32>,
+}
+
+/// Something the sandbox reports on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxEvent {
+    /// A container's memory cgroup recorded an OOM kill.
+    Oom {
+        /// Container id.
+        container: String,
+    },
+    /// The VM stopped (crash, poweroff); every process is gone.
+    Died {
+        /// Why, as far as known.
+        reason: String,
+    },
+}
+
+/// Host-side disks prepared for a container's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedRootfs {
+    /// What the guest mounts.
+    pub spec: msb_protocol::types::RootfsSpec,
+    /// Files the shim must remove at Delete (the container's upper image, ...).
+    pub owned_files: Vec<PathBuf>,
+}
+
+/// One VM.
+#[async_trait]
+pub trait Sandbox: Send + Sync + Debug {
+    /// Turns a rootfs source into disks attached to this VM: the lowers as a cached read-only
+    /// EROFS image, a fresh ext4 upper of `upper_size` bytes in `state_dir`.
+    async fn prepare_rootfs(
+        &self,
+        container: &str,
+        source: &OciRootfsSource,
+        upper_size: u64,
+        state_dir: &std::path::Path,
+    ) -> Result<PreparedRootfs, SandboxError>;
+    /// Prepares the container's root and namespaces.
+    async fn create_container(&self, create: ContainerCreate) -> Result<(), SandboxError>;
+    /// Starts a process (the init when `key.exec_id` is `None`).
+    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError>;
+    /// Delivers a signal to a process, or with `all` to every process of its container.
+    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), SandboxError>;
+    /// Resizes a process's terminal.
+    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), SandboxError>;
+    /// Freezes a container.
+    async fn pause(&self, container: &str) -> Result<(), SandboxError>;
+    /// Thaws a container.
+    async fn resume(&self, container: &str) -> Result<(), SandboxError>;
+    /// Changes a container's limits.
+    async fn update(&self, container: &str, resources: Resources) -> Result<(), SandboxError>;
+    /// Reads a container's cgroup figures.
+    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, SandboxError>;
+    /// Lists a container's pids.
+    async fn pids(&self, container: &str) -> Result<Vec<u32>, SandboxError>;
+    /// Kills what is left of a container and forgets it.
+    async fn delete_container(&self, container: &str) -> Result<(), SandboxError>;
+    /// Stops the VM (clean guest shutdown, then the VMM).
+    async fn shutdown(&self) -> Result<(), SandboxError>;
+    /// The pid of the VMM process on the host (recorded for cleanup after a shim crash).
+    fn vmm_pid(&self) -> Option<u32>;
+    /// OOM kills and VM death.
+    fn subscribe(&self) -> broadcast::Receiver<SandboxEvent>;
+}
+
+/// Boots sandboxes.
+#[async_trait]
+pub trait SandboxFactory: Send + Sync + Debug {
+    /// Boots a VM for sandbox `id` with `config`, keeping its files under `state_dir`.
+    async fn boot(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        state_dir: &std::path::Path,
+    ) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError>;
+}

@@ -1,0 +1,386 @@
+//! A scripted in-memory sandbox for unit tests of the task service (feature `test-utils`).
+//! Never a product backend: it runs nothing.
+//!
+//! Every call is recorded as a line (`create_container c1`, `signal c1/- 15 all=false`). A process
+//! stays running until the test ends it ([`FakeSandbox::exit`]) or a signal with a default fatal
+//! action arrives (SIGKILL, SIGTERM, SIGINT, SIGHUP: it exits with 128+signal, as agentd would
+//! report). `cmd = "missing"` fails to start with `NotFound` (exit 127).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use msb_oci::OciRootfsSource;
+use msb_protocol::types::{
+    ContainerCreate, ContainerStatsReply, ExecFailureKind, ExecRequest, Resources, RootfsSpec,
+    StorageRef,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
+    SandboxFactory,
+};
+use crate::config::SandboxConfig;
+
+/// The guest side of one fake process.
+#[derive(Debug)]
+struct FakeProcess {
+    pid: u32,
+    output: Option<mpsc::Sender<Output>>,
+    exit: Option<oneshot::Sender<i32>>,
+    stdin: mpsc::Receiver<Vec<u8>>,
+    request: ExecRequest,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    calls: Vec<String>,
+    creates: Vec<ContainerCreate>,
+    processes: HashMap<ProcessKey, FakeProcess>,
+    next_pid: u32,
+    fail_create: Option<String>,
+}
+
+/// A fake VM.
+#[derive(Debug)]
+pub struct FakeSandbox {
+    id: String,
+    state: Mutex<FakeState>,
+    events: broadcast::Sender<SandboxEvent>,
+}
+
+fn key_str(key: &ProcessKey) -> String {
+    format!(
+        "{}/{}",
+        key.container,
+        key.exec_id.as_deref().unwrap_or("-")
+    )
+}
+
+impl FakeSandbox {
+    /// A fake VM named `id`.
+    pub fn new(id: &str) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.to_owned(),
+            state: Mutex::new(FakeState {
+                next_pid: 100,
+                ..FakeState::default()
+            }),
+            events: broadcast::channel(16).0,
+        })
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Every call so far, one line each.
+    pub fn calls(&self) -> Vec<String> {
+        self.st().calls.clone()
+    }
+
+    /// Every `create_container` payload so far.
+    pub fn creates(&self) -> Vec<ContainerCreate> {
+        self.st().creates.clone()
+    }
+
+    /// The request a process was started with.
+    pub fn request(&self, key: &ProcessKey) -> Option<ExecRequest> {
+        self.st().processes.get(key).map(|p| p.request.clone())
+    }
+
+    /// Makes the next `create_container` fail with `message`.
+    pub fn fail_next_create(&self, message: &str) {
+        self.st().fail_create = Some(message.to_owned());
+    }
+
+    /// Emits output from a process.
+    pub async fn output(&self, key: &ProcessKey, chunk: Output) {
+        let tx = self.st().processes.get(key).and_then(|p| p.output.clone());
+        if let Some(tx) = tx {
+            let _ = tx.send(chunk).await;
+        }
+    }
+
+    /// Ends a process with `code`.
+    pub fn exit(&self, key: &ProcessKey, code: i32) {
+        let mut st = self.st();
+        if let Some(p) = st.processes.get_mut(key) {
+            p.output = None;
+            if let Some(tx) = p.exit.take() {
+                let _ = tx.send(code);
+            }
+        }
+    }
+
+    /// Reports an OOM kill of `container`: the event, then its init exits with 137.
+    pub fn oom(&self, container: &str) {
+        let _ = self.events.send(SandboxEvent::Oom {
+            container: container.to_owned(),
+        });
+        self.exit(
+            &ProcessKey {
+                container: container.to_owned(),
+                exec_id: None,
+            },
+            137,
+        );
+    }
+
+    /// Kills the VM: every process vanishes without a status.
+    pub fn die(&self) {
+        let mut st = self.st();
+        for p in st.processes.values_mut() {
+            p.output = None;
+            p.exit = None;
+        }
+        let _ = self.events.send(SandboxEvent::Died {
+            reason: "fake VMM killed".into(),
+        });
+    }
+
+    /// What a process received on stdin so far (chunks; an empty chunk is EOF).
+    pub fn stdin(&self, key: &ProcessKey) -> Vec<Vec<u8>> {
+        let mut st = self.st();
+        let mut out = Vec::new();
+        if let Some(p) = st.processes.get_mut(key) {
+            while let Ok(chunk) = p.stdin.try_recv() {
+                out.push(chunk);
+            }
+        }
+        out
+    }
+
+    fn record(&self, line: String) {
+        self.st().calls.push(line);
+    }
+}
+
+#[async_trait]
+impl Sandbox for FakeSandbox {
+    async fn prepare_rootfs(
+        &self,
+        container: &str,
+        source: &OciRootfsSource,
+        upper_size: u64,
+        state_dir: &Path,
+    ) -> Result<PreparedRootfs, SandboxError> {
+        self.record(format!(
+            "prepare_rootfs {container} lowers={} upper_size={upper_size}",
+            source.lowers.len()
+        ));
+        let upper = state_dir.join("upper.ext4");
+        std::fs::write(&upper, b"").map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+        Ok(PreparedRootfs {
+            spec: RootfsSpec {
+                lower: vec![StorageRef::Serial(format!(
+                    "lower-{}",
+                    &source.cache_key.as_str()[..8]
+                ))],
+                upper: StorageRef::Serial(format!("upper-{container}")),
+                fstype: "ext4".into(),
+                readonly: false,
+            },
+            owned_files: vec![upper],
+        })
+    }
+
+    async fn create_container(&self, create: ContainerCreate) -> Result<(), SandboxError> {
+        self.record(format!("create_container {}", create.id));
+        let mut st = self.st();
+        if let Some(message) = st.fail_create.take() {
+            return Err(SandboxError::Container {
+                id: create.id,
+                message,
+            });
+        }
+        st.creates.push(create);
+        Ok(())
+    }
+
+    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError> {
+        self.record(format!("exec {} {}", key_str(key), req.cmd));
+        if req.cmd == "missing" {
+            return Err(SandboxError::ExecFailed {
+                kind: ExecFailureKind::NotFound,
+                message: "missing: no such file or directory".into(),
+            });
+        }
+        let (out_tx, out_rx) = mpsc::channel(16);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let (in_tx, in_rx) = mpsc::channel(16);
+        let mut st = self.st();
+        st.next_pid += 1;
+        let pid = st.next_pid;
+        st.processes.insert(
+            key.clone(),
+            FakeProcess {
+                pid,
+                output: Some(out_tx),
+                exit: Some(exit_tx),
+                stdin: in_rx,
+                request: req.clone(),
+            },
+        );
+        Ok(ExecSession {
+            pid,
+            stdin: req.stdin.then_some(in_tx),
+            output: out_rx,
+            exit: exit_rx,
+        })
+    }
+
+    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), SandboxError> {
+        self.record(format!("signal {} {signal} all={all}", key_str(key)));
+        if !self.st().processes.contains_key(key) {
+            return Err(SandboxError::NotFound(key_str(key)));
+        }
+        if matches!(signal, 1 | 2 | 9 | 15) {
+            let keys: Vec<ProcessKey> = if all {
+                self.st()
+                    .processes
+                    .keys()
+                    .filter(|k| k.container == key.container)
+                    .cloned()
+                    .collect()
+            } else {
+                vec![key.clone()]
+            };
+            for k in keys {
+                self.exit(&k, 128 + signal);
+            }
+        }
+        Ok(())
+    }
+
+    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), SandboxError> {
+        self.record(format!("resize {} {rows}x{cols}", key_str(key)));
+        Ok(())
+    }
+
+    async fn pause(&self, container: &str) -> Result<(), SandboxError> {
+        self.record(format!("pause {container}"));
+        Ok(())
+    }
+
+    async fn resume(&self, container: &str) -> Result<(), SandboxError> {
+        self.record(format!("resume {container}"));
+        Ok(())
+    }
+
+    async fn update(&self, container: &str, resources: Resources) -> Result<(), SandboxError> {
+        self.record(format!(
+            "update {container} memory={:?} pids={:?}",
+            resources.memory_limit, resources.pids_limit
+        ));
+        Ok(())
+    }
+
+    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, SandboxError> {
+        self.record(format!("stats {container}"));
+        let mut reply = ContainerStatsReply::default();
+        reply.memory.usage = 4096;
+        reply.pids.current = 1;
+        Ok(reply)
+    }
+
+    async fn pids(&self, container: &str) -> Result<Vec<u32>, SandboxError> {
+        self.record(format!("pids {container}"));
+        let st = self.st();
+        let mut pids: Vec<u32> = st
+            .processes
+            .iter()
+            .filter(|(k, p)| k.container == container && p.exit.is_some())
+            .map(|(_, p)| p.pid)
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    async fn delete_container(&self, container: &str) -> Result<(), SandboxError> {
+        self.record(format!("delete_container {container}"));
+        self.st().processes.retain(|k, _| k.container != container);
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<(), SandboxError> {
+        self.record("shutdown".into());
+        Ok(())
+    }
+
+    fn vmm_pid(&self) -> Option<u32> {
+        None
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<SandboxEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// One VM a [`FakeFactory`] booted: id, config, state dir, the VM.
+type Booted = (String, SandboxConfig, PathBuf, Arc<FakeSandbox>);
+
+/// Boots [`FakeSandbox`]es and keeps them for the test to drive.
+#[derive(Debug, Default)]
+pub struct FakeFactory {
+    booted: Mutex<Vec<Booted>>,
+    fail: Mutex<Option<String>>,
+}
+
+impl FakeFactory {
+    /// A factory.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The VMs booted so far, in order.
+    pub fn sandboxes(&self) -> Vec<Arc<FakeSandbox>> {
+        self.lock().iter().map(|(_, _, _, s)| s.clone()).collect()
+    }
+
+    /// The configs VMs were booted with, in order.
+    pub fn configs(&self) -> Vec<(String, SandboxConfig)> {
+        self.lock()
+            .iter()
+            .map(|(id, c, _, _)| (id.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Makes the next boot fail.
+    pub fn fail_next_boot(&self, message: &str) {
+        *self.fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.to_owned());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Booted>> {
+        self.booted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl SandboxFactory for FakeFactory {
+    async fn boot(
+        &self,
+        id: &str,
+        config: &SandboxConfig,
+        state_dir: &Path,
+    ) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        if let Some(m) = self.fail.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(SandboxError::Boot(m));
+        }
+        let sb = FakeSandbox::new(id);
+        self.lock().push((
+            id.to_owned(),
+            config.clone(),
+            state_dir.to_path_buf(),
+            sb.clone(),
+        ));
+        Ok(sb)
+    }
+}

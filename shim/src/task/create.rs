@@ -1,0 +1,216 @@
+//! `Create`: read the bundle, prepare the root's disks, boot or join the pod's VM, and prepare the
+//! container in it. The init process is only described here; `Start` runs it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim::api::{CreateTaskRequest, CreateTaskResponse};
+use msb_oci::{Bundle, OciRootfsSource, RootfsMount};
+
+use super::{Container, Pod, Process, TaskService};
+use crate::config::{runtime_options_config_path, ShimConfig, SANDBOX_ID_ANNOTATION};
+use crate::error::ShimError;
+use crate::events::{EventMount, TaskEvent, TaskIo};
+use crate::record::BundleRecord;
+use crate::sandbox::{ProcessKey, Sandbox};
+
+impl TaskService {
+    /// Handles `Create`.
+    pub async fn create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, ShimError> {
+        let id = req.id.clone();
+        if id.is_empty() {
+            return Err(ShimError::InvalidArgument("container id is empty".into()));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented("restoring from a checkpoint"));
+        }
+        if self.inner.tables.lock().await.containers.contains_key(&id) {
+            return Err(ShimError::AlreadyExists(format!("container {id}")));
+        }
+        let bundle = Bundle::load(&req.bundle)?;
+        let annotations = bundle.annotations();
+        let sandbox_id = annotations
+            .get(SANDBOX_ID_ANNOTATION)
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| id.clone());
+        let config = match &self.inner.config_override {
+            Some(c) => c.clone(),
+            None => {
+                let path = match req.options.as_ref() {
+                    Some(any) => runtime_options_config_path(&any.type_url, &any.value)?,
+                    None => None,
+                };
+                ShimConfig::discover(path.as_deref())?
+            }
+        };
+        let cconfig = config.for_container(&annotations)?;
+        let mounts: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                typ: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let source = OciRootfsSource::from_mounts(bundle.dir(), &mounts, &bundle.root_path())?;
+        let mut cspec = bundle.container_spec(&id, Some(&sandbox_id))?;
+        for bind in std::mem::take(&mut cspec.host_binds) {
+            tracing::warn!(container = %id, source = %bind.source, destination = %bind.destination,
+                "host bind mount not provided inside the VM (no host directory sharing yet)");
+        }
+        let mut init = bundle.init_exec(&id)?;
+        init.tty = req.terminal;
+        init.stdin = !req.stdin.is_empty();
+
+        let state_dir = config.state_dir.join(&self.inner.namespace).join(&id);
+        std::fs::create_dir_all(&state_dir).map_err(|source| ShimError::Io {
+            context: format!("create state directory {}", state_dir.display()),
+            source,
+        })?;
+
+        let (sandbox, booted) = self
+            .sandbox_for(&sandbox_id, &cconfig.sandbox, &config.state_dir)
+            .await?;
+        let result = async {
+            let mut prepared = sandbox
+                .prepare_rootfs(&id, &source, cconfig.upper_size, &state_dir)
+                .await?;
+            prepared.spec.readonly |= bundle.root_readonly() || source.readonly;
+            let mut create = cspec.into_create(&id, prepared.spec.clone());
+            create.handoff_init = cconfig.handoff_init.clone();
+            sandbox.create_container(create).await?;
+            Ok::<_, ShimError>(prepared)
+        }
+        .await;
+        let prepared = match result {
+            Ok(p) => p,
+            Err(e) => {
+                self.abandon(&id, &sandbox_id, &sandbox, booted, &state_dir)
+                    .await;
+                return Err(e);
+            }
+        };
+
+        let record = BundleRecord {
+            namespace: self.inner.namespace.clone(),
+            container_id: id.clone(),
+            sandbox_id: sandbox_id.clone(),
+            state_dir: state_dir.clone(),
+            owned_files: prepared.owned_files.clone(),
+            vmm: sandbox.vmm_pid().and_then(crate::record::VmmRecord::of_pid),
+        };
+        if let Err(e) = record.write(bundle.dir()) {
+            tracing::warn!(container = %id, error = %crate::error::chain(&e), "write cleanup record");
+        }
+
+        let io = TaskIo {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let key = ProcessKey {
+            container: id.clone(),
+            exec_id: None,
+        };
+        {
+            let mut tables = self.inner.tables.lock().await;
+            if let Some(pod) = tables.pods.get_mut(&sandbox_id) {
+                pod.containers.insert(id.clone());
+            }
+            tables.containers.insert(
+                id.clone(),
+                Container {
+                    id: id.clone(),
+                    bundle: req.bundle.clone(),
+                    sandbox_id,
+                    state_dir,
+                    init: Process::new(key, io.clone(), init),
+                    execs: Default::default(),
+                    owned_files: prepared.owned_files,
+                },
+            );
+        }
+        tracing::info!(container = %id, bundle = %req.bundle, "created");
+        self.publish(TaskEvent::Create {
+            container_id: id,
+            bundle: req.bundle,
+            rootfs: req
+                .rootfs
+                .iter()
+                .map(|m| EventMount {
+                    typ: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                })
+                .collect(),
+            io,
+            pid: 0,
+        })
+        .await;
+        Ok(CreateTaskResponse {
+            pid: 0,
+            ..Default::default()
+        })
+    }
+
+    /// The pod's VM, booting it when this is its first container.
+    async fn sandbox_for(
+        &self,
+        sandbox_id: &str,
+        config: &crate::config::SandboxConfig,
+        state_root: &Path,
+    ) -> Result<(Arc<dyn Sandbox>, bool), ShimError> {
+        // Held across the boot so two containers of one pod cannot boot two VMs.
+        let mut tables = self.inner.tables.lock().await;
+        if let Some(pod) = tables.pods.get(sandbox_id) {
+            return Ok((pod.sandbox.clone(), false));
+        }
+        let dir: PathBuf = state_root
+            .join(&self.inner.namespace)
+            .join("sandboxes")
+            .join(sandbox_id);
+        std::fs::create_dir_all(&dir).map_err(|source| ShimError::Io {
+            context: format!("create sandbox directory {}", dir.display()),
+            source,
+        })?;
+        tracing::info!(sandbox = %sandbox_id, backend = %config.backend, vcpus = config.vcpus,
+            memory_mib = config.memory_mib, "booting VM");
+        let sandbox = self.inner.factory.boot(sandbox_id, config, &dir).await?;
+        let watcher = self.watch_sandbox(&sandbox);
+        tables.pods.insert(
+            sandbox_id.to_owned(),
+            Pod {
+                sandbox: sandbox.clone(),
+                containers: HashSet::new(),
+                watcher,
+            },
+        );
+        Ok((sandbox, true))
+    }
+
+    /// Undoes a half-done create.
+    async fn abandon(
+        &self,
+        id: &str,
+        sandbox_id: &str,
+        sandbox: &Arc<dyn Sandbox>,
+        booted: bool,
+        state_dir: &Path,
+    ) {
+        let _ = sandbox.delete_container(id).await;
+        if booted {
+            let pod = self.inner.tables.lock().await.pods.remove(sandbox_id);
+            if let Some(pod) = pod {
+                pod.watcher.abort();
+            }
+            if let Err(e) = sandbox.shutdown().await {
+                tracing::warn!(sandbox = %sandbox_id, error = %e, "shut down VM after failed create");
+            }
+        }
+        let _ = std::fs::remove_dir_all(state_dir);
+    }
+}

@@ -1,0 +1,97 @@
+//! `Delete`: forget an exec, or remove a container: its processes and root in the VM, its disk
+//! images on the host, and the VM itself once the pod has no container left.
+
+use containerd_shim::api::{DeleteRequest, DeleteResponse};
+use containerd_shim::protos::protobuf::MessageField;
+
+use super::state::Transition;
+use super::TaskService;
+use crate::error::ShimError;
+use crate::events::{timestamp, TaskEvent};
+use crate::record::RECORD_FILE;
+
+impl TaskService {
+    /// Handles `Delete`.
+    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse, ShimError> {
+        if !req.exec_id.is_empty() {
+            let mut tables = self.inner.tables.lock().await;
+            let c = tables.container_mut(&req.id)?;
+            let p = c.process_mut(&req.exec_id)?;
+            p.status.apply(Transition::Delete)?;
+            let p = c.execs.remove(&req.exec_id).expect("looked up above");
+            return Ok(response(p.pid, p.exit));
+        }
+
+        let sandbox = {
+            let tables = self.inner.tables.lock().await;
+            tables
+                .container(&req.id)?
+                .init
+                .status
+                .apply(Transition::Delete)?;
+            tables.sandbox_of(&req.id)?
+        };
+        if let Err(e) = sandbox.delete_container(&req.id).await {
+            // The VM may be gone already; the host side is cleaned up regardless.
+            tracing::warn!(container = %req.id, error = %e, "delete container in VM");
+        }
+        let (container, last_in_pod) = {
+            let mut tables = self.inner.tables.lock().await;
+            let mut c = tables
+                .containers
+                .remove(&req.id)
+                .ok_or_else(|| ShimError::NotFound(format!("container {}", req.id)))?;
+            c.init.transition(Transition::Delete)?;
+            for p in c.execs.values_mut() {
+                p.close_stdin();
+            }
+            c.init.close_stdin();
+            let mut last = None;
+            if let Some(pod) = tables.pods.get_mut(&c.sandbox_id) {
+                pod.containers.remove(&req.id);
+                if pod.containers.is_empty() {
+                    last = tables.pods.remove(&c.sandbox_id);
+                }
+            }
+            (c, last)
+        };
+        if let Some(pod) = last_in_pod {
+            tracing::info!(sandbox = %container.sandbox_id, "last container deleted; stopping VM");
+            if let Err(e) = pod.sandbox.shutdown().await {
+                tracing::warn!(sandbox = %container.sandbox_id, error = %e, "shut down VM");
+            }
+            pod.watcher.abort();
+        }
+        for f in &container.owned_files {
+            if let Err(e) = std::fs::remove_file(f) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %f.display(), error = %e, "remove container file");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&container.state_dir);
+        let _ = std::fs::remove_file(std::path::Path::new(&container.bundle).join(RECORD_FILE));
+
+        let exit = container.init.exit;
+        tracing::info!(container = %req.id, "deleted");
+        self.publish(TaskEvent::Delete {
+            container_id: req.id.clone(),
+            pid: container.init.pid,
+            exit_status: exit.map(|e| e.status).unwrap_or(0),
+            exited_at: exit.map(|e| e.at),
+        })
+        .await;
+        Ok(response(container.init.pid, exit))
+    }
+}
+
+fn response(pid: u32, exit: Option<super::ExitInfo>) -> DeleteResponse {
+    DeleteResponse {
+        pid,
+        exit_status: exit.map(|e| e.status).unwrap_or(0),
+        exited_at: exit
+            .map(|e| MessageField::some(timestamp(e.at)))
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,352 @@
+//! The containerd task service: one [`TaskService`] per shim process, owning a map of VMs keyed
+//! by sandbox id (the pod, or the container itself outside Kubernetes) and a map of containers
+//! keyed by container id.
+//!
+//! Each RPC verb lives in its own file; this module holds the shared tables, the per-process
+//! record and the exit watcher. Locking: one async mutex over the tables, never held across a
+//! call into the VM; a verb reads what it needs, releases the lock, talks to the VM, then takes
+//! the lock again to record the outcome (re-checking the state it relied on).
+
+mod close_io;
+mod connect;
+mod create;
+mod delete;
+mod exec;
+mod kill;
+mod pause;
+mod pids;
+mod resize;
+mod service;
+mod shutdown;
+mod start;
+pub mod state;
+mod stats;
+mod status;
+mod update;
+mod wait;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use containerd_shim::asynchronous::ExitSignal;
+use msb_protocol::types::ExecRequest;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::config::ShimConfig;
+use crate::error::ShimError;
+use crate::events::{EventSink, TaskEvent, TaskIo};
+use crate::sandbox::{ExecSession, ProcessKey, Sandbox, SandboxEvent, SandboxFactory};
+use crate::stdio;
+use state::{Status, Transition};
+
+pub use stats::metrics_from_stats;
+
+/// Exit status reported when the VM died under a process (as if SIGKILLed).
+pub const EXIT_VM_DIED: u32 = 137;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Exit status.
+    pub status: u32,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// One process: a container's init or an exec.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pub(crate) key: ProcessKey,
+    pub(crate) status: Status,
+    pub(crate) pid: u32,
+    pub(crate) exit: Option<ExitInfo>,
+    pub(crate) exited: watch::Sender<Option<ExitInfo>>,
+    pub(crate) io: TaskIo,
+    pub(crate) request: ExecRequest,
+    pub(crate) stdin: Option<mpsc::Sender<Vec<u8>>>,
+    pub(crate) stdin_task: Option<JoinHandle<()>>,
+}
+
+impl Process {
+    pub(crate) fn new(key: ProcessKey, io: TaskIo, request: ExecRequest) -> Self {
+        Self {
+            key,
+            status: Status::Created,
+            pid: 0,
+            exit: None,
+            exited: watch::channel(None).0,
+            io,
+            request,
+            stdin: None,
+            stdin_task: None,
+        }
+    }
+
+    /// The id containerd uses in events: the exec id, or the container id for the init.
+    pub(crate) fn event_id(&self) -> String {
+        self.key
+            .exec_id
+            .clone()
+            .unwrap_or_else(|| self.key.container.clone())
+    }
+
+    pub(crate) fn transition(&mut self, t: Transition) -> Result<(), ShimError> {
+        self.status = self.status.apply(t)?;
+        Ok(())
+    }
+
+    /// Ends stdin: stops the FIFO copy and sends EOF.
+    pub(crate) fn close_stdin(&mut self) {
+        if let Some(task) = self.stdin_task.take() {
+            task.abort();
+        }
+        if let Some(tx) = self.stdin.take() {
+            let _ = tx.try_send(Vec::new());
+        }
+    }
+}
+
+/// One container.
+#[derive(Debug)]
+pub(crate) struct Container {
+    pub(crate) id: String,
+    pub(crate) bundle: String,
+    pub(crate) sandbox_id: String,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) init: Process,
+    pub(crate) execs: HashMap<String, Process>,
+    pub(crate) owned_files: Vec<PathBuf>,
+}
+
+impl Container {
+    pub(crate) fn process(&self, exec_id: &str) -> Result<&Process, ShimError> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id} in container {}", self.id)))
+    }
+
+    pub(crate) fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process, ShimError> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        let id = self.id.clone();
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id} in container {id}")))
+    }
+}
+
+/// One VM and the containers in it.
+#[derive(Debug)]
+pub(crate) struct Pod {
+    pub(crate) sandbox: Arc<dyn Sandbox>,
+    pub(crate) containers: HashSet<String>,
+    pub(crate) watcher: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Tables {
+    pub(crate) pods: HashMap<String, Pod>,
+    pub(crate) containers: HashMap<String, Container>,
+}
+
+impl Tables {
+    pub(crate) fn container(&self, id: &str) -> Result<&Container, ShimError> {
+        self.containers
+            .get(id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}")))
+    }
+
+    pub(crate) fn container_mut(&mut self, id: &str) -> Result<&mut Container, ShimError> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}")))
+    }
+
+    pub(crate) fn sandbox_of(&self, id: &str) -> Result<Arc<dyn Sandbox>, ShimError> {
+        let c = self.container(id)?;
+        self.pods
+            .get(&c.sandbox_id)
+            .map(|p| p.sandbox.clone())
+            .ok_or_else(|| ShimError::NotFound(format!("sandbox {}", c.sandbox_id)))
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) namespace: String,
+    pub(crate) config_override: Option<ShimConfig>,
+    pub(crate) factory: Arc<dyn SandboxFactory>,
+    pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) tables: Mutex<Tables>,
+    pub(crate) exit: Arc<ExitSignal>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("namespace", &self.namespace)
+            .field("factory", &self.factory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The task service containerd talks to.
+#[derive(Debug, Clone)]
+pub struct TaskService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl TaskService {
+    /// A service for containerd namespace `namespace`, booting VMs with `factory` and publishing
+    /// to `events`; `exit` is signalled when the last container is gone and containerd asks for
+    /// shutdown. `config` replaces the discovered configuration file (tests, embedding).
+    pub fn new(
+        namespace: impl Into<String>,
+        factory: Arc<dyn SandboxFactory>,
+        events: Arc<dyn EventSink>,
+        exit: Arc<ExitSignal>,
+        config: Option<ShimConfig>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.into(),
+                config_override: config,
+                factory,
+                events,
+                tables: Mutex::new(Tables::default()),
+                exit,
+            }),
+        }
+    }
+
+    pub(crate) async fn publish(&self, ev: TaskEvent) {
+        self.inner.events.publish(ev).await;
+    }
+
+    /// Wires a started process: stdin copy, output copy, and the watcher that records and
+    /// publishes its exit.
+    pub(crate) fn watch_process(&self, key: ProcessKey, session: ExecSession, io: &TaskIo) {
+        let ExecSession {
+            pid, output, exit, ..
+        } = session;
+        let stdout = stdio::open_output("stdout", &io.stdout);
+        let stderr = if io.terminal {
+            Ok(None)
+        } else {
+            stdio::open_output("stderr", &io.stderr)
+        };
+        let (stdout, stderr) = match (stdout, stderr) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(container = %key.container, error = %crate::error::chain(&e), "stdio");
+                (None, None)
+            }
+        };
+        let copier = stdio::spawn_output(output, stdout, stderr);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let status = match exit.await {
+                Ok(code) => u32::try_from(code).unwrap_or(EXIT_VM_DIED),
+                Err(_) => EXIT_VM_DIED,
+            };
+            if tokio::time::timeout(stdio::OUTPUT_DRAIN_TIMEOUT, copier)
+                .await
+                .is_err()
+            {
+                tracing::warn!(container = %key.container, "output still open after exit; not waiting");
+            }
+            svc.record_exit(&key, pid, status).await;
+        });
+    }
+
+    /// Marks a process stopped, publishes `TaskExit`, then wakes its waiters.
+    pub(crate) async fn record_exit(&self, key: &ProcessKey, pid: u32, status: u32) {
+        let info = ExitInfo {
+            status,
+            at: SystemTime::now(),
+        };
+        let (event_id, notify) = {
+            let mut tables = self.inner.tables.lock().await;
+            let Ok(c) = tables.container_mut(&key.container) else {
+                return;
+            };
+            let Ok(p) = c.process_mut(key.exec_id.as_deref().unwrap_or("")) else {
+                return;
+            };
+            if p.transition(Transition::Exit).is_err() {
+                return;
+            }
+            p.exit = Some(info);
+            p.close_stdin();
+            (p.event_id(), p.exited.clone())
+        };
+        tracing::info!(container = %key.container, exec = ?key.exec_id, pid, status, "process exited");
+        self.publish(TaskEvent::Exit {
+            container_id: key.container.clone(),
+            id: event_id,
+            pid,
+            exit_status: status,
+            exited_at: info.at,
+        })
+        .await;
+        notify.send_replace(Some(info));
+    }
+
+    /// Forwards a VM's own events (OOM) until it goes away.
+    pub(crate) fn watch_sandbox(&self, sandbox: &Arc<dyn Sandbox>) -> JoinHandle<()> {
+        let mut rx = sandbox.subscribe();
+        let svc = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(SandboxEvent::Oom { container }) => {
+                        tracing::warn!(container = %container, "OOM kill");
+                        svc.publish(TaskEvent::Oom {
+                            container_id: container,
+                        })
+                        .await;
+                    }
+                    Ok(SandboxEvent::Died { reason }) => {
+                        tracing::error!(reason = %reason, "sandbox died");
+                        break;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "sandbox events lagged");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// Starts a process in the VM and wires it up; returns its pid.
+    pub(crate) async fn launch(
+        &self,
+        sandbox: &Arc<dyn Sandbox>,
+        key: &ProcessKey,
+        request: ExecRequest,
+        io: &TaskIo,
+    ) -> Result<(u32, ExecSession), ShimError> {
+        let stdin_fifo = stdio::open_input(&io.stdin)?;
+        let mut session = sandbox.exec(key, request).await?;
+        let pid = session.pid;
+        if let (Some(fifo), Some(tx)) = (stdin_fifo, session.stdin.clone()) {
+            let task = stdio::spawn_stdin(fifo, tx);
+            let mut tables = self.inner.tables.lock().await;
+            if let Ok(p) = tables
+                .container_mut(&key.container)
+                .and_then(|c| c.process_mut(key.exec_id.as_deref().unwrap_or("")))
+            {
+                p.stdin = session.stdin.take();
+                p.stdin_task = Some(task);
+            }
+        }
+        Ok((pid, session))
+    }
+}

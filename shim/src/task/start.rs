@@ -1,0 +1,82 @@
+//! `Start`: run a container's init, or an exec added before, in the VM.
+
+use containerd_shim::api::{StartRequest, StartResponse};
+
+use super::state::Transition;
+use super::TaskService;
+use crate::error::ShimError;
+use crate::events::TaskEvent;
+use crate::sandbox::SandboxError;
+
+impl TaskService {
+    /// Handles `Start`.
+    pub async fn start(&self, req: StartRequest) -> Result<StartResponse, ShimError> {
+        let (sandbox, key, request, io) = {
+            let tables = self.inner.tables.lock().await;
+            let c = tables.container(&req.id)?;
+            if !req.exec_id.is_empty() {
+                // An exec needs a live container.
+                c.init.status.apply(Transition::Use)?;
+            }
+            let p = c.process(&req.exec_id)?;
+            p.status.apply(Transition::Start)?;
+            (
+                tables.sandbox_of(&req.id)?,
+                p.key.clone(),
+                p.request.clone(),
+                p.io.clone(),
+            )
+        };
+        let (pid, session) = match self.launch(&sandbox, &key, request, &io).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                // The process never ran: it is stopped with the status a shell would report.
+                let status = match &e {
+                    ShimError::Sandbox(SandboxError::ExecFailed { kind, .. }) => kind.exit_code(),
+                    _ => 128,
+                };
+                let mut tables = self.inner.tables.lock().await;
+                if let Ok(p) = tables
+                    .container_mut(&req.id)
+                    .and_then(|c| c.process_mut(&req.exec_id))
+                {
+                    if p.transition(Transition::Exit).is_ok() {
+                        let info = super::ExitInfo {
+                            status: u32::try_from(status).unwrap_or(128),
+                            at: std::time::SystemTime::now(),
+                        };
+                        p.exit = Some(info);
+                        p.exited.send_replace(Some(info));
+                    }
+                }
+                return Err(e);
+            }
+        };
+        {
+            let mut tables = self.inner.tables.lock().await;
+            let p = tables.container_mut(&req.id)?.process_mut(&req.exec_id)?;
+            p.transition(Transition::Start)?;
+            p.pid = pid;
+        }
+        tracing::info!(container = %req.id, exec = %req.exec_id, pid, "started");
+        // Published before the exit watcher exists, so Start always precedes Exit.
+        self.publish(if req.exec_id.is_empty() {
+            TaskEvent::Start {
+                container_id: req.id.clone(),
+                pid,
+            }
+        } else {
+            TaskEvent::ExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+            }
+        })
+        .await;
+        self.watch_process(key, session, &io);
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+}
