@@ -332,6 +332,7 @@ type Booted = (String, SandboxConfig, PathBuf, Arc<FakeSandbox>);
 pub struct FakeFactory {
     booted: Mutex<Vec<Booted>>,
     fail: Mutex<Option<String>>,
+    fail_create: Mutex<Option<String>>,
 }
 
 impl FakeFactory {
@@ -351,6 +352,11 @@ impl FakeFactory {
             .iter()
             .map(|(id, c, _, _)| (id.clone(), c.clone()))
             .collect()
+    }
+
+    /// Makes the first `create_container` of the next VM fail with `message`.
+    pub fn fail_create_in_next_vm(&self, message: &str) {
+        *self.fail_create.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.to_owned());
     }
 
     /// Makes the next boot fail.
@@ -375,6 +381,14 @@ impl SandboxFactory for FakeFactory {
             return Err(SandboxError::Boot(m));
         }
         let sb = FakeSandbox::new(id);
+        if let Some(m) = self
+            .fail_create
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            sb.fail_next_create(&m);
+        }
         self.lock().push((
             id.to_owned(),
             config.clone(),

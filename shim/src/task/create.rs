@@ -71,9 +71,16 @@ impl TaskService {
             source,
         })?;
 
-        let (sandbox, booted) = self
+        let (sandbox, booted) = match self
             .sandbox_for(&sandbox_id, &cconfig.sandbox, &config.state_dir)
-            .await?;
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Err(e);
+            }
+        };
         let result = async {
             let mut prepared = sandbox
                 .prepare_rootfs(&id, &source, cconfig.upper_size, &state_dir)
