@@ -130,6 +130,15 @@ pub trait Sandbox: Send + Sync + Debug {
     ) -> Result<PreparedRootfs, SandboxError>;
     /// Prepares the container's root and namespaces.
     async fn create_container(&self, create: ContainerCreate) -> Result<(), SandboxError>;
+    /// Writes a small file into a created container's root (host file binds such as the CRI's
+    /// `/etc/hosts`, copied at create time).
+    async fn write_file(
+        &self,
+        container: &str,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), SandboxError>;
     /// Starts a process (the init when `key.exec_id` is `None`).
     async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError>;
     /// Delivers a signal to a process, or with `all` to every process of its container.

@@ -661,11 +661,20 @@ async fn containers_of_one_pod_share_one_vm() {
         serde_json::from_slice(&std::fs::read(app.join("config.json")).unwrap()).unwrap();
     spec["annotations"]["io.kubernetes.cri.sandbox-id"] = "pod1".into();
     std::fs::write(app.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    // The CRI's /etc/hosts bind is a host file: its content is copied in.
+    let hosts = h.tmp.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    std::fs::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    spec["mounts"][7]["source"] = hosts.to_string_lossy().into_owned().into();
+    std::fs::write(app.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
     h.svc.create(h.create_req("app", &app, "")).await.unwrap();
 
     assert_eq!(h.factory.sandboxes().len(), 1);
     let vm = h.vm(0);
     assert_eq!(vm.id(), "pod1");
+    assert!(vm
+        .calls()
+        .contains(&"write_file app /etc/hosts \"127.0.0.1 localhost\\n\" 644".to_string()));
     let app_create = &vm.creates()[1];
     assert_eq!(
         app_create.namespaces.share_pid_with.as_deref(),

@@ -205,6 +205,20 @@ impl Sandbox for FakeSandbox {
         Ok(())
     }
 
+    async fn write_file(
+        &self,
+        container: &str,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), SandboxError> {
+        self.record(format!(
+            "write_file {container} {path} {:?} {mode:o}",
+            String::from_utf8_lossy(&data)
+        ));
+        Ok(())
+    }
+
     async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError> {
         self.record(format!("exec {} {}", key_str(key), req.cmd));
         if req.cmd == "missing" {

@@ -57,10 +57,7 @@ impl TaskService {
             .collect();
         let source = OciRootfsSource::from_mounts(bundle.dir(), &mounts, &bundle.root_path())?;
         let mut cspec = bundle.container_spec(&id, Some(&sandbox_id))?;
-        for bind in std::mem::take(&mut cspec.host_binds) {
-            tracing::warn!(container = %id, source = %bind.source, destination = %bind.destination,
-                "host bind mount not provided inside the VM (no host directory sharing yet)");
-        }
+        let copies = host_file_copies(&id, std::mem::take(&mut cspec.host_binds));
         let mut init = bundle.init_exec(&id)?;
         init.tty = req.terminal;
         init.stdin = !req.stdin.is_empty();
@@ -89,6 +86,9 @@ impl TaskService {
             let mut create = cspec.into_create(&id, prepared.spec.clone());
             create.handoff_init = cconfig.handoff_init.clone();
             sandbox.create_container(create).await?;
+            for (path, data, mode) in copies {
+                sandbox.write_file(&id, &path, data, mode).await?;
+            }
             Ok::<_, ShimError>(prepared)
         }
         .await;
@@ -220,4 +220,36 @@ impl TaskService {
         }
         let _ = std::fs::remove_dir_all(state_dir);
     }
+}
+
+/// Largest host file a bind mount is copied for.
+pub const MAX_BIND_COPY: u64 = 1 << 20;
+
+/// Host bind mounts the guest cannot see: small regular files (the CRI's `/etc/hosts`,
+/// `/etc/hostname`, `/etc/resolv.conf`) are copied into the container at create time; anything
+/// else (directories, devices, large files) is skipped with a warning, as there is no host
+/// directory sharing yet.
+fn host_file_copies(id: &str, binds: Vec<msb_oci::HostBindMount>) -> Vec<(String, Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for bind in binds {
+        let md = std::fs::metadata(&bind.source);
+        match md {
+            Ok(md) if md.is_file() && md.len() <= MAX_BIND_COPY => {
+                match std::fs::read(&bind.source) {
+                    Ok(data) => {
+                        tracing::debug!(container = %id, source = %bind.source,
+                            destination = %bind.destination, "copying host file bind");
+                        out.push((bind.destination, data, md.permissions().mode() & 0o7777));
+                    }
+                    Err(e) => tracing::warn!(container = %id, source = %bind.source, error = %e,
+                        "read host file for bind mount; skipped"),
+                }
+            }
+            _ => tracing::warn!(container = %id, source = %bind.source,
+                destination = %bind.destination,
+                "host bind mount not provided inside the VM (no host directory sharing yet)"),
+        }
+    }
+    out
 }
