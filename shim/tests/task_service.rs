@@ -586,6 +586,29 @@ async fn stats_pids_update() {
         pids.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
         vec![101]
     );
+    assert!(
+        pids.processes[0].info.is_none(),
+        "the init carries no exec id"
+    );
+    h.exec("c", "e1", &["top"], false).await.unwrap();
+    h.start("c", "e1").await.unwrap();
+    let pids = h
+        .svc
+        .pids(PidsRequest {
+            id: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pids.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        vec![101, 102]
+    );
+    let info = &pids.processes[1].info;
+    assert_eq!(info.type_url, "containerd.runc.v1.ProcessDetails");
+    let details =
+        containerd_shim::protos::shim::oci::ProcessDetails::parse_from_bytes(&info.value).unwrap();
+    assert_eq!(details.exec_id, "e1");
     h.svc
         .update(UpdateTaskRequest {
             id: "c".into(),

@@ -171,9 +171,10 @@ impl TaskService {
         config: &crate::config::SandboxConfig,
         state_root: &Path,
     ) -> Result<(Arc<dyn Sandbox>, bool), ShimError> {
-        // Held across the boot so two containers of one pod cannot boot two VMs.
-        let mut tables = self.inner.tables.lock().await;
-        if let Some(pod) = tables.pods.get(sandbox_id) {
+        // Boots are serialized (so two containers of one pod cannot boot two VMs) without
+        // holding the tables, so requests for running containers go on during a boot.
+        let _boot = self.inner.boot_lock.lock().await;
+        if let Some(pod) = self.inner.tables.lock().await.pods.get(sandbox_id) {
             return Ok((pod.sandbox.clone(), false));
         }
         let dir: PathBuf = state_root
@@ -186,9 +187,15 @@ impl TaskService {
         })?;
         tracing::info!(sandbox = %sandbox_id, backend = %config.backend, vcpus = config.vcpus,
             memory_mib = config.memory_mib, "booting VM");
-        let sandbox = self.inner.factory.boot(sandbox_id, config, &dir).await?;
+        let sandbox = match self.inner.factory.boot(sandbox_id, config, &dir).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
         let watcher = self.watch_sandbox(&sandbox);
-        tables.pods.insert(
+        self.inner.tables.lock().await.pods.insert(
             sandbox_id.to_owned(),
             Pod {
                 sandbox: sandbox.clone(),

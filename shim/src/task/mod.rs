@@ -184,6 +184,7 @@ pub(crate) struct Inner {
     pub(crate) factory: Arc<dyn SandboxFactory>,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) tables: Mutex<Tables>,
+    pub(crate) boot_lock: Mutex<()>,
     pub(crate) exit: Arc<ExitSignal>,
 }
 
@@ -220,6 +221,7 @@ impl TaskService {
                 factory,
                 events,
                 tables: Mutex::new(Tables::default()),
+                boot_lock: Mutex::new(()),
                 exit,
             }),
         }
