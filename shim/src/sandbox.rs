@@ -1,7 +1,7 @@
 //! What a task needs from a VM, as a narrow trait the task service is written against.
 //!
 //! The runtime crate (VMM backends, guest agent client) is built in parallel; the shim depends on
-//! this trait only, so the whole task service is testable with [`fake::FakeSandbox`] (feature
+//! this trait only, so the whole task service is testable with `fake::FakeSandbox` (feature
 //! `test-utils`) and the real runtime plugs in through one thin adapter ([`crate::runtime_adapter`]).
 //!
 //! A [`SandboxFactory`] boots one VM per pod (or per container when there is no pod); a
