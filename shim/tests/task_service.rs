@@ -400,6 +400,28 @@ async fn oom_kill_publishes_oom_then_exit_137() {
     assert_eq!(exit_of(&ev[3]).3, 137);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_always_precedes_the_exit_it_caused() {
+    let h = Harness::new();
+    for i in 0..30 {
+        let id = format!("m{i}");
+        h.create(&id, "ctr-run.json").await.unwrap();
+        h.start(&id, "").await.unwrap();
+        h.vm(i).oom(&id);
+        assert_eq!(h.wait(&id, "").await, 137);
+        let ev = h.events.events();
+        let n = ev.len();
+        assert_eq!(
+            ev[n - 2],
+            TaskEvent::Oom {
+                container_id: id.clone()
+            },
+            "round {i}"
+        );
+        assert_eq!(exit_of(&ev[n - 1]).0, id, "round {i}");
+    }
+}
+
 #[tokio::test]
 async fn vm_death_stops_every_process_with_137() {
     let h = Harness::new();

@@ -194,13 +194,14 @@ impl TaskService {
                 return Err(e.into());
             }
         };
-        let watcher = self.watch_sandbox(&sandbox);
+        let (watcher, exits) = self.watch_sandbox(&sandbox);
         self.inner.tables.lock().await.pods.insert(
             sandbox_id.to_owned(),
             Pod {
                 sandbox: sandbox.clone(),
                 containers: HashSet::new(),
                 watcher,
+                exits,
             },
         );
         Ok((sandbox, true))

@@ -142,12 +142,21 @@ impl Container {
     }
 }
 
+/// A process's exit, on its way to be recorded by its pod's watcher.
+#[derive(Debug)]
+pub(crate) struct ExitNote {
+    key: ProcessKey,
+    pid: u32,
+    status: u32,
+}
+
 /// One VM and the containers in it.
 #[derive(Debug)]
 pub(crate) struct Pod {
     pub(crate) sandbox: Arc<dyn Sandbox>,
     pub(crate) containers: HashSet<String>,
     pub(crate) watcher: JoinHandle<()>,
+    pub(crate) exits: mpsc::UnboundedSender<ExitNote>,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +176,14 @@ impl Tables {
         self.containers
             .get_mut(id)
             .ok_or_else(|| ShimError::NotFound(format!("container {id}")))
+    }
+
+    pub(crate) fn exits_of(&self, id: &str) -> Result<mpsc::UnboundedSender<ExitNote>, ShimError> {
+        let c = self.container(id)?;
+        self.pods
+            .get(&c.sandbox_id)
+            .map(|p| p.exits.clone())
+            .ok_or_else(|| ShimError::NotFound(format!("sandbox {}", c.sandbox_id)))
     }
 
     pub(crate) fn sandbox_of(&self, id: &str) -> Result<Arc<dyn Sandbox>, ShimError> {
@@ -231,9 +248,15 @@ impl TaskService {
         self.inner.events.publish(ev).await;
     }
 
-    /// Wires a started process: stdin copy, output copy, and the watcher that records and
-    /// publishes its exit.
-    pub(crate) fn watch_process(&self, key: ProcessKey, session: ExecSession, io: &TaskIo) {
+    /// Wires a started process: its output copy, and a watcher that hands its exit to the pod's
+    /// watcher once the output is drained.
+    pub(crate) fn watch_process(
+        &self,
+        key: ProcessKey,
+        session: ExecSession,
+        io: &TaskIo,
+        exits: mpsc::UnboundedSender<ExitNote>,
+    ) {
         let ExecSession {
             pid, output, exit, ..
         } = session;
@@ -251,7 +274,6 @@ impl TaskService {
             }
         };
         let copier = stdio::spawn_output(output, stdout, stderr);
-        let svc = self.clone();
         tokio::spawn(async move {
             let status = match exit.await {
                 Ok(code) => u32::try_from(code).unwrap_or(EXIT_VM_DIED),
@@ -263,7 +285,7 @@ impl TaskService {
             {
                 tracing::warn!(container = %key.container, "output still open after exit; not waiting");
             }
-            svc.record_exit(&key, pid, status).await;
+            let _ = exits.send(ExitNote { key, pid, status });
         });
     }
 
@@ -300,31 +322,46 @@ impl TaskService {
         notify.send_replace(Some(info));
     }
 
-    /// Forwards a VM's own events (OOM) until it goes away.
-    pub(crate) fn watch_sandbox(&self, sandbox: &Arc<dyn Sandbox>) -> JoinHandle<()> {
-        let mut rx = sandbox.subscribe();
+    /// The pod's watcher: publishes the VM's own events (OOM) and records exits, in the order
+    /// the guest reported them. The guest sends `core.container.oom` before the killed process's
+    /// exit and the adapter forwards both in that order; preferring the event stream (`biased`)
+    /// therefore publishes `TaskOOM` before that `TaskExit`, which is what the CRI expects.
+    pub(crate) fn watch_sandbox(
+        &self,
+        sandbox: &Arc<dyn Sandbox>,
+    ) -> (JoinHandle<()>, mpsc::UnboundedSender<ExitNote>) {
+        let mut events = sandbox.subscribe();
+        let (exits_tx, mut exits) = mpsc::unbounded_channel::<ExitNote>();
         let svc = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let mut events_open = true;
             loop {
-                match rx.recv().await {
-                    Ok(SandboxEvent::Oom { container }) => {
-                        tracing::warn!(container = %container, "OOM kill");
-                        svc.publish(TaskEvent::Oom {
-                            container_id: container,
-                        })
-                        .await;
-                    }
-                    Ok(SandboxEvent::Died { reason }) => {
-                        tracing::error!(reason = %reason, "sandbox died");
-                        break;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "sandbox events lagged");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                tokio::select! {
+                    biased;
+                    ev = events.recv(), if events_open => match ev {
+                        Ok(SandboxEvent::Oom { container }) => {
+                            tracing::warn!(container = %container, "OOM kill");
+                            svc.publish(TaskEvent::Oom {
+                                container_id: container,
+                            })
+                            .await;
+                        }
+                        Ok(SandboxEvent::Died { reason }) => {
+                            tracing::error!(reason = %reason, "sandbox died");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "sandbox events lagged");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => events_open = false,
+                    },
+                    note = exits.recv() => match note {
+                        Some(n) => svc.record_exit(&n.key, n.pid, n.status).await,
+                        None => break,
+                    },
                 }
             }
-        })
+        });
+        (task, exits_tx)
     }
 
     /// Starts a process in the VM and wires it up; returns its pid.

@@ -52,12 +52,14 @@ impl TaskService {
                 return Err(e);
             }
         };
-        {
+        let exits = {
             let mut tables = self.inner.tables.lock().await;
+            let exits = tables.exits_of(&req.id)?;
             let p = tables.container_mut(&req.id)?.process_mut(&req.exec_id)?;
             p.transition(Transition::Start)?;
             p.pid = pid;
-        }
+            exits
+        };
         tracing::info!(container = %req.id, exec = %req.exec_id, pid, "started");
         // Published before the exit watcher exists, so Start always precedes Exit.
         self.publish(if req.exec_id.is_empty() {
@@ -73,7 +75,7 @@ impl TaskService {
             }
         })
         .await;
-        self.watch_process(key, session, &io);
+        self.watch_process(key, session, &io, exits);
         Ok(StartResponse {
             pid,
             ..Default::default()
