@@ -24,6 +24,15 @@ use crate::events::RemoteSink;
 use crate::sandbox::SandboxFactory;
 use crate::task::TaskService;
 
+/// The factory `Shim::new` uses; the real runtime unless [`set_factory`] chose another.
+static FACTORY: std::sync::OnceLock<Arc<dyn SandboxFactory>> = std::sync::OnceLock::new();
+
+/// Chooses the sandbox factory for this process, before `containerd_shim::asynchronous::run`
+/// (the contract-check example uses a scripted fake). Returns false if one was set already.
+pub fn set_factory(factory: Arc<dyn SandboxFactory>) -> bool {
+    FACTORY.set(factory).is_ok()
+}
+
 /// The runtime id this binary registers as.
 pub const RUNTIME_ID: &str = "io.containerd.microsandbox.v1";
 
@@ -81,7 +90,10 @@ impl Shim for MicrosandboxShim {
             namespace: args.namespace.clone(),
             bundle,
             exit: Arc::new(ExitSignal::default()),
-            factory: Arc::new(crate::runtime_adapter::RuntimeFactory),
+            factory: FACTORY
+                .get()
+                .cloned()
+                .unwrap_or_else(|| Arc::new(crate::runtime_adapter::RuntimeFactory)),
         }
     }
 

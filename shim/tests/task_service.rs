@@ -299,6 +299,7 @@ async fn ctr_run_lifecycle_with_output_and_exact_events() {
     let del = h.delete("demo", "").await.unwrap();
     assert_eq!((del.pid, del.exit_status), (101, 0));
     assert!(!upper.exists());
+    assert!(!h.tmp.path().join("state/default/sandboxes/demo").exists());
     assert!(!bundle.join("microsandbox.json").exists());
     assert_eq!(
         vm.calls()[2..],
@@ -470,6 +471,17 @@ async fn exec_lifecycle_and_its_errors() {
     assert!(h.vm(0).calls().contains(&"resize c/e1 40x120".to_string()));
     h.vm(0).exit(&exec_key("c", "e1"), 3);
     assert_eq!(h.wait("c", "e1").await, 3);
+    // Resizing a process that just ended is a no-op (ctr resizes right after Start).
+    h.svc
+        .resize_pty(ResizePtyRequest {
+            id: "c".into(),
+            exec_id: "e1".into(),
+            width: 80,
+            height: 24,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let ev = h.events(5).await;
     assert_eq!(
         ev[2],
@@ -789,6 +801,7 @@ async fn failed_create_leaves_nothing_behind() {
         ]
     );
     assert!(!h.tmp.path().join("state/default/c").exists());
+    assert!(!h.tmp.path().join("state/default/sandboxes/c").exists());
     // The id is free again, in a new VM.
     h.create("c", "ctr-run.json").await.unwrap();
     assert_eq!(h.factory.sandboxes().len(), 2);

@@ -30,7 +30,7 @@ struct FakeProcess {
     pid: u32,
     output: Option<mpsc::Sender<Output>>,
     exit: Option<oneshot::Sender<i32>>,
-    stdin: mpsc::Receiver<Vec<u8>>,
+    stdin: Option<mpsc::Receiver<Vec<u8>>>,
     request: ExecRequest,
 }
 
@@ -47,6 +47,9 @@ struct FakeState {
 #[derive(Debug)]
 pub struct FakeSandbox {
     id: String,
+    /// Run the tiny script language of [`FakeSandbox::scripted`].
+    scripted: bool,
+    me: std::sync::Weak<FakeSandbox>,
     state: Mutex<FakeState>,
     events: broadcast::Sender<SandboxEvent>,
 }
@@ -62,8 +65,21 @@ fn key_str(key: &ProcessKey) -> String {
 impl FakeSandbox {
     /// A fake VM named `id`.
     pub fn new(id: &str) -> Arc<Self> {
-        Arc::new(Self {
+        Self::build(id, false)
+    }
+
+    /// A fake VM whose processes act by themselves, for contract checks with a real containerd
+    /// (`examples/fake_shim.rs`): `echo ARGS` prints them and exits 0, `exit N` exits N, `cat`
+    /// copies stdin to stdout until EOF, anything else runs until a fatal signal.
+    pub fn scripted(id: &str) -> Arc<Self> {
+        Self::build(id, true)
+    }
+
+    fn build(id: &str, scripted: bool) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             id: id.to_owned(),
+            scripted,
+            me: me.clone(),
             state: Mutex::new(FakeState {
                 next_pid: 100,
                 ..FakeState::default()
@@ -150,12 +166,49 @@ impl FakeSandbox {
     pub fn stdin(&self, key: &ProcessKey) -> Vec<Vec<u8>> {
         let mut st = self.st();
         let mut out = Vec::new();
-        if let Some(p) = st.processes.get_mut(key) {
-            while let Ok(chunk) = p.stdin.try_recv() {
+        if let Some(stdin) = st.processes.get_mut(key).and_then(|p| p.stdin.as_mut()) {
+            while let Ok(chunk) = stdin.try_recv() {
                 out.push(chunk);
             }
         }
         out
+    }
+
+    fn run_script(&self, key: ProcessKey, req: &ExecRequest) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let (cmd, args) = (req.cmd.clone(), req.args.clone());
+        let stdin = self
+            .st()
+            .processes
+            .get_mut(&key)
+            .and_then(|p| p.stdin.take());
+        tokio::spawn(async move {
+            match cmd.as_str() {
+                "echo" => {
+                    let line = format!("{}\n", args.join(" "));
+                    me.output(&key, Output::Stdout(line.into_bytes())).await;
+                    me.exit(&key, 0);
+                }
+                "exit" => {
+                    let code = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+                    me.exit(&key, code);
+                }
+                "cat" => {
+                    if let Some(mut stdin) = stdin {
+                        while let Some(chunk) = stdin.recv().await {
+                            if chunk.is_empty() {
+                                break;
+                            }
+                            me.output(&key, Output::Stdout(chunk)).await;
+                        }
+                    }
+                    me.exit(&key, 0);
+                }
+                _ => {}
+            }
+        });
     }
 
     fn record(&self, line: String) {
@@ -239,10 +292,14 @@ impl Sandbox for FakeSandbox {
                 pid,
                 output: Some(out_tx),
                 exit: Some(exit_tx),
-                stdin: in_rx,
+                stdin: Some(in_rx),
                 request: req.clone(),
             },
         );
+        drop(st);
+        if self.scripted {
+            self.run_script(key.clone(), &req);
+        }
         Ok(ExecSession {
             pid,
             stdin: req.stdin.then_some(in_tx),
@@ -344,6 +401,7 @@ type Booted = (String, SandboxConfig, PathBuf, Arc<FakeSandbox>);
 /// Boots [`FakeSandbox`]es and keeps them for the test to drive.
 #[derive(Debug, Default)]
 pub struct FakeFactory {
+    scripted: bool,
     booted: Mutex<Vec<Booted>>,
     fail: Mutex<Option<String>>,
     fail_create: Mutex<Option<String>>,
@@ -353,6 +411,14 @@ impl FakeFactory {
     /// A factory.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A factory of [`FakeSandbox::scripted`] VMs.
+    pub fn scripted() -> Arc<Self> {
+        Arc::new(Self {
+            scripted: true,
+            ..Self::default()
+        })
     }
 
     /// The VMs booted so far, in order.
@@ -394,7 +460,7 @@ impl SandboxFactory for FakeFactory {
         if let Some(m) = self.fail.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(SandboxError::Boot(m));
         }
-        let sb = FakeSandbox::new(id);
+        let sb = FakeSandbox::build(id, self.scripted);
         if let Some(m) = self
             .fail_create
             .lock()

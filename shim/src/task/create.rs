@@ -199,6 +199,7 @@ impl TaskService {
             sandbox_id.to_owned(),
             Pod {
                 sandbox: sandbox.clone(),
+                dir,
                 containers: HashSet::new(),
                 watcher,
                 exits,
@@ -219,11 +220,12 @@ impl TaskService {
         let _ = sandbox.delete_container(id).await;
         if booted {
             let pod = self.inner.tables.lock().await.pods.remove(sandbox_id);
-            if let Some(pod) = pod {
-                pod.watcher.abort();
-            }
             if let Err(e) = sandbox.shutdown().await {
                 tracing::warn!(sandbox = %sandbox_id, error = %e, "shut down VM after failed create");
+            }
+            if let Some(pod) = pod {
+                pod.watcher.abort();
+                let _ = std::fs::remove_dir_all(&pod.dir);
             }
         }
         let _ = std::fs::remove_dir_all(state_dir);

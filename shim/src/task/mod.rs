@@ -154,6 +154,8 @@ pub(crate) struct ExitNote {
 #[derive(Debug)]
 pub(crate) struct Pod {
     pub(crate) sandbox: Arc<dyn Sandbox>,
+    /// The VM's state directory, removed with the VM.
+    pub(crate) dir: PathBuf,
     pub(crate) containers: HashSet<String>,
     pub(crate) watcher: JoinHandle<()>,
     pub(crate) exits: mpsc::UnboundedSender<ExitNote>,

@@ -1,10 +1,14 @@
 //! `ResizePty`: a new terminal size for a process started with a terminal.
+//!
+//! `ctr` resizes right after Start, so a short-lived process may already be gone: resizing a
+//! stopped process (or one the guest just forgot) is a no-op, not an error.
 
 use containerd_shim::api::{Empty, ResizePtyRequest};
 
-use super::state::Transition;
+use super::state::Status;
 use super::TaskService;
 use crate::error::ShimError;
+use crate::sandbox::SandboxError;
 
 impl TaskService {
     /// Handles `ResizePty`.
@@ -18,13 +22,26 @@ impl TaskService {
                     req.exec_id, req.id
                 )));
             }
-            p.status.apply(Transition::Use)?;
+            match p.status {
+                Status::Running | Status::Paused => {}
+                Status::Stopped | Status::Deleted => return Ok(Empty::default()),
+                Status::Created => {
+                    return Err(crate::task::state::StateError {
+                        status: p.status,
+                        transition: crate::task::state::Transition::Use,
+                    }
+                    .into())
+                }
+            }
             (tables.sandbox_of(&req.id)?, p.key.clone())
         };
         let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-        sandbox
+        match sandbox
             .resize(&key, clamp(req.height), clamp(req.width))
-            .await?;
-        Ok(Empty::default())
+            .await
+        {
+            Ok(()) | Err(SandboxError::NotFound(_)) => Ok(Empty::default()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
