@@ -841,3 +841,19 @@ async fn bundle_errors_are_invalid_argument() {
     assert_eq!(code(err), Code::INVALID_ARGUMENT);
     assert!(h.factory.sandboxes().is_empty(), "no VM for a bad bundle");
 }
+
+#[tokio::test]
+async fn a_bad_fifo_fails_start_before_anything_runs() {
+    let h = Harness::new();
+    let b = h.bundle("c", "ctr-run.json", &[]);
+    h.svc
+        .create(h.create_req("c", &b, "/nonexistent/stdout"))
+        .await
+        .unwrap();
+    let err = h.start("c", "").await.unwrap_err();
+    assert_eq!(err.to_string(), "open stdout FIFO /nonexistent/stdout");
+    assert_eq!(code(err), Code::INTERNAL);
+    assert!(!h.vm(0).calls().iter().any(|c| c.starts_with("exec ")));
+    let st = h.status("c", "").await.unwrap();
+    assert_eq!(st.status, Status::STOPPED.into());
+}

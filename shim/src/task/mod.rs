@@ -250,31 +250,19 @@ impl TaskService {
         self.inner.events.publish(ev).await;
     }
 
-    /// Wires a started process: its output copy, and a watcher that hands its exit to the pod's
-    /// watcher once the output is drained.
+    /// Wires a started process: its output copy into the opened FIFOs, and a watcher that hands
+    /// its exit to the pod's watcher once the output is drained.
     pub(crate) fn watch_process(
         &self,
         key: ProcessKey,
         session: ExecSession,
-        io: &TaskIo,
+        fifos: OutputFifos,
         exits: mpsc::UnboundedSender<ExitNote>,
     ) {
         let ExecSession {
             pid, output, exit, ..
         } = session;
-        let stdout = stdio::open_output("stdout", &io.stdout);
-        let stderr = if io.terminal {
-            Ok(None)
-        } else {
-            stdio::open_output("stderr", &io.stderr)
-        };
-        let (stdout, stderr) = match (stdout, stderr) {
-            (Ok(o), Ok(e)) => (o, e),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(container = %key.container, error = %crate::error::chain(&e), "stdio");
-                (None, None)
-            }
-        };
+        let OutputFifos { stdout, stderr } = fifos;
         let copier = stdio::spawn_output(output, stdout, stderr);
         tokio::spawn(async move {
             let status = match exit.await {
@@ -366,15 +354,25 @@ impl TaskService {
         (task, exits_tx)
     }
 
-    /// Starts a process in the VM and wires it up; returns its pid.
+    /// Opens the process's FIFOs (so a bad path fails before anything runs), starts it in the
+    /// VM and connects its stdin; returns its pid, the session and the output FIFOs.
     pub(crate) async fn launch(
         &self,
         sandbox: &Arc<dyn Sandbox>,
         key: &ProcessKey,
         request: ExecRequest,
         io: &TaskIo,
-    ) -> Result<(u32, ExecSession), ShimError> {
+    ) -> Result<(u32, ExecSession, OutputFifos), ShimError> {
         let stdin_fifo = stdio::open_input(&io.stdin)?;
+        let fifos = OutputFifos {
+            stdout: stdio::open_output("stdout", &io.stdout)?,
+            // In terminal mode the guest sends one stream, on stdout.
+            stderr: if io.terminal {
+                None
+            } else {
+                stdio::open_output("stderr", &io.stderr)?
+            },
+        };
         let mut session = sandbox.exec(key, request).await?;
         let pid = session.pid;
         if let (Some(fifo), Some(tx)) = (stdin_fifo, session.stdin.clone()) {
@@ -388,6 +386,13 @@ impl TaskService {
                 p.stdin_task = Some(task);
             }
         }
-        Ok((pid, session))
+        Ok((pid, session, fifos))
     }
+}
+
+/// The output FIFOs of a process, opened.
+#[derive(Debug)]
+pub(crate) struct OutputFifos {
+    stdout: Option<tokio::net::unix::pipe::Sender>,
+    stderr: Option<tokio::net::unix::pipe::Sender>,
 }

@@ -27,7 +27,7 @@ impl TaskService {
                 p.io.clone(),
             )
         };
-        let (pid, session) = match self.launch(&sandbox, &key, request, &io).await {
+        let (pid, session, fifos) = match self.launch(&sandbox, &key, request, &io).await {
             Ok(ok) => ok,
             Err(e) => {
                 // The process never ran: it is stopped with the status a shell would report.
@@ -75,7 +75,7 @@ impl TaskService {
             }
         })
         .await;
-        self.watch_process(key, session, &io, exits);
+        self.watch_process(key, session, fifos, exits);
         Ok(StartResponse {
             pid,
             ..Default::default()
