@@ -33,8 +33,8 @@ TOML
   fi
   containerd --config "$MSB_CTRD_DIR/config.toml" >"$MSB_CTRD_DIR/containerd.log" 2>&1 &
   echo $! >"$MSB_CTRD_DIR/containerd.pid"
-  local i
-  for i in $(seq 1 100); do
+
+  for _ in $(seq 1 100); do
     ctr --address "$MSB_CTRD_SOCK" version >/dev/null 2>&1 && return 0
     sleep 0.1
   done
@@ -45,11 +45,11 @@ TOML
 
 # Stops the containerd started by ctrd_start and waits for it to exit.
 ctrd_stop() {
-  local pid i
+  local pid
   [ -f "$MSB_CTRD_DIR/containerd.pid" ] || return 0
   pid=$(cat "$MSB_CTRD_DIR/containerd.pid")
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
