@@ -189,7 +189,9 @@ pub struct Rlimit {
 }
 
 /// `core.exec.request` (host -> guest, session start): run a process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+///
+/// `Default` matches what an absent field decodes to (notably `stdin: true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
     /// Program: an absolute path, or a name looked up in the `PATH` of `env`. It is also argv[0].
     pub cmd: String,
@@ -230,6 +232,25 @@ pub struct ExecRequest {
 
 fn default_true() -> bool {
     true
+}
+
+impl Default for ExecRequest {
+    fn default() -> Self {
+        ExecRequest {
+            cmd: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            additional_gids: Vec::new(),
+            tty: false,
+            rows: 0,
+            cols: 0,
+            rlimits: Vec::new(),
+            container: None,
+            stdin: true,
+        }
+    }
 }
 
 /// `core.exec.started` (guest -> host): the process runs.

@@ -302,3 +302,20 @@ fn direct_encoding_matches_frame_encoding() {
         "a refused frame leaves nothing behind"
     );
 }
+
+#[test]
+fn exec_request_default_matches_an_empty_map() {
+    let mut p = Vec::new();
+    ciborium::into_writer(&serde_json::json!({"cmd": ""}), &mut p).unwrap();
+    let msg = Message {
+        id: 1,
+        flags: Flags::SESSION_START,
+        version: 7,
+        kind: "core.exec.request".into(),
+        payload: p.into(),
+    };
+    assert_eq!(
+        msg.decode::<msb_protocol::types::ExecRequest>().unwrap(),
+        msb_protocol::types::ExecRequest::default()
+    );
+}

@@ -1,0 +1,116 @@
+//! agentd: PID 1 of a microsandbox microVM.
+//!
+//! Boot ([`init`]): mount the kernel file systems, load the initramfs's modules ([`modules`]),
+//! leave the initramfs for a tmpfs root, mount cgroup2, apply the `MSB_*` settings, then open the
+//! `agent` port ([`port`]) and serve the protocol ([`server`]): containers ([`container`],
+//! [`cgroup`]), processes ([`spawn`], [`exec`], [`reaper`]) and shutdown ([`shutdown`]).
+//!
+//! Threads, not async: the dispatcher is the main thread and the only one that spawns; each
+//! process has small threads for its streams and exit; one thread reaps; one writes the port.
+//! Blocking I/O with bounded queues gives backpressure end to end without a runtime whose own
+//! threads would complicate `clone` in a multi-threaded PID 1.
+//!
+//! PID 1 must never exit (the kernel would panic): a panic on the main thread is caught, logged
+//! and ends in an orderly power-off; a panic on a session thread ends that thread only.
+
+pub mod cgroup;
+pub mod container;
+pub mod exec;
+pub mod init;
+pub mod modules;
+pub mod mount_opts;
+pub mod port;
+pub mod reaper;
+pub mod server;
+pub mod shutdown;
+pub mod spawn;
+pub mod sys;
+pub mod users;
+
+use msb_protocol::boot::BootEnv;
+use msb_protocol::types::Ready;
+
+/// Runs agentd as PID 1. `boot_ns` is CLOCK_BOOTTIME at the first instruction of `main`.
+pub fn run(boot_ns: u64) -> ! {
+    // Before any thread exists, so that every thread inherits the blocked SIGCHLD.
+    let sigset = match sys::block_sigchld() {
+        Ok(s) => s,
+        Err(e) => fatal(&format!("block SIGCHLD: {e}")),
+    };
+    if let Err(e) = init::early_mounts() {
+        fatal(&e.to_string());
+    }
+    let env = BootEnv::from_vars(std::env::vars());
+    let level = env
+        .as_ref()
+        .ok()
+        .and_then(|e| e.log.clone())
+        .unwrap_or_else(|| "info".into());
+    let level = level.parse().unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let release = sys::kernel_release();
+    let loaded = modules::load_all(&release);
+    if let Err(e) = init::leave_initramfs().and_then(|_| init::late_mounts()) {
+        fatal(&e.to_string());
+    }
+    match &env {
+        Ok(env) => init::apply_boot_env(env),
+        Err(e) => tracing::error!("boot settings ignored: {e}"),
+    }
+    let init_ns = sys::boottime_ns();
+    tracing::info!(
+        "agentd {} on {release}: {loaded} modules, up in {} ms",
+        env!("CARGO_PKG_VERSION"),
+        init_ns / 1_000_000
+    );
+    let reaper = match reaper::Reaper::start(sigset) {
+        Ok(r) => r,
+        Err(e) => fatal(&format!("start the reaper: {e}")),
+    };
+    let port_path = match port::find() {
+        Ok(p) => p,
+        Err(e) => fatal(&e.to_string()),
+    };
+    let (reader, writer) = match port::open(&port_path).and_then(|f| f.try_clone().map(|w| (f, w)))
+    {
+        Ok(p) => p,
+        Err(e) => fatal(&format!("open {}: {e}", port_path.display())),
+    };
+    let out = match port::Out::start(writer) {
+        Ok(o) => o,
+        Err(e) => fatal(&format!("start the writer: {e}")),
+    };
+    let ready = Ready {
+        boot_time_ns: boot_ns,
+        init_time_ns: init_ns,
+        ready_time_ns: 0,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel_release: release,
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    let mut server = server::Server::new(out, reaper, ready);
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || server.serve(reader)));
+    if let Err(p) = result {
+        let what = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        fatal(&format!("agentd panicked: {}", what.unwrap_or_default()));
+    }
+    fatal("the server returned")
+}
+
+/// Logs and powers off: the only way PID 1 may end.
+pub fn fatal(msg: &str) -> ! {
+    eprintln!("agentd: fatal: {msg}");
+    sys::power_off()
+}

@@ -1,0 +1,469 @@
+//! Starting a process: everything is prepared in agentd (strings, argument arrays, file
+//! descriptors), then `clone` runs [`child`], which issues only raw system calls on that prepared
+//! data until `execve`: agentd is multi-threaded, so the child may not allocate or take locks.
+//!
+//! Three modes:
+//! - [`NsMode::Vm`]: a plain fork in the VM.
+//! - [`NsMode::NewContainer`]: the container's init. `clone` with new PID, mount, UTS and IPC
+//!   namespaces; the child sets up the root ([`RootSetup`]) and `pivot_root`s into it, so the
+//!   process is PID 1 of its own PID namespace while its parent stays agentd.
+//! - [`NsMode::Join`]: another process of a running container. The calling thread first enters
+//!   the container's PID namespace for its children (`setns` on this thread only), so the new
+//!   process is agentd's direct child (agentd can wait for it) yet inside the container; the child
+//!   then joins the mount, UTS and IPC namespaces.
+//!
+//! A failure in the child is written as `[step u8][errno i32 LE]` to a close-on-exec pipe; a
+//! successful `execve` closes the pipe, so the parent reads either 5 bytes or EOF.
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::sys;
+
+/// A mount performed in the child.
+#[derive(Debug)]
+pub struct MountOp {
+    /// Source, or none.
+    pub src: Option<CString>,
+    /// Absolute target in the VM's view (root path included).
+    pub target: CString,
+    /// File system type.
+    pub fstype: Option<CString>,
+    /// `MS_*` flags.
+    pub flags: libc::c_ulong,
+    /// File-system options.
+    pub data: Option<CString>,
+}
+
+/// One step of preparing a container root, in order.
+#[derive(Debug)]
+pub enum RootStep {
+    /// mkdir, an existing directory is fine.
+    Mkdir(CString, libc::mode_t),
+    /// A mount.
+    Mount(MountOp),
+    /// A character device node.
+    Mknod(CString, libc::mode_t, libc::dev_t),
+    /// A symbolic link `(target, path)`; an existing path is fine.
+    Symlink(CString, CString),
+}
+
+/// How the child prepares a new container's root.
+#[derive(Debug)]
+pub struct RootSetup {
+    /// The merged root, a mount point in the VM.
+    pub rootfs: CString,
+    /// Steps before `pivot_root`.
+    pub steps: Vec<RootStep>,
+    /// Hostname of the new UTS namespace.
+    pub hostname: Option<CString>,
+    /// Remount the root read-only after `pivot_root`.
+    pub readonly: bool,
+}
+
+/// Namespaces of the new process.
+#[derive(Debug)]
+pub enum NsMode {
+    /// The VM itself.
+    Vm,
+    /// A new container init.
+    NewContainer(RootSetup),
+    /// Join a running container: descriptors of its namespaces.
+    Join {
+        /// `/proc/<init>/ns/pid`.
+        pid: OwnedFd,
+        /// `/proc/<init>/ns/mnt`.
+        mnt: OwnedFd,
+        /// `/proc/<init>/ns/uts`.
+        uts: OwnedFd,
+        /// `/proc/<init>/ns/ipc`.
+        ipc: OwnedFd,
+    },
+}
+
+/// Where the child's standard streams come from.
+#[derive(Debug)]
+pub struct ChildStdio {
+    /// fd 0.
+    pub stdin: OwnedFd,
+    /// fd 1.
+    pub stdout: OwnedFd,
+    /// fd 2.
+    pub stderr: OwnedFd,
+    /// Make fd 0 the controlling terminal.
+    pub tty: bool,
+}
+
+/// Everything the child needs, prepared in the parent.
+#[derive(Debug)]
+pub struct SpawnPlan {
+    /// Namespaces.
+    pub ns: NsMode,
+    /// Resolved program path, in the process's own root.
+    pub path: CString,
+    /// argv.
+    pub argv: Vec<CString>,
+    /// envp.
+    pub envp: Vec<CString>,
+    /// Working directory.
+    pub cwd: CString,
+    /// User.
+    pub uid: libc::uid_t,
+    /// Group.
+    pub gid: libc::gid_t,
+    /// Supplementary groups.
+    pub groups: Vec<libc::gid_t>,
+    /// `(resource, limit)` pairs.
+    pub rlimits: Vec<(libc::c_int, libc::rlimit)>,
+    /// `cgroup.procs` of the cgroup to join, opened for writing.
+    pub cgroup_procs: Option<OwnedFd>,
+    /// Standard streams.
+    pub stdio: ChildStdio,
+}
+
+/// The step at which a child failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    /// Namespaces, mounts, pivot_root, hostname.
+    Setup = 1,
+    /// Joining the cgroup.
+    Cgroup = 2,
+    /// Standard streams, session, terminal.
+    Stdio = 3,
+    /// Resource limits.
+    Rlimit = 4,
+    /// The working directory.
+    Cwd = 5,
+    /// Groups and user.
+    User = 6,
+    /// execve itself.
+    Exec = 7,
+}
+
+impl Step {
+    fn from_u8(b: u8) -> Step {
+        match b {
+            1 => Step::Setup,
+            2 => Step::Cgroup,
+            3 => Step::Stdio,
+            4 => Step::Rlimit,
+            5 => Step::Cwd,
+            6 => Step::User,
+            _ => Step::Exec,
+        }
+    }
+}
+
+/// Why a process did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// agentd could not prepare or clone.
+    #[error("cannot start the process")]
+    Parent(#[source] io::Error),
+    /// The child failed before exec.
+    #[error("{step:?} failed: {}", io::Error::from_raw_os_error(*errno))]
+    Child {
+        /// Where.
+        step: Step,
+        /// The errno.
+        errno: i32,
+    },
+}
+
+/// Starts the process described by `plan`. `register` runs with the child's pid while the
+/// reaper cannot yet have reaped it (it is called before this function returns and before the
+/// child can have been waited for, see [`crate::reaper::Reaper::spawn_guard`]).
+///
+/// Returns the pid once the child has exec'd.
+pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<i32, SpawnError> {
+    let (err_r, err_w) = sys::pipe().map_err(SpawnError::Parent)?;
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+
+    let mut flags = libc::SIGCHLD as libc::c_long;
+    let mut restore_pidns: Option<OwnedFd> = None;
+    match &plan.ns {
+        NsMode::Vm => {}
+        NsMode::NewContainer(_) => {
+            flags |=
+                (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+                    as libc::c_long;
+        }
+        NsMode::Join { pid, .. } => {
+            let own = sys::open_ro(std::path::Path::new("/proc/thread-self/ns/pid"))
+                .map_err(SpawnError::Parent)?;
+            sys::setns(pid.as_raw_fd(), libc::CLONE_NEWPID).map_err(SpawnError::Parent)?;
+            restore_pidns = Some(own);
+        }
+    }
+
+    // SAFETY: a fork-like clone (no new stack, no shared memory): the child gets a copy of this
+    // address space and runs `child`, which only makes raw system calls on data prepared above
+    // and ends in execve or _exit.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid == 0 {
+        // SAFETY: we are the freshly cloned child; see `child`'s contract.
+        unsafe { child(&plan, argv.as_ptr(), envp.as_ptr(), err_w.as_raw_fd()) }
+    }
+    let clone_err = io::Error::last_os_error();
+    if let Some(own) = restore_pidns {
+        // Leaving the container's PID namespace for our future children again. If this failed,
+        // agentd's later children would land in the container: treat it as fatal for the VM.
+        if let Err(e) = sys::setns(own.as_raw_fd(), libc::CLONE_NEWPID) {
+            tracing::error!("cannot return to the VM's PID namespace: {e}");
+            sys::power_off();
+        }
+    }
+    if pid < 0 {
+        return Err(SpawnError::Parent(clone_err));
+    }
+    let pid = pid as i32;
+    register(pid);
+    drop(err_w);
+    drop(plan);
+    let mut buf = [0u8; 5];
+    let mut got = 0;
+    let mut err_r = std::fs::File::from(err_r);
+    while got < 5 {
+        match err_r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SpawnError::Parent(e)),
+        }
+    }
+    if got == 0 {
+        return Ok(pid);
+    }
+    let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    Err(SpawnError::Child {
+        step: Step::from_u8(buf[0]),
+        errno,
+    })
+}
+
+/// Reports `step` and the current errno to the parent and exits.
+///
+/// # Safety
+/// Only for the cloned child.
+unsafe fn fail(err_fd: RawFd, step: Step) -> ! {
+    // SAFETY: reading errno of this thread.
+    let errno = unsafe { *libc::__errno_location() };
+    let e = errno.to_le_bytes();
+    let msg = [step as u8, e[0], e[1], e[2], e[3]];
+    // SAFETY: writing a stack buffer to an open pipe, then exiting without running destructors.
+    unsafe {
+        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// `if call == -1 { fail(..) }`; only used inside the child's `unsafe` bodies.
+macro_rules! try_sys {
+    ($e:expr, $fd:expr, $step:expr) => {
+        if $e == -1 {
+            fail($fd, $step)
+        }
+    };
+}
+
+fn opt_ptr(c: &Option<CString>) -> *const libc::c_char {
+    c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+/// The child side.
+///
+/// # Safety
+/// Must only run in a freshly cloned child of a multi-threaded process: it makes only
+/// async-signal-safe system calls on memory prepared by the parent, and never returns.
+unsafe fn child(
+    plan: &SpawnPlan,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    err: RawFd,
+) -> ! {
+    // SAFETY: raw system calls with pointers into `plan`, which the parent built and which this
+    // copy of the address space keeps alive until execve; nothing here allocates or locks.
+    unsafe {
+        match &plan.ns {
+            NsMode::Vm => {}
+            NsMode::Join { mnt, uts, ipc, .. } => {
+                try_sys!(
+                    libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS),
+                    err,
+                    Step::Setup
+                );
+                try_sys!(
+                    libc::setns(uts.as_raw_fd(), libc::CLONE_NEWUTS),
+                    err,
+                    Step::Setup
+                );
+                try_sys!(
+                    libc::setns(ipc.as_raw_fd(), libc::CLONE_NEWIPC),
+                    err,
+                    Step::Setup
+                );
+            }
+            NsMode::NewContainer(root) => setup_root(root, err),
+        }
+        if let Some(fd) = &plan.cgroup_procs {
+            try_sys!(
+                libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) as libc::c_int,
+                err,
+                Step::Cgroup
+            );
+        }
+        try_sys!(libc::setsid(), err, Step::Stdio);
+        let s = &plan.stdio;
+        try_sys!(libc::dup2(s.stdin.as_raw_fd(), 0), err, Step::Stdio);
+        try_sys!(libc::dup2(s.stdout.as_raw_fd(), 1), err, Step::Stdio);
+        try_sys!(libc::dup2(s.stderr.as_raw_fd(), 2), err, Step::Stdio);
+        if s.tty {
+            try_sys!(libc::ioctl(0, libc::TIOCSCTTY, 0), err, Step::Stdio);
+        }
+        // Signals: agentd blocks SIGCHLD and Rust ignores SIGPIPE; the new program gets defaults.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Raw system calls: musl's wrappers for these synchronise every thread of the process
+        // (POSIX semantics) through signals, which cannot work in a cloned child whose other
+        // "threads" do not exist. The kernel calls act on this single-threaded child only.
+        for (res, lim) in &plan.rlimits {
+            let lim: *const libc::rlimit = lim;
+            try_sys!(
+                libc::syscall(
+                    libc::SYS_prlimit64,
+                    0,
+                    *res,
+                    lim,
+                    std::ptr::null_mut::<libc::rlimit>()
+                ) as libc::c_int,
+                err,
+                Step::Rlimit
+            );
+        }
+        try_sys!(
+            libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr())
+                as libc::c_int,
+            err,
+            Step::User
+        );
+        try_sys!(
+            libc::syscall(libc::SYS_setgid, plan.gid) as libc::c_int,
+            err,
+            Step::User
+        );
+        try_sys!(
+            libc::syscall(libc::SYS_setuid, plan.uid) as libc::c_int,
+            err,
+            Step::User
+        );
+        try_sys!(libc::chdir(plan.cwd.as_ptr()), err, Step::Cwd);
+        libc::execve(plan.path.as_ptr(), argv, envp);
+        fail(err, Step::Exec)
+    }
+}
+
+/// Mounts and `pivot_root` of a new container.
+///
+/// # Safety
+/// Child only, as for [`child`].
+unsafe fn setup_root(root: &RootSetup, err: RawFd) {
+    // SAFETY: raw system calls on strings prepared by the parent; nothing allocates or locks.
+    unsafe {
+        try_sys!(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            err,
+            Step::Setup
+        );
+        for step in &root.steps {
+            match step {
+                RootStep::Mkdir(path, mode) => {
+                    if libc::mkdir(path.as_ptr(), *mode) == -1
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
+                        fail(err, Step::Setup);
+                    }
+                }
+                RootStep::Mount(m) => {
+                    try_sys!(
+                        libc::mount(
+                            opt_ptr(&m.src),
+                            m.target.as_ptr(),
+                            opt_ptr(&m.fstype),
+                            m.flags,
+                            opt_ptr(&m.data).cast()
+                        ),
+                        err,
+                        Step::Setup
+                    );
+                }
+                RootStep::Mknod(path, mode, dev) => {
+                    if libc::mknod(path.as_ptr(), *mode, *dev) == -1
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
+                        fail(err, Step::Setup);
+                    }
+                }
+                RootStep::Symlink(target, path) => {
+                    if libc::symlink(target.as_ptr(), path.as_ptr()) == -1
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
+                        fail(err, Step::Setup);
+                    }
+                }
+            }
+        }
+        if let Some(h) = &root.hostname {
+            try_sys!(
+                libc::sethostname(h.as_ptr(), h.count_bytes()),
+                err,
+                Step::Setup
+            );
+        }
+        try_sys!(libc::chdir(root.rootfs.as_ptr()), err, Step::Setup);
+        try_sys!(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            err,
+            Step::Setup
+        );
+        try_sys!(
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+            err,
+            Step::Setup
+        );
+        try_sys!(libc::chdir(c"/".as_ptr()), err, Step::Setup);
+        if root.readonly {
+            try_sys!(
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null()
+                ),
+                err,
+                Step::Setup
+            );
+        }
+    }
+}

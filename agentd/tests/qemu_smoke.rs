@@ -1,0 +1,361 @@
+//! agentd booted for real under QEMU (TCG) and driven over the agent port with the protocol
+//! crate's blocking API: ready, a container with its init as PID 1 of its own PID namespace,
+//! exit codes, a missing program, shutdown. The host-side runtime has its own, larger suite in
+//! test-e2e; this one keeps agentd testable on its own.
+//!
+//! Needs `hack/guest-assets` to have built the kernel and an initramfs of the current agentd
+//! (`./hack/test` does); skipped with a printed reason otherwise.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use msb_protocol::types::*;
+use msb_protocol::{read_message, write_message, Message, Payload};
+
+fn assets() -> Option<PathBuf> {
+    let dir = PathBuf::from(
+        std::env::var("MSB_ASSET_DIR").unwrap_or_else(|_| "/var/cache/microsandbox/assets".into()),
+    );
+    let ok = dir.join("vmlinux").is_file() && dir.join("initramfs.cpio").is_file();
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !ok || !qemu {
+        eprintln!("SKIPPED: needs qemu-system-x86_64 and {}/{{vmlinux,initramfs.cpio}} (run ./hack/test or hack/guest-assets)", dir.display());
+        return None;
+    }
+    Some(dir)
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("tool runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tsc_khz() -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}/../hack/lib/guest.sh; host_tsc_khz",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+struct Guest {
+    qemu: Child,
+    dir: PathBuf,
+    sock: UnixStream,
+    next_id: u32,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Guest {
+    fn boot(assets: &Path, name: &str) -> Guest {
+        let dir = std::env::temp_dir().join(format!("agentd-smoke-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "echo", "cat", "uname", "sleep", "ls", "id", "hostname",
+        ] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        run(Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg(dir.join("lower.img"))
+            .arg(&root));
+        run(Command::new("truncate")
+            .arg("-s")
+            .arg("256M")
+            .arg(dir.join("upper.img")));
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(dir.join("upper.img")));
+        let sock_path = dir.join("agent.sock");
+        let qemu = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel", "tcg", "-M", "microvm", "-cpu", "qemu64", "-smp", "1", "-m", "256M",
+            ])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(assets.join("vmlinux"))
+            .arg("-initrd")
+            .arg(assets.join("initramfs.cpio"))
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 tsc_early_khz={} tsc=reliable MSB_HOSTNAME=smoke",
+                tsc_khz()
+            ))
+            .arg("-serial")
+            .arg(format!("file:{}", dir.join("console.log").display()))
+            .args(["-device", "virtio-serial-device"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                sock_path.display()
+            ))
+            .args(["-device", "virtserialport,chardev=agent,name=agent"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=lower,format=raw,readonly=on",
+                dir.join("lower.img").display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=lower,serial=lower"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=upper,format=raw,cache=unsafe",
+                dir.join("upper.img").display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=upper,serial=upper"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sock = loop {
+            match UnixStream::connect(&sock_path) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("agent socket: {e}"),
+            }
+        };
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Guest {
+            qemu,
+            dir,
+            sock,
+            next_id: 1,
+        }
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+    }
+
+    fn recv(&mut self) -> Message {
+        match read_message(&mut self.sock) {
+            Ok(Some(m)) => m,
+            other => panic!("no message ({other:?}); console:\n{}", self.console()),
+        }
+    }
+
+    fn send<P: Payload>(&mut self, id: u32, p: &P) {
+        write_message(&mut self.sock, &Message::new(id, p).unwrap()).unwrap();
+    }
+
+    fn id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Runs a command to completion: (stdout, stderr, exit code or failure).
+    fn exec(&mut self, req: ExecRequest) -> (String, String, Result<i32, ExecFailed>) {
+        let id = self.id();
+        self.send(id, &req);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        loop {
+            let m = self.recv();
+            if m.id != id {
+                continue;
+            }
+            match m.kind.as_str() {
+                ExecStarted::TYPE => {}
+                ExecStdout::TYPE => out.extend(m.decode::<ExecStdout>().unwrap().data),
+                ExecStderr::TYPE => err.extend(m.decode::<ExecStderr>().unwrap().data),
+                ExecExited::TYPE => {
+                    return (s(out), s(err), Ok(m.decode::<ExecExited>().unwrap().code))
+                }
+                ExecFailed::TYPE => {
+                    return (s(out), s(err), Err(m.decode::<ExecFailed>().unwrap()))
+                }
+                other => panic!("unexpected {other}: {m:?}"),
+            }
+        }
+    }
+}
+
+fn s(v: Vec<u8>) -> String {
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+fn sh(container: &str, script: &str) -> ExecRequest {
+    ExecRequest {
+        cmd: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        container: Some(container.into()),
+        stdin: false,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn container_lifecycle_in_a_real_guest() {
+    let Some(assets) = assets() else { return };
+    let release = std::fs::read_to_string(assets.join("kernel.release"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut g = Guest::boot(&assets, "life");
+    let ready = g.recv();
+    let ready = ready
+        .decode::<Ready>()
+        .unwrap_or_else(|e| panic!("{e}; console:\n{}", g.console()));
+    assert_eq!(ready.kernel_release, release);
+    assert!(ready.boot_time_ns <= ready.init_time_ns && ready.init_time_ns <= ready.ready_time_ns);
+
+    let id = g.id();
+    g.send(
+        id,
+        &ContainerCreate {
+            id: "c1".into(),
+            rootfs: RootfsSpec {
+                lower: vec![StorageRef::Serial("lower".into())],
+                upper: StorageRef::Serial("upper".into()),
+                fstype: "ext4".into(),
+                readonly: false,
+            },
+            mounts: vec![],
+            hostname: Some("c1-host".into()),
+            namespaces: Default::default(),
+            handoff_init: None,
+            resources: Default::default(),
+            sysctls: vec![],
+        },
+    );
+    let created = g.recv();
+    assert_eq!(
+        created.kind,
+        ContainerCreated::TYPE,
+        "{:?}; console:\n{}",
+        created.decode::<ContainerFailed>(),
+        g.console()
+    );
+
+    // The init: PID 1 of its own namespace, our hostname, the guest kernel; it waits for stdin EOF.
+    let init_id = g.id();
+    g.send(
+        init_id,
+        &ExecRequest {
+            cmd: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo pid=$$ host=$(hostname) kernel=$(uname -r); cat; exit 7".into(),
+            ],
+            container: Some("c1".into()),
+            ..Default::default()
+        },
+    );
+    let started = g.recv();
+    assert_eq!(
+        started.kind,
+        ExecStarted::TYPE,
+        "{started:?} {:?}; console:\n{}",
+        started.decode::<ExecFailed>(),
+        g.console()
+    );
+    let line = g.recv();
+    assert_eq!(
+        s(line.decode::<ExecStdout>().unwrap().data),
+        format!("pid=1 host=c1-host kernel={release}\n")
+    );
+
+    // Other processes join the container.
+    let (out, _, code) = g.exec(sh("c1", "echo joined $(hostname); exit 3"));
+    assert_eq!(
+        (out.as_str(), code.unwrap()),
+        ("joined c1-host\n", 3),
+        "console:\n{}",
+        g.console()
+    );
+    let (_, _, code) = g.exec(sh("c1", "kill -9 $$"));
+    assert_eq!(code.unwrap(), 137);
+    let (out, err, code) = g.exec(sh("c1", "echo out; echo err >&2"));
+    assert_eq!(
+        (out.as_str(), err.as_str(), code.unwrap()),
+        ("out\n", "err\n", 0)
+    );
+    let (_, _, code) = g.exec(ExecRequest {
+        cmd: "no-such-tool".into(),
+        container: Some("c1".into()),
+        stdin: false,
+        ..Default::default()
+    });
+    let failed = code.unwrap_err();
+    assert_eq!(failed.kind, ExecFailureKind::NotFound);
+    assert!(
+        failed.message.contains("no-such-tool"),
+        "{}",
+        failed.message
+    );
+
+    // stdin to the init, then EOF: it echoes and exits 7.
+    g.send(
+        init_id,
+        &ExecStdin {
+            data: b"through stdin\n".to_vec(),
+        },
+    );
+    g.send(init_id, &ExecStdin { data: vec![] });
+    let mut out = Vec::new();
+    let code = loop {
+        let m = g.recv();
+        match m.kind.as_str() {
+            ExecStdout::TYPE => out.extend(m.decode::<ExecStdout>().unwrap().data),
+            ExecExited::TYPE => break m.decode::<ExecExited>().unwrap().code,
+            _ => {}
+        }
+    };
+    assert_eq!((s(out).as_str(), code), ("through stdin\n", 7));
+
+    // Shutdown powers the VM off.
+    g.send(0, &Shutdown);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = g.qemu.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no power-off; console:\n{}",
+            g.console()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut rest = Vec::new();
+    let _ = g.sock.read_to_end(&mut rest);
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(g.dir.join("upper.img"))
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "upper not clean: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
