@@ -158,7 +158,12 @@ impl Guest {
 
     fn recv(&mut self) -> Message {
         match read_message(&mut self.sock) {
-            Ok(Some(m)) => m,
+            Ok(Some(m)) => {
+                if std::env::var_os("SMOKE_TRACE").is_some() {
+                    eprintln!("<- {m:?}");
+                }
+                m
+            }
             other => panic!("no message ({other:?}); console:\n{}", self.console()),
         }
     }
@@ -194,6 +199,53 @@ impl Guest {
                 }
                 other => panic!("unexpected {other}: {m:?}"),
             }
+        }
+    }
+}
+
+fn create(g: &mut Guest, id: &str, resources: Resources) {
+    let sid = g.id();
+    g.send(
+        sid,
+        &ContainerCreate {
+            id: id.into(),
+            rootfs: RootfsSpec {
+                lower: vec![StorageRef::Serial("lower".into())],
+                upper: StorageRef::Serial("upper".into()),
+                fstype: "ext4".into(),
+                readonly: false,
+            },
+            mounts: vec![ContainerMount {
+                destination: "/scratch".into(),
+                kind: "tmpfs".into(),
+                source: String::new(),
+                options: vec!["size=1m".into()],
+            }],
+            hostname: None,
+            namespaces: Default::default(),
+            handoff_init: None,
+            resources,
+            sysctls: vec![],
+        },
+    );
+    let m = g.recv();
+    assert_eq!(
+        m.kind,
+        ContainerCreated::TYPE,
+        "{:?}; console:\n{}",
+        m.decode::<ContainerFailed>(),
+        g.console()
+    );
+}
+
+/// Sends a container request and returns the reply.
+fn ask<P: Payload>(g: &mut Guest, p: &P) -> Message {
+    let id = g.id();
+    g.send(id, p);
+    loop {
+        let m = g.recv();
+        if m.id == id {
+            return m;
         }
     }
 }
@@ -358,4 +410,172 @@ fn container_lifecycle_in_a_real_guest() {
         "upper not clean: {}",
         String::from_utf8_lossy(&fsck.stdout)
     );
+}
+
+#[test]
+fn terminals_limits_signals_and_stats() {
+    let Some(assets) = assets() else { return };
+    let mut g = Guest::boot(&assets, "more");
+    assert_eq!(g.recv().kind, Ready::TYPE);
+    create(
+        &mut g,
+        "c2",
+        Resources {
+            memory_limit: Some(32 << 20),
+            ..Default::default()
+        },
+    );
+
+    // The init sleeps; it is PID 1 so the container lives while we poke at it.
+    let init = g.id();
+    g.send(
+        init,
+        &ExecRequest {
+            cmd: "sleep".into(),
+            args: vec!["600".into()],
+            container: Some("c2".into()),
+            stdin: false,
+            ..Default::default()
+        },
+    );
+    assert_eq!(g.recv().kind, ExecStarted::TYPE);
+
+    // A terminal reports the size it was given, then the size set by a resize.
+    let (out, _, code) = g.exec(ExecRequest {
+        tty: true,
+        rows: 33,
+        cols: 101,
+        ..sh("c2", "stty size")
+    });
+    assert_eq!((out.as_str(), code.unwrap()), ("33 101\r\n", 0));
+    let tty = g.id();
+    g.send(
+        tty,
+        &ExecRequest {
+            tty: true,
+            rows: 10,
+            cols: 20,
+            stdin: true,
+            ..sh("c2", "read line; stty size")
+        },
+    );
+    assert_eq!(g.recv().kind, ExecStarted::TYPE);
+    g.send(
+        tty,
+        &ExecResize {
+            rows: 47,
+            cols: 132,
+        },
+    );
+    g.send(
+        tty,
+        &ExecStdin {
+            data: b"go\n".to_vec(),
+        },
+    );
+    let mut out = Vec::new();
+    loop {
+        let m = g.recv();
+        match m.kind.as_str() {
+            ExecStdout::TYPE => out.extend(m.decode::<ExecStdout>().unwrap().data),
+            ExecExited::TYPE => break,
+            _ => {}
+        }
+    }
+    assert!(s(out).ends_with("47 132\r\n"), "terminal output");
+
+    // Spec tmpfs mounts exist.
+    let (out, _, _) = g.exec(sh("c2", "grep -c ' /scratch tmpfs' /proc/mounts || true"));
+    assert_eq!(out, "1\n");
+
+    // Three concurrent execs; killing one leaves the others running.
+    let ids: Vec<u32> = (0..3).map(|_| g.id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        g.send(*id, &sh("c2", &format!("sleep 2; echo done{i}")));
+    }
+    let mut started = 0;
+    while started < 3 {
+        if g.recv().kind == ExecStarted::TYPE {
+            started += 1;
+        }
+    }
+    g.send(
+        ids[1],
+        &ExecSignal {
+            signal: 9,
+            all: false,
+        },
+    );
+    let mut results = std::collections::HashMap::new();
+    while results.len() < 3 {
+        let m = g.recv();
+        match m.kind.as_str() {
+            ExecStdout::TYPE => assert!(m.id != ids[1]),
+            ExecExited::TYPE => {
+                results.insert(m.id, m.decode::<ExecExited>().unwrap().code);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        (results[&ids[0]], results[&ids[1]], results[&ids[2]]),
+        (0, 137, 0)
+    );
+
+    // pids, stats, pause/resume.
+    let pids = ask(&mut g, &ContainerPids { id: "c2".into() })
+        .decode::<ContainerPidsReply>()
+        .unwrap();
+    assert_eq!(pids.pids.len(), 1, "only the init is left: {:?}", pids.pids);
+    let stats = ask(&mut g, &ContainerStats { id: "c2".into() })
+        .decode::<ContainerStatsReply>()
+        .unwrap();
+    assert!(stats.memory.usage > 0);
+    assert_eq!(stats.memory.limit, 32 << 20);
+    assert_eq!(
+        ask(&mut g, &ContainerPause { id: "c2".into() }).kind,
+        ContainerDone::TYPE
+    );
+    assert_eq!(
+        ask(&mut g, &ContainerResume { id: "c2".into() }).kind,
+        ContainerDone::TYPE
+    );
+
+    // Past its memory limit a process is OOM-killed: 137, and the container reports the OOM.
+    let (_, _, code) = g.exec(sh("c2", "tail /dev/zero"));
+    assert_eq!(code.unwrap(), 137);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = g.recv();
+        if m.kind == ContainerOom::TYPE {
+            assert_eq!(
+                (m.id, m.decode::<ContainerOom>().unwrap().id.as_str()),
+                (0, "c2")
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no core.container.oom");
+    }
+
+    // kill --all ends the init; delete cleans up.
+    g.send(
+        init,
+        &ExecSignal {
+            signal: 9,
+            all: true,
+        },
+    );
+    loop {
+        let m = g.recv();
+        if m.id == init && m.kind == ExecExited::TYPE {
+            assert_eq!(m.decode::<ExecExited>().unwrap().code, 137);
+            break;
+        }
+    }
+    assert_eq!(
+        ask(&mut g, &ContainerDelete { id: "c2".into() }).kind,
+        ContainerDone::TYPE
+    );
+    let failed = ask(&mut g, &ContainerStats { id: "c2".into() });
+    assert_eq!(failed.kind, ContainerFailed::TYPE);
 }
