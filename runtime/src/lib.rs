@@ -1,1 +1,24 @@
-//! A microsandbox sandbox on the host (filled by the guest-slice issue).
+//! A microsandbox sandbox on the host: one microVM running agentd, its disks, its VMM process
+//! and the agent connection.
+//!
+//! - [`assets`]: where the guest kernel and initramfs are.
+//! - [`disks`]: the read-only EROFS lower and the sparse ext4 upper images.
+//! - [`host`]: facts about this host (TSC frequency, whether KVM can boot a standard guest).
+//! - [`vmm`]: the backends behind one trait ([`vmm::Backend`]): `qemu` here, `krun` in
+//!   [`krun`]. The VMM is always a child process in its own process group.
+//! - [`agent`]: the async client of agentd's protocol (sessions, backpressure).
+//! - [`relay`]: serves several host clients over one agent connection.
+//! - [`sandbox`]: the owned value tying it together; dropping it leaves nothing behind.
+
+pub mod agent;
+pub mod assets;
+pub mod disks;
+pub mod host;
+pub mod relay;
+pub mod sandbox;
+pub mod vmm;
+
+pub use agent::{AgentClient, AgentError, ExecEvent, ExecSession};
+pub use assets::GuestAssets;
+pub use sandbox::{Sandbox, SandboxConfig, SandboxError};
+pub use vmm::{BackendKind, DiskSpec, VmSpec, VmmError};

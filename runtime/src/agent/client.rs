@@ -1,0 +1,396 @@
+//! Connection, sessions and routing.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use msb_protocol::codec::FrameCodec;
+use msb_protocol::relay::RangeHeader;
+use msb_protocol::types::*;
+use msb_protocol::{Flags, Frame, Message, MessageError, Payload};
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Frames a session may have queued before the reader waits for its consumer.
+const SESSION_QUEUE: usize = 64;
+
+/// Why a request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// The connection is gone; the reason is kept.
+    #[error("agent connection closed: {0}")]
+    Closed(String),
+    /// The guest answered with `core.error`.
+    #[error("agent refused {request}: {kind:?}: {message}")]
+    Refused {
+        /// The request type.
+        request: String,
+        /// Error kind.
+        kind: ErrorKind,
+        /// Detail.
+        message: String,
+    },
+    /// A container request failed in the guest.
+    #[error("container {id}: {message}")]
+    Container {
+        /// Container id.
+        id: String,
+        /// The guest's message.
+        message: String,
+    },
+    /// The guest answered with something unexpected or undecodable.
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+    /// No reply in time.
+    #[error("no reply to {0} in time")]
+    Timeout(String),
+}
+
+impl From<MessageError> for AgentError {
+    fn from(e: MessageError) -> Self {
+        AgentError::Protocol(e.to_string())
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    sessions: Mutex<HashMap<u32, mpsc::Sender<Message>>>,
+    closed: Mutex<Option<String>>,
+    next_id: AtomicU32,
+    ids: Range<u32>,
+}
+
+impl Shared {
+    fn close(&self, reason: String) {
+        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if closed.is_none() {
+            tracing::debug!("agent connection closed: {reason}");
+            *closed = Some(reason);
+        }
+        // Dropping the senders ends every session's stream.
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn closed_error(&self) -> AgentError {
+        AgentError::Closed(
+            self.closed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "connection ended".into()),
+        )
+    }
+}
+
+/// A connected client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Frame>,
+    events: broadcast::Sender<Message>,
+}
+
+/// One correlation id's frames.
+#[derive(Debug)]
+pub struct Session {
+    id: u32,
+    rx: mpsc::Receiver<Message>,
+    client: AgentClient,
+}
+
+impl Session {
+    /// The correlation id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The next frame of this session, or the connection's failure.
+    pub async fn recv(&mut self) -> Result<Message, AgentError> {
+        match self.rx.recv().await {
+            Some(m) => Ok(m),
+            None => Err(self.client.shared.closed_error()),
+        }
+    }
+
+    /// Sends a frame on this session.
+    pub async fn send<P: Payload>(&self, p: &P) -> Result<(), AgentError> {
+        self.client.send(self.id, p).await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.client
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl AgentClient {
+    /// Connects straight to a VM's agent socket and waits up to `timeout` for `core.ready`.
+    pub async fn connect_direct(
+        stream: UnixStream,
+        timeout: Duration,
+    ) -> Result<(AgentClient, Ready), AgentError> {
+        Self::start(stream, 1..msb_protocol::RELAY_ID_STEP, timeout).await
+    }
+
+    /// Connects through a relay: reads the id range it assigns, then `core.ready`.
+    pub async fn connect_relay(
+        mut stream: UnixStream,
+        timeout: Duration,
+    ) -> Result<(AgentClient, Ready), AgentError> {
+        let mut header = [0u8; RangeHeader::SIZE];
+        tokio::time::timeout(timeout, stream.read_exact(&mut header))
+            .await
+            .map_err(|_| AgentError::Timeout("relay range header".into()))?
+            .map_err(|e| AgentError::Closed(format!("reading the relay range header: {e}")))?;
+        let range = RangeHeader::from_bytes(header).ok_or_else(|| {
+            AgentError::Protocol(format!("invalid relay range header {header:?}"))
+        })?;
+        Self::start(stream, range.id_start..range.id_end_exclusive, timeout).await
+    }
+
+    async fn start(
+        stream: UnixStream,
+        ids: Range<u32>,
+        timeout: Duration,
+    ) -> Result<(AgentClient, Ready), AgentError> {
+        let (r, w) = stream.into_split();
+        let mut reader = FramedRead::new(r, FrameCodec);
+        let first = tokio::time::timeout(timeout, reader.next())
+            .await
+            .map_err(|_| AgentError::Timeout("core.ready".into()))?;
+        let ready = match first {
+            Some(Ok(frame)) => Message::from_frame(&frame)?.decode::<Ready>()?,
+            Some(Err(e)) => return Err(AgentError::Closed(e.to_string())),
+            None => {
+                return Err(AgentError::Closed(
+                    "the guest closed the connection before core.ready".into(),
+                ))
+            }
+        };
+        let shared = Arc::new(Shared {
+            sessions: Mutex::default(),
+            closed: Mutex::default(),
+            next_id: AtomicU32::new(ids.start),
+            ids,
+        });
+        let (tx, mut rx) = mpsc::channel::<Frame>(SESSION_QUEUE);
+        let (events, _) = broadcast::channel(64);
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut writer = FramedWrite::new(w, FrameCodec);
+            while let Some(frame) = rx.recv().await {
+                if let Err(e) = writer.send(frame).await {
+                    s.close(format!("write: {e}"));
+                    break;
+                }
+            }
+        });
+        let (s, ev) = (shared.clone(), events.clone());
+        tokio::spawn(async move {
+            let reason = loop {
+                match reader.next().await {
+                    Some(Ok(frame)) => route(&s, &ev, frame).await,
+                    Some(Err(e)) => break format!("invalid data from the guest: {e}"),
+                    None => break "the guest closed the connection".to_owned(),
+                }
+            };
+            s.close(reason);
+        });
+        Ok((AgentClient { shared, tx, events }, ready))
+    }
+
+    /// Whether the connection has failed, and why.
+    pub fn closed_reason(&self) -> Option<String> {
+        self.shared
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Connection-level events from the guest (id 0), such as `core.container.oom`.
+    pub fn events(&self) -> broadcast::Receiver<Message> {
+        self.events.subscribe()
+    }
+
+    /// Sends one frame.
+    pub async fn send<P: Payload>(&self, id: u32, p: &P) -> Result<(), AgentError> {
+        let frame = Message::new(id, p)?.to_frame();
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|_| self.shared.closed_error())
+    }
+
+    /// Opens a session with its first message.
+    pub async fn request<P: Payload>(&self, p: &P) -> Result<Session, AgentError> {
+        if self.closed_reason().is_some() {
+            return Err(self.shared.closed_error());
+        }
+        let id = self.allocate_id();
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let session = Session {
+            id,
+            rx,
+            client: self.clone(),
+        };
+        self.send(id, p).await?;
+        Ok(session)
+    }
+
+    fn allocate_id(&self) -> u32 {
+        let ids = &self.shared.ids;
+        loop {
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            if ids.contains(&id) {
+                return id;
+            }
+            // Wrapped around the range: start over (ids of finished sessions are free again).
+            let _ = self.shared.next_id.compare_exchange(
+                id.wrapping_add(1),
+                ids.start,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// One request, one terminal reply of type `R` (or `core.container.failed`/`core.error`).
+    pub async fn call<P: Payload, R: Payload>(&self, p: &P) -> Result<R, AgentError> {
+        let mut s = self.request(p).await?;
+        let m = s.recv().await?;
+        reply::<R>(P::TYPE, m)
+    }
+
+    /// `core.container.create`: prepares a container's root.
+    pub async fn container_create(&self, c: &ContainerCreate) -> Result<(), AgentError> {
+        self.call::<_, ContainerCreated>(c).await.map(drop)
+    }
+
+    /// Freezes a container.
+    pub async fn container_pause(&self, id: &str) -> Result<(), AgentError> {
+        self.call::<_, ContainerDone>(&ContainerPause { id: id.into() })
+            .await
+            .map(drop)
+    }
+
+    /// Thaws a container.
+    pub async fn container_resume(&self, id: &str) -> Result<(), AgentError> {
+        self.call::<_, ContainerDone>(&ContainerResume { id: id.into() })
+            .await
+            .map(drop)
+    }
+
+    /// Changes a container's limits.
+    pub async fn container_update(&self, id: &str, resources: Resources) -> Result<(), AgentError> {
+        self.call::<_, ContainerDone>(&ContainerUpdate {
+            id: id.into(),
+            resources,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes a container (kills what is left, unmounts).
+    pub async fn container_delete(&self, id: &str) -> Result<(), AgentError> {
+        self.call::<_, ContainerDone>(&ContainerDelete { id: id.into() })
+            .await
+            .map(drop)
+    }
+
+    /// A container's cgroup figures.
+    pub async fn container_stats(&self, id: &str) -> Result<ContainerStatsReply, AgentError> {
+        self.call(&ContainerStats { id: id.into() }).await
+    }
+
+    /// A container's pids.
+    pub async fn container_pids(&self, id: &str) -> Result<Vec<u32>, AgentError> {
+        self.call::<_, ContainerPidsReply>(&ContainerPids { id: id.into() })
+            .await
+            .map(|r| r.pids)
+    }
+
+    /// Round trip.
+    pub async fn ping(&self) -> Result<(), AgentError> {
+        self.call::<_, Pong>(&Ping {}).await.map(drop)
+    }
+
+    /// Asks the guest to stop its containers and power off.
+    pub async fn shutdown(&self) -> Result<(), AgentError> {
+        self.send(0, &Shutdown).await
+    }
+}
+
+/// Decodes a terminal reply, turning guest-side failures into errors.
+fn reply<R: Payload>(request: &str, m: Message) -> Result<R, AgentError> {
+    match m.kind.as_str() {
+        k if k == R::TYPE => Ok(m.decode::<R>()?),
+        ContainerFailed::TYPE => {
+            let f = m.decode::<ContainerFailed>()?;
+            Err(AgentError::Container {
+                id: f.id,
+                message: f.message,
+            })
+        }
+        ErrorReply::TYPE => {
+            let e = m.decode::<ErrorReply>()?;
+            Err(AgentError::Refused {
+                request: request.into(),
+                kind: e.kind,
+                message: e.message,
+            })
+        }
+        other => Err(AgentError::Protocol(format!(
+            "{other} in reply to {request}"
+        ))),
+    }
+}
+
+async fn route(shared: &Shared, events: &broadcast::Sender<Message>, frame: Frame) {
+    let msg = match Message::from_frame(&frame) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("dropping a frame from the guest: {e}");
+            return;
+        }
+    };
+    if msg.id == msb_protocol::CONTROL_ID {
+        let _ = events.send(msg);
+        return;
+    }
+    let terminal = msg.flags.contains(Flags::TERMINAL);
+    let tx = {
+        let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if terminal {
+            sessions.remove(&msg.id)
+        } else {
+            sessions.get(&msg.id).cloned()
+        }
+    };
+    match tx {
+        // Awaiting here is the backpressure: a slow consumer stops the reader.
+        Some(tx) => {
+            let _ = tx.send(msg).await;
+        }
+        None => tracing::debug!("frame for unknown session {}: {}", msg.id, msg.kind),
+    }
+}

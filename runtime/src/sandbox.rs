@@ -1,0 +1,267 @@
+//! A sandbox: one VM, its directory, its VMM process and its agent connection, as one owned
+//! value. [`Sandbox::shutdown`] stops it cleanly; dropping it kills the VMM and removes the
+//! directory, so an early return cannot leak a process, a socket or a disk image.
+//!
+//! Sandbox directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`):
+//! `agent.sock` (the agent port), `console.log` (guest console), `qemu.log` (VMM output), and
+//! the disk images the caller put there.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use msb_protocol::boot::BootEnv;
+use msb_protocol::types::Ready;
+use tokio::net::UnixStream;
+
+use crate::agent::{AgentClient, AgentError};
+use crate::assets::{GuestAssets, MissingAsset};
+use crate::vmm::{self, BackendKind, DiskSpec, VmExit, VmSpec, VmmError, VmmProcess};
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Sandbox id: a directory name.
+    pub id: String,
+    /// `None` for `auto`.
+    pub backend: Option<BackendKind>,
+    /// Virtual CPUs.
+    pub vcpus: u8,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Kernel and initramfs.
+    pub assets: GuestAssets,
+    /// `MSB_*` settings.
+    pub boot_env: BootEnv,
+    /// Disks (images usually inside [`SandboxConfig::dir`]).
+    pub disks: Vec<DiskSpec>,
+    /// How long the guest may take to send `core.ready`.
+    pub ready_timeout: Duration,
+}
+
+impl SandboxConfig {
+    /// Defaults: auto backend, 1 vCPU, 256 MiB, assets from `$MSB_ASSET_DIR`.
+    pub fn new(id: impl Into<String>) -> SandboxConfig {
+        SandboxConfig {
+            id: id.into(),
+            backend: None,
+            vcpus: 1,
+            memory_mib: 256,
+            assets: GuestAssets::default_location(),
+            boot_env: BootEnv::default(),
+            disks: Vec::new(),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The sandbox directory for this id.
+    pub fn dir(&self) -> PathBuf {
+        run_dir().join("sandboxes").join(&self.id)
+    }
+}
+
+/// `$MSB_RUN_DIR` or `/run/microsandbox`.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("MSB_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/microsandbox"))
+}
+
+/// Why a sandbox could not start or stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Kernel or initramfs missing.
+    #[error(transparent)]
+    Assets(#[from] MissingAsset),
+    /// The VMM could not start.
+    #[error("start the {backend} VMM")]
+    Vmm {
+        /// Backend.
+        backend: BackendKind,
+        /// Cause.
+        #[source]
+        source: VmmError,
+    },
+    /// The guest did not come up.
+    #[error(
+        "the guest did not become ready: {reason}\n--- guest console (last lines) ---\n{console}"
+    )]
+    NotReady {
+        /// What happened.
+        reason: String,
+        /// The console tail.
+        console: String,
+    },
+    /// The agent connection failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// A file operation on the sandbox directory failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    dir: PathBuf,
+    vmm: VmmProcess,
+    agent: AgentClient,
+    ready: Ready,
+    boot_time: Duration,
+}
+
+impl Sandbox {
+    /// Creates the directory (if the caller has not) and boots. The caller may put disk images
+    /// into [`SandboxConfig::dir`] first.
+    pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        cfg.assets.check()?;
+        let dir = cfg.dir();
+        std::fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
+            what: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let (kind, why) = vmm::select_backend(cfg.backend);
+        tracing::info!(sandbox = %cfg.id, "backend {kind}: {why}");
+        let spec = VmSpec {
+            id: cfg.id.clone(),
+            dir: dir.clone(),
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            kernel: cfg.assets.kernel.clone(),
+            initramfs: cfg.assets.initramfs.clone(),
+            cmdline: cfg.boot_env.to_cmdline_words(),
+            disks: cfg.disks.clone(),
+            shares: Vec::new(),
+            agent_socket: dir.join("agent.sock"),
+            console_log: dir.join("console.log"),
+        };
+        let started = Instant::now();
+        let backend = vmm::backend(kind).map_err(|source| SandboxError::Vmm {
+            backend: kind,
+            source,
+        })?;
+        let mut vmm = backend.launch(&spec).map_err(|source| SandboxError::Vmm {
+            backend: kind,
+            source,
+        })?;
+        let deadline = started + cfg.ready_timeout;
+        let stream = loop {
+            if let Some(exit) = vmm.try_exit() {
+                return Err(not_ready(
+                    &vmm,
+                    format!("the VMM exited ({exit:?}) before the agent socket was up"),
+                ));
+            }
+            match UnixStream::connect(&spec.agent_socket).await {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => {
+                    return Err(not_ready(
+                        &vmm,
+                        format!("agent socket {}: {e}", spec.agent_socket.display()),
+                    ))
+                }
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let connect = AgentClient::connect_direct(stream, remaining);
+        tokio::pin!(connect);
+        // Waits for core.ready, but gives up as soon as the VMM dies (a crashed guest must fail
+        // fast, not after the whole timeout).
+        let (agent, ready) = loop {
+            tokio::select! {
+                r = &mut connect => match r {
+                    Ok(ok) => break ok,
+                    Err(e) => return Err(not_ready(&vmm, e.to_string())),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Some(exit) = vmm.try_exit() {
+                        let what = if exit.guest_panicked { "the guest kernel panicked" } else { "the VMM exited" };
+                        return Err(not_ready(&vmm, format!("{what} before core.ready ({exit:?})")));
+                    }
+                }
+            }
+        };
+        let boot_time = started.elapsed();
+        tracing::info!(sandbox = %cfg.id, "ready in {} ms (guest: boot {} ms, init {} ms, ready {} ms)", boot_time.as_millis(), ready.boot_time_ns / 1_000_000, ready.init_time_ns / 1_000_000, ready.ready_time_ns / 1_000_000);
+        Ok(Sandbox {
+            id: cfg.id,
+            dir,
+            vmm,
+            agent,
+            ready,
+            boot_time,
+        })
+    }
+
+    /// The agent client.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    /// What the guest announced.
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// Host wall time from launching the VMM to `core.ready`.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The sandbox directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The VMM's pid.
+    pub fn vmm_pid(&self) -> i32 {
+        self.vmm.pid()
+    }
+
+    /// The last lines of the guest console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        self.vmm.console_tail(lines)
+    }
+
+    /// Asks the guest to power off (containers stopped, disks clean), waits up to `timeout` for
+    /// the VMM to exit, kills it otherwise; then removes the directory.
+    pub async fn shutdown(mut self, timeout: Duration) -> Result<VmExit, SandboxError> {
+        let _ = self.agent.shutdown().await;
+        let exit = self
+            .vmm
+            .wait_or_kill(timeout)
+            .await
+            .map_err(|source| SandboxError::Vmm {
+                backend: self.vmm.kind(),
+                source,
+            })?;
+        tracing::info!(sandbox = %self.id, "stopped: {exit:?}");
+        Ok(exit)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.vmm.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn not_ready(vmm: &VmmProcess, reason: String) -> SandboxError {
+    SandboxError::NotReady {
+        reason,
+        console: vmm.console_tail(30),
+    }
+}

@@ -1,0 +1,313 @@
+//! VMM backends behind one trait.
+//!
+//! A backend turns a [`VmSpec`] into a running VMM **child process** in its own process group
+//! ([`VmmProcess`]): QEMU itself for [`qemu`], a small VMM binary around libkrun for `krun`
+//! (libkrun's enter call never returns, so it cannot run inside our process). The rest of the
+//! runtime never names a backend: it asks [`select_backend`] and talks to the guest through the
+//! agent socket the spec names.
+
+pub mod qemu;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which VMM runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// libkrun (`msb_krun`): hosts whose KVM boots a standard guest.
+    Krun,
+    /// QEMU `-M microvm`, KVM when usable, TCG otherwise.
+    Qemu,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "krun" => Ok(BackendKind::Krun),
+            "qemu" => Ok(BackendKind::Qemu),
+            other => Err(format!("unknown backend {other:?} (auto, krun, qemu)")),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Krun => "krun",
+            BackendKind::Qemu => "qemu",
+        })
+    }
+}
+
+/// Parses `auto|krun|qemu`; `auto` is `None`.
+pub fn parse_backend(s: &str) -> Result<Option<BackendKind>, String> {
+    match s {
+        "auto" => Ok(None),
+        other => other.parse().map(Some),
+    }
+}
+
+/// The backend to use and why: the requested one, or for `auto` krun only where KVM can boot
+/// a standard guest, else qemu.
+pub fn select_backend(requested: Option<BackendKind>) -> (BackendKind, String) {
+    match requested {
+        Some(kind) => (kind, format!("{kind} requested")),
+        None => match crate::host::kvm_usable() {
+            Ok(()) => (
+                BackendKind::Krun,
+                "auto: KVM can boot a standard guest".into(),
+            ),
+            Err(why) => (BackendKind::Qemu, format!("auto: qemu, because {why}")),
+        },
+    }
+}
+
+/// A virtio-blk disk of the VM. The guest finds it by `serial`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Serial the guest sees in `/sys/block/vd*/serial`.
+    pub serial: String,
+    /// The image on the host.
+    pub path: PathBuf,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// A virtio-fs share of a host directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSpec {
+    /// The tag the guest mounts.
+    pub tag: String,
+    /// The host directory.
+    pub host_path: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// Everything a backend needs to boot one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Sandbox id (for logs).
+    pub id: String,
+    /// The sandbox directory: sockets, logs and disks live there.
+    pub dir: PathBuf,
+    /// Virtual CPUs.
+    pub vcpus: u8,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Guest kernel (QEMU: `vmlinux`; krun uses libkrunfw's).
+    pub kernel: PathBuf,
+    /// The initramfs with agentd.
+    pub initramfs: PathBuf,
+    /// Extra kernel command line words: the `MSB_*` settings. Never secrets.
+    pub cmdline: Vec<String>,
+    /// Disks, in order.
+    pub disks: Vec<DiskSpec>,
+    /// Shares.
+    pub shares: Vec<ShareSpec>,
+    /// Host side of the `agent` port.
+    pub agent_socket: PathBuf,
+    /// The guest console's log file.
+    pub console_log: PathBuf,
+}
+
+/// Why a VMM could not be started or died.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The VMM program is missing.
+    #[error("{program} not found: {hint}")]
+    MissingProgram {
+        /// The program.
+        program: String,
+        /// How to get it.
+        hint: String,
+    },
+    /// The spec asks for something this backend cannot do.
+    #[error("the {backend} backend does not support {what}")]
+    Unsupported {
+        /// Backend.
+        backend: BackendKind,
+        /// The feature.
+        what: String,
+    },
+    /// Spawning or talking to the VMM process failed.
+    #[error("{what}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM exited or the guest never came up.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How a VMM process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmExit {
+    /// Exit status of the VMM process (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Whether the guest kernel panicked (from its console).
+    pub guest_panicked: bool,
+}
+
+/// A running VMM child process, in its own process group. Killed and reaped on drop.
+#[derive(Debug)]
+pub struct VmmProcess {
+    child: tokio::process::Child,
+    pgid: i32,
+    console_log: PathBuf,
+    kind: BackendKind,
+}
+
+impl VmmProcess {
+    /// Wraps a spawned child started with `process_group(0)`.
+    pub fn new(
+        child: tokio::process::Child,
+        console_log: PathBuf,
+        kind: BackendKind,
+    ) -> Result<Self, VmmError> {
+        let pgid = child
+            .id()
+            .ok_or_else(|| VmmError::Failed("the VMM exited at once".into()))?
+            as i32;
+        Ok(VmmProcess {
+            child,
+            pgid,
+            console_log,
+            kind,
+        })
+    }
+
+    /// The VMM's pid (also its process group).
+    pub fn pid(&self) -> i32 {
+        self.pgid
+    }
+
+    /// Which backend runs it.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The last `lines` lines of the guest console, for error messages.
+    pub fn console_tail(&self, lines: usize) -> String {
+        console_tail(&self.console_log, lines)
+    }
+
+    /// Whether it has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<VmExit> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(self.exit_of(status)),
+            _ => None,
+        }
+    }
+
+    fn exit_of(&self, status: std::process::ExitStatus) -> VmExit {
+        let console = std::fs::read_to_string(&self.console_log).unwrap_or_default();
+        VmExit {
+            code: status.code(),
+            guest_panicked: console.contains("Kernel panic"),
+        }
+    }
+
+    /// Waits for the VMM to exit.
+    pub async fn wait(&mut self) -> Result<VmExit, VmmError> {
+        let status = self.child.wait().await.map_err(|source| VmmError::Io {
+            what: "wait for the VMM".into(),
+            source,
+        })?;
+        Ok(self.exit_of(status))
+    }
+
+    /// Waits up to `timeout`, then kills the whole process group.
+    pub async fn wait_or_kill(&mut self, timeout: Duration) -> Result<VmExit, VmmError> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(r) => {
+                let status = r.map_err(|source| VmmError::Io {
+                    what: "wait for the VMM".into(),
+                    source,
+                })?;
+                Ok(self.exit_of(status))
+            }
+            Err(_) => {
+                self.kill();
+                self.wait().await
+            }
+        }
+    }
+
+    /// Kills the VMM's process group, unless it was already reaped (its pid could be reused).
+    pub fn kill(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: kill has no memory-safety preconditions; a negative pid names our own child's
+        // process group.
+        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+            // Reap synchronously: a dropped sandbox must not leave a zombie or a running VMM.
+            let pid = self.pgid;
+            let mut status = 0;
+            // SAFETY: waitpid on our own child writes into a valid local.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
+    }
+}
+
+/// The last `lines` lines of a log file.
+pub fn console_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A way to start VMs.
+pub trait Backend: fmt::Debug + Send + Sync {
+    /// Which one.
+    fn kind(&self) -> BackendKind;
+    /// Starts the VMM process for `spec`. Returns once the process runs; the caller connects to
+    /// `spec.agent_socket` and waits for `core.ready`.
+    fn launch(&self, spec: &VmSpec) -> Result<VmmProcess, VmmError>;
+}
+
+/// The backend implementation for `kind`.
+pub fn backend(kind: BackendKind) -> Result<Box<dyn Backend>, VmmError> {
+    match kind {
+        BackendKind::Qemu => Ok(Box::new(qemu::Qemu::new())),
+        BackendKind::Krun => Err(VmmError::Unsupported {
+            backend: kind,
+            what: "booting yet in this build (use --backend qemu)".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse() {
+        assert_eq!(parse_backend("auto"), Ok(None));
+        assert_eq!(parse_backend("qemu"), Ok(Some(BackendKind::Qemu)));
+        assert_eq!(parse_backend("krun"), Ok(Some(BackendKind::Krun)));
+        assert_eq!(
+            parse_backend("kvm"),
+            Err("unknown backend \"kvm\" (auto, krun, qemu)".into())
+        );
+        let (kind, why) = select_backend(Some(BackendKind::Qemu));
+        assert_eq!((kind, why.as_str()), (BackendKind::Qemu, "qemu requested"));
+    }
+}

@@ -1,0 +1,192 @@
+//! `msbox run`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use msb_protocol::types::{ContainerCreate, ExecRequest, Resources, RootfsSpec, StorageRef};
+use msb_runtime::disks;
+use msb_runtime::vmm::{parse_backend, DiskSpec};
+use msb_runtime::{ExecEvent, Sandbox, SandboxConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::term;
+
+/// Arguments of `msbox run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// VMM backend: auto, krun or qemu.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep stdin open and send it to the command.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Memory of the VM in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory: u32,
+    /// Memory limit of the container in MiB (its cgroup's memory.max).
+    #[arg(long)]
+    pub memory_limit: Option<u64>,
+    /// Size of the writable upper disk in MiB (sparse).
+    #[arg(long, default_value_t = 4096)]
+    pub upper_size: u64,
+    /// Make the upper disk image at this path and keep it after the run (by default it lives
+    /// in the sandbox directory and is removed).
+    #[arg(long)]
+    pub keep_upper: Option<PathBuf>,
+    /// Environment variables, KEY=VALUE.
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User: USER[:GROUP] or UID[:GID].
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// The root file system directory.
+    pub rootfs: PathBuf,
+    /// The command and its arguments (default /bin/sh).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs and returns the command's exit code.
+pub async fn run(args: RunArgs) -> Result<i32> {
+    let id = format!("msbox-{}", std::process::id());
+    let mut cfg = SandboxConfig::new(&id);
+    cfg.backend = parse_backend(&args.backend).map_err(anyhow::Error::msg)?;
+    cfg.vcpus = args.vcpus;
+    cfg.memory_mib = args.memory;
+    let dir = cfg.dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let lower = dir.join("lower.erofs");
+    let upper = args
+        .keep_upper
+        .clone()
+        .unwrap_or_else(|| dir.join("upper.ext4"));
+    disks::make_lower(&args.rootfs, &lower)?;
+    disks::make_upper(&upper, args.upper_size << 20)?;
+    cfg.disks = vec![
+        DiskSpec {
+            serial: "lower".into(),
+            path: lower,
+            read_only: true,
+        },
+        DiskSpec {
+            serial: "upper".into(),
+            path: upper.clone(),
+            read_only: false,
+        },
+    ];
+    let sandbox = Sandbox::start(cfg).await?;
+    let agent = sandbox.agent().clone();
+    agent
+        .container_create(&ContainerCreate {
+            id: "main".into(),
+            rootfs: RootfsSpec {
+                lower: vec![StorageRef::Serial("lower".into())],
+                upper: StorageRef::Serial("upper".into()),
+                fstype: "ext4".into(),
+                readonly: false,
+            },
+            mounts: Vec::new(),
+            hostname: None,
+            namespaces: Default::default(),
+            handoff_init: None,
+            resources: Resources {
+                memory_limit: args.memory_limit.map(|m| m << 20),
+                ..Default::default()
+            },
+            sysctls: Vec::new(),
+        })
+        .await?;
+    let mut command = args.command.clone();
+    if command.is_empty() {
+        command.push("/bin/sh".into());
+    }
+    let (rows, cols) = if args.tty {
+        term::size(0).or_else(|| term::size(1)).unwrap_or((24, 80))
+    } else {
+        (0, 0)
+    };
+    let mut env = args.env.clone();
+    if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push(format!(
+            "TERM={}",
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into())
+        ));
+    }
+    let mut exec = agent
+        .exec(&ExecRequest {
+            cmd: command[0].clone(),
+            args: command[1..].to_vec(),
+            env,
+            cwd: args.workdir.clone(),
+            user: args.user.clone(),
+            tty: args.tty,
+            rows,
+            cols,
+            container: Some("main".into()),
+            stdin: args.interactive,
+            ..Default::default()
+        })
+        .await?;
+    let _raw = if args.tty && args.interactive {
+        term::RawMode::enable(0)
+    } else {
+        None
+    };
+    let code = pump(&mut exec, args.interactive, args.tty).await?;
+    drop(_raw);
+    let exit = sandbox.shutdown(Duration::from_secs(10)).await?;
+    tracing::debug!("vm exit {exit:?}");
+    Ok(code)
+}
+
+/// Streams stdin to the process and its output to ours until it ends.
+async fn pump(exec: &mut msb_runtime::ExecSession, interactive: bool, tty: bool) -> Result<i32> {
+    let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stdin_open = interactive;
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    loop {
+        tokio::select! {
+            ev = exec.next() => match ev? {
+                ExecEvent::Started(_) => {}
+                ExecEvent::Stdout(d) => { out.write_all(&d).await?; out.flush().await?; }
+                ExecEvent::Stderr(d) => { err.write_all(&d).await?; err.flush().await?; }
+                ExecEvent::Exited(code) => return Ok(code),
+                ExecEvent::Failed(f) => {
+                    eprintln!("msbox: {}", f.message);
+                    return Ok(f.kind.exit_code());
+                }
+            },
+            n = stdin.read(&mut buf), if stdin_open => match n {
+                Ok(0) | Err(_) => { stdin_open = false; exec.close_stdin().await?; }
+                Ok(n) => exec.write_stdin(&buf[..n]).await?,
+            },
+            _ = winch.recv(), if tty => {
+                if let Some((rows, cols)) = term::size(0).or_else(|| term::size(1)) {
+                    exec.resize(rows, cols).await?;
+                }
+            }
+        }
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
