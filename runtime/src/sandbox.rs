@@ -3,7 +3,8 @@
 //! directory, so an early return cannot leak a process, a socket or a disk image.
 //!
 //! Sandbox directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`):
-//! `agent.sock` (the agent port), `console.log` (guest console), `qemu.log` (VMM output), and
+//! `agent.sock` (the agent port), `console.log` (guest console), `qemu.log` (VMM output),
+//! `vmm.pid` (the VMM's pid, also its process group), and
 //! the disk images the caller put there.
 
 use std::path::PathBuf;

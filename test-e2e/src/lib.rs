@@ -4,4 +4,5 @@
 //! The harness lives here; the tests live in `tests/`.
 
 pub mod containerd;
+pub mod guest;
 pub mod paths;

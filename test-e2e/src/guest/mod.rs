@@ -1,0 +1,176 @@
+//! Harness for tests that boot real guests under QEMU.
+//!
+//! - [`GuestSlot`]: at most [`SLOTS`] guests run at once across every test thread and process
+//!   (each takes a whole core under TCG): a slot is an exclusive `flock` on a file in /tmp.
+//! - [`assets`]: the guest assets, or a printed reason to skip.
+//! - [`busybox_rootfs`]: a root file system from Debian's busybox-static.
+//! - [`msbox`]: runs the `msbox` binary with a deadline; on expiry the VMM is killed and the
+//!   guest console printed.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::paths::binary;
+
+/// Guests allowed at once.
+pub const SLOTS: usize = 2;
+
+/// An exclusive guest slot, released on drop.
+#[derive(Debug)]
+pub struct GuestSlot {
+    _file: File,
+}
+
+impl GuestSlot {
+    /// Waits for a free slot.
+    pub fn acquire() -> GuestSlot {
+        let dir = Path::new("/tmp/msb-guest-slots");
+        std::fs::create_dir_all(dir).expect("slot directory");
+        loop {
+            for i in 0..SLOTS {
+                let f = File::create(dir.join(format!("slot{i}"))).expect("slot file");
+                // SAFETY: flock on an open descriptor.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    return GuestSlot { _file: f };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The guest asset directory when kernel, initramfs and QEMU are present; otherwise prints why
+/// the test is skipped and returns `None`.
+pub fn assets() -> Option<PathBuf> {
+    let a = msb_runtime::GuestAssets::default_location();
+    if let Err(e) = a.check() {
+        eprintln!("SKIPPED: {e}");
+        return None;
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed (Debian package qemu-system-x86)");
+        return None;
+    }
+    Some(msb_runtime::GuestAssets::dir())
+}
+
+/// The guest kernel release the assets were built for.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string(msb_runtime::GuestAssets::dir().join("kernel.release"))
+        .expect("kernel.release")
+        .trim()
+        .to_owned()
+}
+
+/// Makes a busybox root file system in `dir` (busybox + applet links, passwd, group, /tmp).
+pub fn busybox_rootfs(dir: &Path) {
+    for d in ["bin", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static is installed");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = dir.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// A finished `msbox` run.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code.
+    pub code: i32,
+    /// stdout.
+    pub stdout: Vec<u8>,
+    /// stderr.
+    pub stderr: String,
+}
+
+/// Runs `msbox ARGS` with `stdin` bytes, within `timeout`, holding a guest slot.
+pub fn msbox(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Run {
+    let _slot = GuestSlot::acquire();
+    let mut child = Command::new(binary("msbox"))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("msbox starts");
+    let pid = child.id();
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = w.write_all(&data);
+        });
+    }
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let dir = msb_runtime::sandbox::run_dir()
+                .join("sandboxes")
+                .join(format!("msbox-{pid}"));
+            let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+            if let Ok(vmm) = std::fs::read_to_string(dir.join("vmm.pid")) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(
+                        -vmm.trim().parse::<i32>().unwrap_or(0).max(1),
+                        libc::SIGKILL,
+                    )
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("msbox {args:?} timed out after {timeout:?}; guest console:\n{console}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: out_t.join().unwrap(),
+        stderr: String::from_utf8_lossy(&err_t.join().unwrap()).into_owned(),
+    }
+}
+
+/// `Output` helper for host tools.
+pub fn tool(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
