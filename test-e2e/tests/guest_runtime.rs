@@ -1,0 +1,164 @@
+//! The runtime API against a real guest: concurrent execs in one VM, a terminal resized while
+//! it runs, the OOM event, and a clean shutdown that leaves nothing behind.
+
+use std::time::Duration;
+
+use msb_protocol::types::*;
+use msb_runtime::vmm::{BackendKind, DiskSpec};
+use msb_runtime::{disks, ExecEvent, Sandbox, SandboxConfig};
+use msb_test_e2e::guest::{assets, busybox_rootfs, GuestSlot};
+
+fn sh(script: &str) -> ExecRequest {
+    ExecRequest {
+        cmd: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        container: Some("c".into()),
+        stdin: false,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_vm_many_processes() {
+    let Some(_) = assets() else { return };
+    let _slot = GuestSlot::acquire();
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let mut cfg = SandboxConfig::new(format!("rt-{}", std::process::id()));
+    cfg.backend = Some(BackendKind::Qemu);
+    let dir = cfg.dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    disks::make_lower(root.path(), &dir.join("lower.img")).unwrap();
+    disks::make_upper(&dir.join("upper.img"), 64 << 20).unwrap();
+    cfg.disks = vec![
+        DiskSpec {
+            serial: "lower".into(),
+            path: dir.join("lower.img"),
+            read_only: true,
+        },
+        DiskSpec {
+            serial: "upper".into(),
+            path: dir.join("upper.img"),
+            read_only: false,
+        },
+    ];
+    let sb = Sandbox::start(cfg).await.expect("guest boots");
+    let vmm_pid = sb.vmm_pid();
+    let agent = sb.agent().clone();
+    assert!(sb.ready().ready_time_ns >= sb.ready().init_time_ns);
+    agent
+        .container_create(&ContainerCreate {
+            id: "c".into(),
+            rootfs: RootfsSpec {
+                lower: vec![StorageRef::Serial("lower".into())],
+                upper: StorageRef::Serial("upper".into()),
+                fstype: "ext4".into(),
+                readonly: false,
+            },
+            mounts: vec![],
+            hostname: None,
+            namespaces: Default::default(),
+            handoff_init: None,
+            resources: Resources {
+                memory_limit: Some(32 << 20),
+                ..Default::default()
+            },
+            sysctls: vec![],
+        })
+        .await
+        .unwrap();
+    let mut init = agent
+        .exec(&ExecRequest {
+            cmd: "sleep".into(),
+            args: vec!["600".into()],
+            container: Some("c".into()),
+            stdin: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(init.next().await.unwrap(), ExecEvent::Started(_)));
+
+    // Three at once; the second is killed, the others finish.
+    let mut execs = Vec::new();
+    for i in 0..3 {
+        let mut e = agent
+            .exec(&sh(&format!("sleep 2; echo done{i}")))
+            .await
+            .unwrap();
+        assert!(matches!(e.next().await.unwrap(), ExecEvent::Started(_)));
+        execs.push(e);
+    }
+    execs[1].signal(9, false).await.unwrap();
+    let mut results = Vec::new();
+    for e in execs {
+        let (out, _, code) = e.collect().await.unwrap();
+        results.push((String::from_utf8(out).unwrap(), code.unwrap()));
+    }
+    assert_eq!(
+        results,
+        vec![
+            ("done0\n".to_owned(), 0),
+            (String::new(), 137),
+            ("done2\n".to_owned(), 0)
+        ]
+    );
+
+    // A terminal reports the size set by a resize.
+    let mut tty = agent
+        .exec(&ExecRequest {
+            tty: true,
+            rows: 10,
+            cols: 20,
+            stdin: true,
+            ..sh("read x; stty size")
+        })
+        .await
+        .unwrap();
+    assert!(matches!(tty.next().await.unwrap(), ExecEvent::Started(_)));
+    tty.resize(51, 163).await.unwrap();
+    tty.write_stdin(b"\n").await.unwrap();
+    let (out, _, code) = tty.collect().await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out).ends_with("51 163\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(code.unwrap(), 0);
+
+    // Past the memory limit: 137 and an OOM event for the container.
+    let mut events = agent.events();
+    let (_, _, code) = agent
+        .exec(&sh("tail /dev/zero"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(code.unwrap(), 137);
+    let oom = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = events.recv().await.unwrap();
+            if let Ok(o) = m.decode::<ContainerOom>() {
+                return o;
+            }
+        }
+    })
+    .await
+    .expect("core.container.oom");
+    assert_eq!(oom.id, "c");
+
+    let stats = agent.container_stats("c").await.unwrap();
+    assert_eq!(
+        (stats.memory.limit, stats.memory.oom_kills >= 1),
+        (32 << 20, true)
+    );
+
+    // Shutdown: the VMM exits by itself, the directory and the process are gone.
+    let exit = sb.shutdown(Duration::from_secs(20)).await.unwrap();
+    assert_eq!((exit.code, exit.guest_panicked), (Some(0), false));
+    assert!(!dir.exists(), "sandbox directory left behind");
+    // SAFETY: probing a pid with signal 0.
+    assert_eq!(unsafe { libc::kill(vmm_pid, 0) }, -1, "VMM still running");
+    drop(init);
+}
