@@ -1,8 +1,13 @@
 //! Benchmarks that print JSON, one object per run, for `docs/PERFORMANCE.md`.
 //!
-//! `msb-bench codec` measures the protocol codec on the stdout path: a `core.exec.stdout`
-//! payload encoded to a frame and decoded back, for several payload sizes.
+//! - `msb-bench codec`: the protocol codec on the stdout path (a `core.exec.stdout` payload
+//!   encoded to a frame and decoded back) for several payload sizes.
+//! - `msb-bench boot [N]`: N guests booted one after the other: the `core.ready` breakdown
+//!   reported by agentd and the host's wall time to ready, then the wall time of
+//!   `msbox run ROOTFS -- true` (the `msbox` binary next to this one; build both with
+//!   `cargo build --release -p msb-bench -p msb-shim`).
 
+mod boot;
 mod codec;
 
 use anyhow::{bail, Result};
@@ -20,6 +25,12 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark {other:?}; available: codec"),
+        Some("boot") => {
+            let n = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+            let report = tokio::runtime::Runtime::new()?.block_on(boot::run(n))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Some(other) => bail!("unknown benchmark {other:?}; available: codec, boot"),
     }
 }

@@ -1,0 +1,139 @@
+//! Boot time: what agentd reports in `core.ready` (CLOCK_BOOTTIME in the guest: kernel start to
+//! agentd's first instruction, to the end of its set-up, to the port being open) and what the
+//! host sees (VMM launch to `core.ready`; `msbox run ROOTFS -- true` end to end).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use msb_runtime::vmm::{select_backend, DiskSpec};
+use msb_runtime::{disks, Sandbox, SandboxConfig};
+use serde::Serialize;
+
+/// One boot.
+#[derive(Debug, Serialize)]
+pub struct BootSample {
+    guest_boot_ms: f64,
+    guest_init_ms: f64,
+    guest_ready_ms: f64,
+    host_launch_to_ready_ms: f64,
+}
+
+/// Summary of a series.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    v.sort_by(|a, b| a.total_cmp(b));
+    Stats {
+        min: v[0],
+        median: v[v.len() / 2],
+        max: v[v.len() - 1],
+    }
+}
+
+/// The report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    benchmark: &'static str,
+    backend: String,
+    backend_reason: String,
+    kernel_release: String,
+    runs: usize,
+    samples: Vec<BootSample>,
+    guest_ready_ms: Stats,
+    host_launch_to_ready_ms: Stats,
+    msbox_run_true_wall_ms: Stats,
+}
+
+fn busybox_root(dir: &Path) -> Result<()> {
+    for d in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .context("busybox-static must be installed")?;
+    for applet in ["sh", "true"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Boots `n` guests (each shut down before the next), then runs `msbox ... true` `n` times.
+pub async fn run(n: usize) -> Result<Report> {
+    ensure!(n > 0, "at least one run");
+    let work = std::env::temp_dir().join(format!("msb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let root = work.join("root");
+    busybox_root(&root)?;
+    let (backend, reason) = select_backend(None);
+    let mut samples = Vec::new();
+    let mut kernel_release = String::new();
+    for i in 0..n {
+        let mut cfg = SandboxConfig::new(format!("bench-{}-{i}", std::process::id()));
+        let dir = cfg.dir();
+        std::fs::create_dir_all(&dir)?;
+        disks::make_lower(&root, &dir.join("lower.img"))?;
+        disks::make_upper(&dir.join("upper.img"), 64 << 20)?;
+        cfg.disks = vec![
+            DiskSpec {
+                serial: "lower".into(),
+                path: dir.join("lower.img"),
+                read_only: true,
+            },
+            DiskSpec {
+                serial: "upper".into(),
+                path: dir.join("upper.img"),
+                read_only: false,
+            },
+        ];
+        let sb = Sandbox::start(cfg).await?;
+        let r = sb.ready().clone();
+        kernel_release = r.kernel_release.clone();
+        samples.push(BootSample {
+            guest_boot_ms: r.boot_time_ns as f64 / 1e6,
+            guest_init_ms: r.init_time_ns as f64 / 1e6,
+            guest_ready_ms: r.ready_time_ns as f64 / 1e6,
+            host_launch_to_ready_ms: ms(sb.boot_time()),
+        });
+        sb.shutdown(Duration::from_secs(20)).await?;
+    }
+    let msbox: PathBuf = std::env::current_exe()?.with_file_name("msbox");
+    ensure!(
+        msbox.is_file(),
+        "{} is missing: cargo build --release -p msb-shim --bin msbox",
+        msbox.display()
+    );
+    let mut walls = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let status = Command::new(&msbox)
+            .arg("run")
+            .arg(&root)
+            .args(["--", "true"])
+            .status()?;
+        walls.push(ms(t.elapsed()));
+        ensure!(status.success(), "msbox run true failed: {status}");
+    }
+    std::fs::remove_dir_all(&work)?;
+    Ok(Report {
+        benchmark: "boot",
+        backend: backend.to_string(),
+        backend_reason: reason,
+        kernel_release,
+        runs: n,
+        guest_ready_ms: stats(samples.iter().map(|s| s.guest_ready_ms).collect()),
+        host_launch_to_ready_ms: stats(samples.iter().map(|s| s.host_launch_to_ready_ms).collect()),
+        samples,
+        msbox_run_true_wall_ms: stats(walls),
+    })
+}
