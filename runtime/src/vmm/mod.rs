@@ -6,6 +6,7 @@
 //! runtime never names a backend: it asks [`select_backend`] and talks to the guest through the
 //! agent socket the spec names.
 
+pub mod krun;
 pub mod qemu;
 
 use std::fmt;
@@ -287,10 +288,7 @@ pub trait Backend: fmt::Debug + Send + Sync {
 pub fn backend(kind: BackendKind) -> Result<Box<dyn Backend>, VmmError> {
     match kind {
         BackendKind::Qemu => Ok(Box::new(qemu::Qemu::new())),
-        BackendKind::Krun => Err(VmmError::Unsupported {
-            backend: kind,
-            what: "booting yet in this build (use --backend qemu)".into(),
-        }),
+        BackendKind::Krun => Ok(Box::new(krun::Krun::new())),
     }
 }
 

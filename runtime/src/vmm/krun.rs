@@ -1,0 +1,482 @@
+//! The krun backend: a libkrun microVM (crate `msb_krun`) in its own VMM process.
+//!
+//! libkrun's enter call never returns (the VMM `_exit`s when the guest powers off), so the VM
+//! cannot live inside the runtime's process. [`Krun::launch`] spawns the small `msb-krun-vmm`
+//! program (crate `krun-vmm`) in its own process group and hands it a [`LaunchConfig`] as JSON in
+//! a sealed memfd inherited as **fd 3** ([`CONFIG_FD`]): never on argv or in the environment, so
+//! nothing of it shows in `/proc/*/cmdline` or `/proc/*/environ`.
+//!
+//! What the VMM process does with it (see `krun-vmm`): the guest kernel from the `libkrunfw`
+//! shared library, the same initramfs with agentd as `/init` as the QEMU backend, the disks as
+//! virtio-blk with their serials as block ids, the `agent` virtio-console port on a connection
+//! accepted from [`LaunchConfig::agent_socket`] (it listens there, as QEMU does), the guest
+//! console to [`LaunchConfig::console_log`]. When the VM fails, it appends the cause and a
+//! suggestion to that console log, which is what [`crate::Sandbox::start`] shows.
+//!
+//! Files in the sandbox directory: `krun.log` (the VMM's own log, like `qemu.log`) and
+//! `console.log` (the guest console, plus the VMM's verdict when the VM failed).
+
+use std::ffi::OsString;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendKind, VmSpec, VmmError, VmmProcess};
+
+/// The descriptor the VMM process reads its [`LaunchConfig`] from.
+pub const CONFIG_FD: i32 = 3;
+
+/// The VMM program, looked up next to the current executable, then on PATH.
+pub const VMM_PROGRAM: &str = "msb-krun-vmm";
+
+/// The file name libkrun `dlopen`s for its guest kernel (soname of libkrunfw 5).
+pub const KRUNFW_NAME: &str = "libkrunfw.so.5";
+
+/// The file `hack/libkrunfw` writes next to the library: `<version> <origin>`.
+pub const KRUNFW_VERSION_FILE: &str = "libkrunfw.version";
+
+/// The largest LaunchConfig the VMM accepts (a few KiB in practice).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// How long the VMM waits for the runtime to connect to the agent socket before giving up.
+pub const AGENT_ACCEPT_TIMEOUT_MS: u64 = 60_000;
+
+/// Everything the VMM process needs to build and enter the VM. Serialized as JSON on fd 3.
+///
+/// Paths are absolute host paths. No secret belongs here either (the guest's `MSB_*` settings
+/// end up on its kernel command line), but the hand-off keeps even this out of `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchConfig {
+    /// Sandbox id, for logs.
+    pub id: String,
+    /// Virtual CPUs (at least 1).
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// The `libkrunfw` shared library holding the guest kernel.
+    pub krunfw: PathBuf,
+    /// The initramfs with agentd as `/init`.
+    pub initramfs: PathBuf,
+    /// The guest's init inside the initramfs.
+    pub init: String,
+    /// Extra kernel command line words (`MSB_*` settings), appended to libkrun's own.
+    pub cmdline: Vec<String>,
+    /// virtio-blk disks, in order.
+    pub disks: Vec<LaunchDisk>,
+    /// virtio-fs shares served by libkrun in-process.
+    pub shares: Vec<LaunchShare>,
+    /// Where the VMM listens for the runtime's agent connection.
+    pub agent_socket: PathBuf,
+    /// How long it waits for that connection.
+    pub agent_accept_timeout_ms: u64,
+    /// The guest console's log file.
+    pub console_log: PathBuf,
+}
+
+/// A disk of [`LaunchConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchDisk {
+    /// Block id, which the guest reads as `/sys/block/vd*/serial`.
+    pub serial: String,
+    /// Raw image on the host.
+    pub path: PathBuf,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// A virtio-fs share of [`LaunchConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchShare {
+    /// Mount tag.
+    pub tag: String,
+    /// Host directory.
+    pub host_path: PathBuf,
+    /// Read-only (libkrun cannot do this yet: the VMM refuses such a share).
+    pub read_only: bool,
+}
+
+impl LaunchConfig {
+    /// The launch configuration for `spec`, with the guest kernel from `krunfw`.
+    pub fn from_spec(spec: &VmSpec, krunfw: PathBuf) -> LaunchConfig {
+        LaunchConfig {
+            id: spec.id.clone(),
+            vcpus: spec.vcpus.max(1),
+            memory_mib: spec.memory_mib,
+            krunfw,
+            initramfs: spec.initramfs.clone(),
+            init: "/init".into(),
+            cmdline: spec.cmdline.clone(),
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| LaunchDisk {
+                    serial: d.serial.clone(),
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                })
+                .collect(),
+            shares: spec
+                .shares
+                .iter()
+                .map(|s| LaunchShare {
+                    tag: s.tag.clone(),
+                    host_path: s.host_path.clone(),
+                    read_only: s.read_only,
+                })
+                .collect(),
+            agent_socket: spec.agent_socket.clone(),
+            agent_accept_timeout_ms: AGENT_ACCEPT_TIMEOUT_MS,
+            console_log: spec.console_log.clone(),
+        }
+    }
+
+    /// The JSON the VMM reads.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a LaunchConfig always serializes")
+    }
+
+    /// Parses what the runtime wrote.
+    pub fn from_json(bytes: &[u8]) -> Result<LaunchConfig, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The krun backend.
+#[derive(Debug, Default, Clone)]
+pub struct Krun {
+    program: Option<PathBuf>,
+    krunfw: Option<PathBuf>,
+}
+
+impl Krun {
+    /// Finds the VMM program and libkrunfw at launch; `$MSB_KRUN_VMM` and `$MSB_LIBKRUNFW`
+    /// override them.
+    pub fn new() -> Krun {
+        Krun {
+            program: std::env::var_os("MSB_KRUN_VMM").map(PathBuf::from),
+            krunfw: std::env::var_os("MSB_LIBKRUNFW").map(PathBuf::from),
+        }
+    }
+
+    /// Uses this VMM program.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Krun {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// Uses this libkrunfw library.
+    pub fn with_krunfw(mut self, krunfw: impl Into<PathBuf>) -> Krun {
+        self.krunfw = Some(krunfw.into());
+        self
+    }
+
+    /// The VMM program: the override, else `msb-krun-vmm` next to the current executable (where
+    /// cargo and a release put it beside `msbox` and the shim), else on PATH.
+    pub fn program(&self) -> Result<PathBuf, VmmError> {
+        if let Some(p) = &self.program {
+            return Ok(p.clone());
+        }
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(VMM_PROGRAM)));
+        find_program(beside.as_deref(), std::env::var_os("PATH")).ok_or_else(|| {
+            VmmError::MissingProgram {
+                program: VMM_PROGRAM.into(),
+                hint: "build it with `cargo build -p msb-krunvmm` and keep it next to msbox or on PATH (or set MSB_KRUN_VMM)".into(),
+            }
+        })
+    }
+
+    /// The libkrunfw library for `spec`: the override, else [`KRUNFW_NAME`] in the guest kernel's
+    /// asset directory (where `hack/libkrunfw` puts it), else in `$MSB_ASSET_DIR`.
+    pub fn krunfw(&self, spec: &VmSpec) -> Result<PathBuf, VmmError> {
+        let dirs = [
+            spec.kernel.parent().map(Path::to_path_buf),
+            Some(crate::GuestAssets::dir()),
+        ];
+        find_krunfw(self.krunfw.as_deref(), dirs.iter().flatten()).ok_or_else(|| {
+            VmmError::MissingProgram {
+                program: KRUNFW_NAME.into(),
+                hint: "run hack/libkrunfw (hack/guest-assets does), or set MSB_LIBKRUNFW to the library".into(),
+            }
+        })
+    }
+}
+
+/// `beside` when it is a file, else the first `name` of `beside` found on `path`.
+fn find_program(beside: Option<&Path>, path: Option<OsString>) -> Option<PathBuf> {
+    if let Some(b) = beside {
+        if b.is_file() {
+            return Some(b.to_path_buf());
+        }
+    }
+    let name = beside
+        .and_then(Path::file_name)
+        .unwrap_or(VMM_PROGRAM.as_ref());
+    std::env::split_paths(&path?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The libkrunfw to use: `explicit` as given (an error surfaces when libkrun loads it), else
+/// the first directory holding [`KRUNFW_NAME`].
+pub fn find_krunfw<'a>(
+    explicit: Option<&Path>,
+    dirs: impl IntoIterator<Item = &'a PathBuf>,
+) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    dirs.into_iter()
+        .map(|d| d.join(KRUNFW_NAME))
+        .find(|p| p.exists())
+}
+
+/// The version of the libkrunfw at `lib`: the first word of [`KRUNFW_VERSION_FILE`] beside it,
+/// else the suffix of the file the soname link resolves to (`libkrunfw.so.5.6.1` -> `5.6.1`).
+pub fn krunfw_version(lib: &Path) -> Option<String> {
+    let recorded = lib
+        .parent()
+        .and_then(|d| std::fs::read_to_string(d.join(KRUNFW_VERSION_FILE)).ok())
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned));
+    recorded.or_else(|| {
+        let real = std::fs::canonicalize(lib).ok()?;
+        let name = real.file_name()?.to_str()?;
+        name.strip_prefix("libkrunfw.so.").map(str::to_owned)
+    })
+}
+
+/// Spawns `cmd` with `config` readable on fd [`CONFIG_FD`] (a sealed memfd positioned at 0).
+/// The descriptor is close-on-exec in this process, so no other child inherits it.
+pub fn spawn_with_config(
+    cmd: &mut tokio::process::Command,
+    config: &[u8],
+) -> std::io::Result<tokio::process::Child> {
+    let memfd = sealed_memfd(config)?;
+    let raw = memfd.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2/fcntl, which
+    // are async-signal-safe; `raw` stays open in the parent until spawn returns (memfd lives
+    // until the end of this function).
+    unsafe {
+        cmd.pre_exec(move || {
+            if raw == CONFIG_FD {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, CONFIG_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    drop(memfd);
+    child
+}
+
+/// A close-on-exec memfd holding `data`, sealed against any change, read position at 0.
+fn sealed_memfd(data: &[u8]) -> std::io::Result<OwnedFd> {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new descriptor or
+    // -1, checked below.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"msb-launch-config".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(data)?;
+    file.seek(SeekFrom::Start(0))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on a descriptor we own; the result is checked.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
+}
+
+impl Backend for Krun {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Krun
+    }
+
+    fn launch(&self, spec: &VmSpec) -> Result<VmmProcess, VmmError> {
+        if let Err(why) = crate::host::kvm_usable() {
+            // Forced past `auto`: try anyway (the failure is then quick and explained), but say
+            // up front what will most likely happen.
+            tracing::warn!(sandbox = %spec.id, "krun requested although {why}; the guest will most likely fail (use --backend qemu)");
+        }
+        let program = self.program()?;
+        let config = LaunchConfig::from_spec(spec, self.krunfw(spec)?);
+        let log_path = spec.dir.join("krun.log");
+        let io = |what: &str| {
+            let what = format!("{what} {}", log_path.display());
+            move |source| VmmError::Io { what, source }
+        };
+        let log = std::fs::File::create(&log_path).map_err(io("create"))?;
+        let log2 = log.try_clone().map_err(io("dup"))?;
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = spawn_with_config(&mut cmd, &config.to_json()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => VmmError::MissingProgram {
+                program: program.display().to_string(),
+                hint: "build it with `cargo build -p msb-krunvmm`".into(),
+            },
+            _ => VmmError::Io {
+                what: format!("start {}", program.display()),
+                source: e,
+            },
+        })?;
+        tracing::debug!(sandbox = %spec.id, "krun: {} (config on fd {CONFIG_FD}), libkrunfw {}", program.display(), config.krunfw.display());
+        VmmProcess::new(child, spec.console_log.clone(), BackendKind::Krun)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::{DiskSpec, ShareSpec};
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "s".into(),
+            dir: "/d".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/a/vmlinux".into(),
+            initramfs: "/a/initramfs.cpio".into(),
+            cmdline: vec!["MSB_HOSTNAME=h".into()],
+            disks: vec![
+                DiskSpec {
+                    serial: "lower".into(),
+                    path: "/d/lower.img".into(),
+                    read_only: true,
+                },
+                DiskSpec {
+                    serial: "upper".into(),
+                    path: "/d/upper.img".into(),
+                    read_only: false,
+                },
+            ],
+            shares: vec![ShareSpec {
+                tag: "share".into(),
+                host_path: "/h".into(),
+                read_only: false,
+            }],
+            agent_socket: "/d/agent.sock".into(),
+            console_log: "/d/console.log".into(),
+        }
+    }
+
+    #[test]
+    fn launch_config_carries_the_spec() {
+        let c = LaunchConfig::from_spec(&spec(), "/a/libkrunfw.so.5".into());
+        let json = String::from_utf8(c.to_json()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"s","vcpus":2,"memory_mib":512,"krunfw":"/a/libkrunfw.so.5","initramfs":"/a/initramfs.cpio","init":"/init","cmdline":["MSB_HOSTNAME=h"],"disks":[{"serial":"lower","path":"/d/lower.img","read_only":true},{"serial":"upper","path":"/d/upper.img","read_only":false}],"shares":[{"tag":"share","host_path":"/h","read_only":false}],"agent_socket":"/d/agent.sock","agent_accept_timeout_ms":60000,"console_log":"/d/console.log"}"#
+        );
+        assert_eq!(LaunchConfig::from_json(json.as_bytes()).unwrap(), c);
+        // A field the VMM does not know is an error, not silently dropped.
+        let extra = json.replace(r#""id":"s""#, r#""id":"s","secret":1"#);
+        assert!(LaunchConfig::from_json(extra.as_bytes()).is_err());
+    }
+
+    #[tokio::test]
+    async fn config_reaches_fd_3_and_nowhere_else() {
+        let config = LaunchConfig::from_spec(&spec(), "/a/libkrunfw.so.5".into()).to_json();
+        // The child reads fd 3, then shows its argv and environment: the config must be on fd 3
+        // only, and fd 3 must be read-only data at offset 0.
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "cat <&3; echo; tr '\\0' ' ' </proc/$$/cmdline; echo; tr '\\0' ' ' </proc/$$/environ; echo; ls -l /proc/$$/fd/3",
+        ])
+        .stdout(Stdio::piped())
+        .process_group(0);
+        let child = spawn_with_config(&mut cmd, &config).unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next().unwrap().as_bytes(), &config[..]);
+        let argv = lines.next().unwrap();
+        let env = lines.next().unwrap();
+        assert!(
+            !argv.contains("lower.img") && !env.contains("lower.img"),
+            "{text}"
+        );
+        assert!(
+            lines.next().unwrap().contains("memfd:msb-launch-config"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_config_memfd_is_sealed() {
+        let fd = sealed_memfd(b"{}").unwrap();
+        let mut f = std::fs::File::from(fd);
+        assert!(f.write_all(b"x").is_err());
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+        assert_eq!(s, "{}");
+    }
+
+    #[test]
+    fn program_and_krunfw_lookup() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join(VMM_PROGRAM), "").unwrap();
+        let beside = d.path().join(VMM_PROGRAM);
+        // Not beside the executable: found on PATH.
+        assert_eq!(
+            find_program(
+                Some(&beside),
+                Some(OsString::from(format!("/nonexistent:{}", bin.display())))
+            ),
+            Some(bin.join(VMM_PROGRAM))
+        );
+        std::fs::write(&beside, "").unwrap();
+        assert_eq!(find_program(Some(&beside), None), Some(beside.clone()));
+        assert_eq!(
+            Krun::new().with_program("/x/vmm").program().unwrap(),
+            PathBuf::from("/x/vmm")
+        );
+
+        let assets = d.path().join("assets");
+        std::fs::create_dir(&assets).unwrap();
+        let dirs = [PathBuf::from("/nonexistent"), assets.clone()];
+        assert_eq!(find_krunfw(None, &dirs), None);
+        std::fs::write(assets.join("libkrunfw.so.5.6.1"), "").unwrap();
+        std::os::unix::fs::symlink("libkrunfw.so.5.6.1", assets.join(KRUNFW_NAME)).unwrap();
+        let lib = find_krunfw(None, &dirs).unwrap();
+        assert_eq!(lib, assets.join(KRUNFW_NAME));
+        assert_eq!(krunfw_version(&lib).as_deref(), Some("5.6.1"));
+        std::fs::write(
+            assets.join(KRUNFW_VERSION_FILE),
+            "5.6.1-x microsandbox==0.7.11\n",
+        )
+        .unwrap();
+        assert_eq!(krunfw_version(&lib).as_deref(), Some("5.6.1-x"));
+        assert_eq!(
+            find_krunfw(Some(Path::new("/o/lib.so")), &dirs),
+            Some(PathBuf::from("/o/lib.so"))
+        );
+    }
+}
