@@ -1,0 +1,121 @@
+//! The LaunchConfig hand-off: JSON in an inherited descriptor (fd 3), read once and closed.
+//!
+//! A descriptor rather than argv or the environment, so the configuration never shows in
+//! `/proc/<pid>/cmdline` or `/proc/<pid>/environ` of the VMM.
+
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use msb_runtime::vmm::krun::MAX_CONFIG_BYTES;
+
+use crate::LaunchConfig;
+
+/// Why no LaunchConfig could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFdError {
+    /// The descriptor is not open: the program was not started by the runtime.
+    #[error("no LaunchConfig on fd {0}: msb-krun-vmm is started by the microsandbox runtime, which passes it there")]
+    NotOpen(RawFd),
+    /// Reading failed.
+    #[error("read the LaunchConfig from fd {fd}")]
+    Read {
+        /// The descriptor.
+        fd: RawFd,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// More than [`MAX_CONFIG_BYTES`].
+    #[error("the LaunchConfig on fd {0} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge(RawFd),
+    /// Not a LaunchConfig.
+    #[error("parse the LaunchConfig from fd {fd}")]
+    Parse {
+        /// The descriptor.
+        fd: RawFd,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Reads the LaunchConfig from `fd` to its end, then closes `fd` (nothing later inherits it).
+pub fn read(fd: RawFd) -> Result<LaunchConfig, ConfigFdError> {
+    // SAFETY: F_GETFD only queries the descriptor table; no memory is touched.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(ConfigFdError::NotOpen(fd));
+    }
+    // SAFETY: the descriptor is open (checked above) and nothing else in this process uses it:
+    // it was inherited for this purpose only. Taking ownership closes it after reading.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    std::fs::File::from(owned)
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ConfigFdError::Read { fd, source })?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigFdError::TooLarge(fd));
+    }
+    LaunchConfig::from_json(&bytes).map_err(|source| ConfigFdError::Parse { fd, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe holding `data` whose read end is `fd` (a high number nothing else allocates).
+    fn pipe_at(fd: RawFd, data: &[u8]) {
+        let mut p = [0; 2];
+        // SAFETY: pipe writes two descriptors into a valid array; write/dup2/close act on the
+        // descriptors just created; the results are checked.
+        unsafe {
+            assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
+            assert_eq!(
+                libc::write(p[1], data.as_ptr().cast(), data.len()),
+                data.len() as isize
+            );
+            libc::close(p[1]);
+            assert_eq!(libc::dup2(p[0], fd), fd);
+            libc::close(p[0]);
+        }
+    }
+
+    #[test]
+    fn reads_then_closes() {
+        pipe_at(901, br#"{"id":"x"}"#);
+        // A partial config is a parse error that names the descriptor.
+        let e = read(901).unwrap_err();
+        assert!(matches!(e, ConfigFdError::Parse { fd: 901, .. }), "{e}");
+        // SAFETY: F_GETFD only queries the descriptor table.
+        assert_eq!(
+            unsafe { libc::fcntl(901, libc::F_GETFD) },
+            -1,
+            "closed after reading"
+        );
+    }
+
+    #[test]
+    fn refuses_a_huge_config() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![b' '; MAX_CONFIG_BYTES as usize + 1])
+            .unwrap();
+        // SAFETY: lseek and dup2 on a descriptor we own; the results are checked.
+        unsafe {
+            assert_eq!(libc::lseek(f.as_raw_fd(), 0, libc::SEEK_SET), 0);
+            assert_eq!(libc::dup2(f.as_raw_fd(), 902), 902);
+        }
+        assert!(matches!(read(902), Err(ConfigFdError::TooLarge(902))));
+    }
+
+    #[test]
+    fn a_missing_descriptor_says_who_starts_the_program() {
+        let e = read(903).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("started by the microsandbox runtime"),
+            "{e}"
+        );
+    }
+}

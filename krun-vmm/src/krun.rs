@@ -1,0 +1,111 @@
+//! [`VmConfigurator`] on `msb_krun::VmBuilder`, and entering the VM.
+
+use std::convert::Infallible;
+use std::os::fd::RawFd;
+use std::path::Path;
+
+use msb_krun::{CacheMode, VmBuilder};
+
+use crate::translate::{ExitObserver, VmConfigurator};
+
+/// Building or entering the VM failed (before libkrun took the process over).
+#[derive(Debug, thiserror::Error)]
+pub enum KrunError {
+    /// `VmBuilder::build` refused the configuration.
+    #[error("build the libkrun VM")]
+    Build(#[source] msb_krun::Error),
+    /// `Vm::enter` failed: the libkrunfw library, KVM, a disk image, the console file...
+    #[error("start the libkrun VM")]
+    Enter(#[source] msb_krun::Error),
+}
+
+/// A VM being configured. The builder is taken by value by each call of `msb_krun`, so it
+/// lives in an `Option` that every method takes and puts back.
+pub struct KrunVm {
+    builder: Option<VmBuilder>,
+}
+
+impl std::fmt::Debug for KrunVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KrunVm").finish_non_exhaustive()
+    }
+}
+
+impl Default for KrunVm {
+    fn default() -> Self {
+        KrunVm {
+            builder: Some(VmBuilder::new()),
+        }
+    }
+}
+
+impl KrunVm {
+    fn with(&mut self, f: impl FnOnce(VmBuilder) -> VmBuilder) {
+        let b = self.builder.take().expect("the builder is always put back");
+        self.builder = Some(f(b));
+    }
+
+    /// Builds and enters the VM. Returns only on failure: on success libkrun runs the VM and
+    /// `_exit`s the process with the guest's exit code when it stops.
+    pub fn enter(self) -> Result<Infallible, KrunError> {
+        let vm = self
+            .builder
+            .expect("the builder is always put back")
+            .build()
+            .map_err(KrunError::Build)?;
+        vm.enter().map_err(KrunError::Enter)
+    }
+}
+
+impl VmConfigurator for KrunVm {
+    fn machine(&mut self, vcpus: u8, memory_mib: u32) {
+        self.with(|b| b.machine(|m| m.vcpus(vcpus).memory_mib(memory_mib as usize)));
+    }
+
+    fn krunfw(&mut self, path: &Path) {
+        self.with(|b| b.kernel(|k| k.krunfw_path(path)));
+    }
+
+    fn initramfs(&mut self, path: &Path) {
+        self.with(|b| b.kernel(|k| k.initramfs_path(path)));
+    }
+
+    fn init(&mut self, path: &str) {
+        self.with(|b| b.kernel(|k| k.init_path(path)));
+    }
+
+    fn cmdline(&mut self, words: &str) {
+        self.with(|b| b.kernel(|k| k.cmdline(words)));
+    }
+
+    fn disk(&mut self, serial: &str, path: &Path, read_only: bool) {
+        self.with(|b| {
+            b.disk(|d| {
+                let d = d.path(path).id(serial).read_only(read_only);
+                // The upper is scratch space for one sandbox: like QEMU's cache=unsafe, flushes
+                // need not reach the host disk (agentd still syncs and unmounts it cleanly).
+                if read_only {
+                    d
+                } else {
+                    d.cache(CacheMode::Unsafe)
+                }
+            })
+        });
+    }
+
+    fn share(&mut self, tag: &str, path: &Path) {
+        self.with(|b| b.fs(|f| f.tag(tag).path(path)));
+    }
+
+    fn console_output(&mut self, path: &Path) {
+        self.with(|b| b.console(|c| c.output(path)));
+    }
+
+    fn port(&mut self, name: &str, fd: RawFd) {
+        self.with(|b| b.console(|c| c.port(name, fd, fd)));
+    }
+
+    fn on_exit(&mut self, observer: ExitObserver) {
+        self.with(|b| b.on_exit(observer));
+    }
+}
