@@ -37,13 +37,17 @@ pub struct SandboxConfig {
     pub disks: Vec<DiskSpec>,
     /// How long the guest may take to send `core.ready`.
     pub ready_timeout: Duration,
+    /// The sandbox directory (default `$MSB_RUN_DIR/sandboxes/<id>`); removed with the sandbox.
+    pub dir: PathBuf,
 }
 
 impl SandboxConfig {
     /// Defaults: auto backend, 1 vCPU, 256 MiB, assets from `$MSB_ASSET_DIR`.
     pub fn new(id: impl Into<String>) -> SandboxConfig {
+        let id = id.into();
         SandboxConfig {
-            id: id.into(),
+            dir: run_dir().join("sandboxes").join(&id),
+            id,
             backend: None,
             vcpus: 1,
             memory_mib: 256,
@@ -54,9 +58,9 @@ impl SandboxConfig {
         }
     }
 
-    /// The sandbox directory for this id.
+    /// The sandbox directory.
     pub fn dir(&self) -> PathBuf {
-        run_dir().join("sandboxes").join(&self.id)
+        self.dir.clone()
     }
 }
 

@@ -1,26 +1,42 @@
-//! The adapter from [`crate::sandbox`] to the real runtime crate (VMM backends, guest agent
-//! client). **Not wired yet**: the runtime crate's `Sandbox` and agent client are being written in
-//! parallel. Until then the production factory refuses to boot with a clear message, so the shim
-//! binary starts, serves containerd and fails `Create` plainly instead of hanging.
+//! The adapter from [`crate::sandbox`] to the runtime crate (`msb_runtime`): the shim's VMs are
+//! real microVMs.
 //!
-//! What the adapter has to do, once `msb_runtime` exposes it:
-//! - `boot`: pick the backend (`auto|krun|qemu`), boot with the kernel/initramfs/vCPUs/memory of
-//!   [`SandboxConfig`], wait for `core.ready`, record the VMM pid.
-//! - `prepare_rootfs`: EROFS image of the lowers cached under `cache_dir/<layer chain key>.erofs`,
-//!   a sparse ext4 upper in the container's state dir, both hot-attached (or attached at boot)
-//!   as virtio-blk with serials; return the `RootfsSpec` naming them.
-//! - every other method: the matching agent message (`core.container.*`, `core.exec.*`), with
-//!   exec sessions turned into [`crate::sandbox::ExecSession`] channels.
+//! Disks cannot be added to a running QEMU `microvm` (no hotplug), so a VM boots when its first
+//! container's root is prepared: [`RuntimeFactory::boot`] only records the configuration, and
+//! [`Sandbox::prepare_rootfs`] makes the disks and starts the VM with them. Each image layer
+//! becomes its own read-only EROFS image, cached in `cache_dir` and reused by every container
+//! of the same image; the guest stacks them under the container's fresh ext4 upper with
+//! overlayfs, which understands the snapshotter's whiteouts as they are.
+//!
+//! A second container in the same VM (a pod) needs the shared image cache of the pod design
+//! (ARCHITECTURE.md); until then it fails with a clear error.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use msb_oci::OciRootfsSource;
+use msb_protocol::types::{
+    ContainerCreate, ContainerStatsReply, ExecRequest, ExecResize, ExecSignal, ExecStdin,
+    Resources, RootfsSpec, StorageRef,
+};
+use msb_runtime::vmm::{parse_backend, DiskSpec};
+use msb_runtime::{disks, AgentClient, ExecEvent, GuestAssets};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::SandboxConfig;
-use crate::sandbox::{Sandbox, SandboxError, SandboxFactory};
+use crate::sandbox::{
+    ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
+    SandboxFactory,
+};
 
-/// The production factory (placeholder until the runtime lands).
+/// How long a clean guest power-off may take before the VMM is killed (TCG is slow).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The production factory.
 #[derive(Debug, Default)]
 pub struct RuntimeFactory;
 
@@ -30,11 +46,385 @@ impl SandboxFactory for RuntimeFactory {
         &self,
         id: &str,
         config: &SandboxConfig,
-        _state_dir: &Path,
+        state_dir: &Path,
     ) -> Result<Arc<dyn Sandbox>, SandboxError> {
-        Err(SandboxError::Boot(format!(
-            "sandbox {id} (backend {}): the microsandbox runtime is not wired into this shim build yet",
-            config.backend
+        let backend = parse_backend(&config.backend).map_err(SandboxError::Boot)?;
+        let assets = GuestAssets {
+            kernel: config.kernel.clone(),
+            initramfs: config.initramfs.clone(),
+        };
+        assets
+            .check()
+            .map_err(|e| SandboxError::Boot(e.to_string()))?;
+        let (events, _) = broadcast::channel(64);
+        Ok(Arc::new(RuntimeSandbox {
+            id: id.to_owned(),
+            config: config.clone(),
+            backend,
+            assets,
+            dir: state_dir.join("vm"),
+            vm: tokio::sync::Mutex::new(None),
+            agent: Mutex::new(None),
+            vmm_pid: Mutex::new(None),
+            processes: Mutex::default(),
+            events,
+        }))
+    }
+}
+
+/// One VM of the shim.
+#[derive(Debug)]
+struct RuntimeSandbox {
+    id: String,
+    config: SandboxConfig,
+    backend: Option<msb_runtime::BackendKind>,
+    assets: GuestAssets,
+    dir: PathBuf,
+    vm: tokio::sync::Mutex<Option<msb_runtime::Sandbox>>,
+    agent: Mutex<Option<AgentClient>>,
+    vmm_pid: Mutex<Option<u32>>,
+    /// Correlation id of each live process, for signals, resizes and stdin.
+    processes: Mutex<HashMap<ProcessKey, u32>>,
+    events: broadcast::Sender<SandboxEvent>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn agent_err(e: msb_runtime::AgentError) -> SandboxError {
+    match e {
+        msb_runtime::AgentError::Closed(r) => SandboxError::Gone(r),
+        msb_runtime::AgentError::Container { id, message } => {
+            SandboxError::Container { id, message }
+        }
+        other => SandboxError::Other(other.to_string()),
+    }
+}
+
+/// The cached EROFS image of one layer directory: keyed by its path, inode and change time,
+/// so a replaced directory never reuses a stale image. Built under a unique name and renamed,
+/// so concurrent shims never see half an image.
+fn layer_image(cache_dir: &Path, layer: &Path) -> Result<PathBuf, SandboxError> {
+    let meta = std::fs::metadata(layer)
+        .map_err(|e| SandboxError::Rootfs(format!("layer {}: {e}", layer.display())))?;
+    let key = format!("{}\0{}\0{}", layer.display(), meta.ino(), meta.ctime());
+    let name = format!("{:016x}.erofs", fnv1a(key.as_bytes()));
+    let image = cache_dir.join(name);
+    if image.is_file() {
+        return Ok(image);
+    }
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", cache_dir.display())))?;
+    let tmp = cache_dir.join(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        fnv1a(key.as_bytes())
+    ));
+    disks::make_lower(layer, &tmp).map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+    std::fs::rename(&tmp, &image)
+        .map_err(|e| SandboxError::Rootfs(format!("rename {}: {e}", tmp.display())))?;
+    Ok(image)
+}
+
+/// FNV-1a, 64 bits: a stable file name from a key (not a security boundary).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl RuntimeSandbox {
+    fn agent(&self) -> Result<AgentClient, SandboxError> {
+        lock(&self.agent)
+            .clone()
+            .ok_or_else(|| SandboxError::Other(format!("sandbox {} has not booted", self.id)))
+    }
+
+    fn process_id(&self, key: &ProcessKey) -> Result<u32, SandboxError> {
+        lock(&self.processes)
+            .get(key)
+            .copied()
+            .ok_or_else(|| SandboxError::NotFound(format!("{key:?}")))
+    }
+}
+
+#[async_trait]
+impl Sandbox for RuntimeSandbox {
+    async fn prepare_rootfs(
+        &self,
+        container: &str,
+        source: &OciRootfsSource,
+        upper_size: u64,
+        _state_dir: &Path,
+    ) -> Result<PreparedRootfs, SandboxError> {
+        let mut vm = self.vm.lock().await;
+        if vm.is_some() {
+            return Err(SandboxError::Rootfs(format!(
+                "container {container}: a second container in VM {} needs the pod image share, which is not implemented yet",
+                self.id
+            )));
+        }
+        if source.lowers.is_empty() {
+            return Err(SandboxError::Rootfs(format!(
+                "container {container}: no root file system layers"
+            )));
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", self.dir.display())))?;
+        let mut disk_specs = Vec::new();
+        let mut lower = Vec::new();
+        for (i, layer) in source.lowers.iter().enumerate() {
+            let image = tokio::task::block_in_place(|| layer_image(&self.config.cache_dir, layer))?;
+            let serial = format!("l{i}");
+            disk_specs.push(DiskSpec {
+                serial: serial.clone(),
+                path: image,
+                read_only: true,
+            });
+            lower.push(StorageRef::Serial(serial));
+        }
+        let upper = self.dir.join("upper.ext4");
+        tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
+            .map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+        disk_specs.push(DiskSpec {
+            serial: "upper".into(),
+            path: upper.clone(),
+            read_only: false,
+        });
+
+        let mut cfg = msb_runtime::SandboxConfig::new(&self.id);
+        cfg.dir = self.dir.clone();
+        cfg.backend = self.backend;
+        cfg.vcpus = self.config.vcpus.clamp(1, 255) as u8;
+        cfg.memory_mib = self.config.memory_mib;
+        cfg.assets = self.assets.clone();
+        cfg.disks = disk_specs;
+        let sb = msb_runtime::Sandbox::start(cfg)
+            .await
+            .map_err(|e| SandboxError::Boot(format!("{e:#}")))?;
+        let agent = sb.agent().clone();
+        *lock(&self.vmm_pid) = Some(sb.vmm_pid() as u32);
+        *lock(&self.agent) = Some(agent.clone());
+        let (mut guest_events, events) = (agent.events(), self.events.clone());
+        tokio::spawn(async move {
+            while let Ok(m) = guest_events.recv().await {
+                if let Ok(oom) = m.decode::<msb_protocol::types::ContainerOom>() {
+                    let _ = events.send(SandboxEvent::Oom { container: oom.id });
+                }
+            }
+            let _ = events.send(SandboxEvent::Died {
+                reason: "the agent connection closed".into(),
+            });
+        });
+        *vm = Some(sb);
+        Ok(PreparedRootfs {
+            spec: RootfsSpec {
+                lower,
+                upper: StorageRef::Serial("upper".into()),
+                fstype: "ext4".into(),
+                readonly: source.readonly,
+            },
+            owned_files: vec![upper],
+        })
+    }
+
+    async fn create_container(&self, create: ContainerCreate) -> Result<(), SandboxError> {
+        self.agent()?
+            .container_create(&create)
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn write_file(
+        &self,
+        container: &str,
+        path: &str,
+        _data: Vec<u8>,
+        _mode: u32,
+    ) -> Result<(), SandboxError> {
+        Err(SandboxError::Other(format!(
+            "container {container}: copying the host file {path} into the guest is not supported yet"
         )))
+    }
+
+    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError> {
+        let agent = self.agent()?;
+        let has_stdin = req.stdin;
+        let mut session = agent.exec(&req).await.map_err(agent_err)?;
+        let id = session.id();
+        let pid = match session.next().await.map_err(agent_err)? {
+            ExecEvent::Started(pid) => pid,
+            ExecEvent::Failed(f) => {
+                return Err(SandboxError::ExecFailed {
+                    kind: f.kind,
+                    message: f.message,
+                })
+            }
+            other => {
+                return Err(SandboxError::Other(format!(
+                    "unexpected first exec event {other:?}"
+                )))
+            }
+        };
+        lock(&self.processes).insert(key.clone(), id);
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            loop {
+                match session.next().await {
+                    Ok(ExecEvent::Stdout(d)) => {
+                        let _ = out_tx.send(Output::Stdout(d)).await;
+                    }
+                    Ok(ExecEvent::Stderr(d)) => {
+                        let _ = out_tx.send(Output::Stderr(d)).await;
+                    }
+                    Ok(ExecEvent::Exited(code)) => {
+                        drop(out_tx);
+                        let _ = exit_tx.send(code);
+                        return;
+                    }
+                    Ok(ExecEvent::Started(_)) => {}
+                    // A failure after start cannot happen; a lost connection drops `exit_tx`,
+                    // which the shim reads as "the VM died".
+                    Ok(ExecEvent::Failed(_)) | Err(_) => return,
+                }
+            }
+        });
+        let stdin = has_stdin.then(|| {
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                while let Some(chunk) = rx.recv().await {
+                    let eof = chunk.is_empty();
+                    for part in chunk.chunks(msb_protocol::MAX_STREAM_CHUNK) {
+                        if agent
+                            .send(
+                                id,
+                                &ExecStdin {
+                                    data: part.to_vec(),
+                                },
+                            )
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    if eof {
+                        let _ = agent.send(id, &ExecStdin { data: Vec::new() }).await;
+                        return;
+                    }
+                }
+            });
+            tx
+        });
+        Ok(ExecSession {
+            pid,
+            stdin,
+            output: out_rx,
+            exit: exit_rx,
+        })
+    }
+
+    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), SandboxError> {
+        let id = self.process_id(key)?;
+        self.agent()?
+            .send(id, &ExecSignal { signal, all })
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), SandboxError> {
+        let id = self.process_id(key)?;
+        self.agent()?
+            .send(id, &ExecResize { rows, cols })
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn pause(&self, container: &str) -> Result<(), SandboxError> {
+        self.agent()?
+            .container_pause(container)
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn resume(&self, container: &str) -> Result<(), SandboxError> {
+        self.agent()?
+            .container_resume(container)
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn update(&self, container: &str, resources: Resources) -> Result<(), SandboxError> {
+        self.agent()?
+            .container_update(container, resources)
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, SandboxError> {
+        self.agent()?
+            .container_stats(container)
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn pids(&self, container: &str) -> Result<Vec<u32>, SandboxError> {
+        self.agent()?
+            .container_pids(container)
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn delete_container(&self, container: &str) -> Result<(), SandboxError> {
+        lock(&self.processes).retain(|k, _| k.container != container);
+        match self.agent() {
+            Ok(agent) => agent.container_delete(container).await.map_err(agent_err),
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), SandboxError> {
+        lock(&self.agent).take();
+        if let Some(sb) = self.vm.lock().await.take() {
+            sb.shutdown(SHUTDOWN_TIMEOUT)
+                .await
+                .map_err(|e| SandboxError::Other(e.to_string()))?;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+
+    fn vmm_pid(&self) -> Option<u32> {
+        *lock(&self.vmm_pid)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<SandboxEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_images_are_cached_by_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layer = tmp.path().join("layer");
+        std::fs::create_dir(&layer).unwrap();
+        std::fs::write(layer.join("f"), b"x").unwrap();
+        let a = layer_image(&tmp.path().join("cache"), &layer).unwrap();
+        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+        let b = layer_image(&tmp.path().join("cache"), &layer).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            std::fs::metadata(&b).unwrap().modified().unwrap(),
+            mtime,
+            "reused, not rebuilt"
+        );
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
     }
 }

@@ -93,9 +93,10 @@ impl Containerd {
         shell(&self.dir, &format!("ctrd_import_busybox {ns} {BUSYBOX}")).map(drop)
     }
 
-    /// Runs `ctr` against this containerd in namespace `ns`.
+    /// Runs `ctr` against this containerd in namespace `ns`, killed after 120 s.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new("timeout")
+            .args(["--kill-after=5", "120", "ctr"])
             .arg("--address")
             .arg(&self.sock)
             .arg("--namespace")
@@ -103,6 +104,11 @@ impl Containerd {
             .args(args)
             .output()
             .expect("ctr runs")
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &Path {
+        &self.sock
     }
 
     /// containerd's log, for failure messages.
