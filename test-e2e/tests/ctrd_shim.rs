@@ -1,0 +1,422 @@
+//! The shim through a real containerd 1.6 and `ctr`: runtime names, exit statuses, the task
+//! verbs, cleanup after many containers and after a killed shim, and clear errors.
+//!
+//! Each test uses its own containerd namespace so that leak checks see only their own state.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use msb_test_e2e::containerd::{Containerd, BUSYBOX};
+use msb_test_e2e::guest::{assets, kernel_release, GuestSlot};
+
+const STATE: &str = "/var/lib/microsandbox/shim";
+
+fn setup(ns: &str) -> Option<Containerd> {
+    assets()?;
+    let ctrd = Containerd::start_with_shim().expect("containerd starts");
+    ctrd.import_busybox(ns).expect("image imports");
+    Some(ctrd)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `f` every 100 ms until it holds or `secs` pass.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+fn task_status(ctrd: &Containerd, ns: &str, id: &str) -> Option<String> {
+    let ls = stdout(&ctrd.ctr(ns, &["task", "ls"]));
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_owned)
+}
+
+/// VMM processes whose command line mentions `needle`.
+fn vmms_mentioning(needle: &str) -> usize {
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.starts_with("qemu-system") && l.contains(needle))
+        .count()
+}
+
+/// Files (not directories) under a namespace's shim state.
+fn state_files(ns: &str) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(Path::new(STATE).join(ns))
+        .args(["-type", "f"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn ctr_run_with_both_runtime_names_and_exact_statuses() {
+    let ns = "names";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    for (i, runtime) in ["io.microsandbox.v1", "io.containerd.microsandbox.v1"]
+        .iter()
+        .enumerate()
+    {
+        let o = ctrd.ctr(
+            ns,
+            &[
+                "run",
+                "--runtime",
+                runtime,
+                "--rm",
+                BUSYBOX,
+                &format!("n{i}"),
+                "uname",
+                "-r",
+            ],
+        );
+        assert_eq!(
+            (stdout(&o), o.status.code()),
+            (format!("{}\n", kernel_release()), Some(0)),
+            "{}\n{}",
+            text(&o),
+            ctrd.log()
+        );
+    }
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            "io.microsandbox.v1",
+            "--rm",
+            BUSYBOX,
+            "n3",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            "io.microsandbox.v1",
+            "--rm",
+            "--memory-limit",
+            "33554432",
+            BUSYBOX,
+            "n4",
+            "tail",
+            "/dev/zero",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(137), "{}", text(&o));
+}
+
+#[test]
+fn detached_task_verbs() {
+    let ns = "verbs";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    let rt = ["--runtime", "io.microsandbox.v1"];
+    let run = |id: &str, cmd: &[&str]| {
+        let mut args = vec!["run", "-d"];
+        args.extend(rt);
+        args.extend([BUSYBOX, id]);
+        args.extend(cmd);
+        let o = ctrd.ctr(ns, &args);
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    // A light loop, so CPU time shows whether it runs.
+    run("v1", &["sh", "-c", "while :; do usleep 20000; done"]);
+    assert_eq!(task_status(&ctrd, ns, "v1").as_deref(), Some("RUNNING"));
+
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "v1",
+            "sh",
+            "-c",
+            "echo in-exec; exit 5",
+        ],
+    );
+    assert_eq!(
+        (stdout(&o), o.status.code()),
+        ("in-exec\n".into(), Some(5)),
+        "{}",
+        text(&o)
+    );
+    // With a terminal (script(1) gives ctr one).
+    let sock = ctrd.socket().display().to_string();
+    let o = Command::new("script")
+        .args(["-qec", &format!("timeout 60 ctr --address {sock} -n {ns} task exec -t --exec-id e2 v1 sh -c 'test -t 0 && echo is-a-tty'"), "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("is-a-tty"), "{}", text(&o));
+
+    let ps = stdout(&ctrd.ctr(ns, &["task", "ps", "v1"]));
+    assert!(ps.lines().count() >= 2, "task ps lists the init: {ps}");
+
+    let cpu = || -> u64 {
+        let m = stdout(&ctrd.ctr(ns, &["task", "metrics", "v1"]));
+        m.lines()
+            .find(|l| l.starts_with("cpu.usage_usec"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("cpu.usage_usec")
+    };
+    let metrics = stdout(&ctrd.ctr(ns, &["task", "metrics", "v1"]));
+    let mem: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("memory.usage "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("memory.usage");
+    assert!(mem > 0, "{metrics}");
+
+    assert!(ctrd.ctr(ns, &["task", "pause", "v1"]).status.success());
+    assert_eq!(task_status(&ctrd, ns, "v1").as_deref(), Some("PAUSED"));
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cpu(), before, "a paused container made progress");
+    assert!(ctrd.ctr(ns, &["task", "resume", "v1"]).status.success());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(cpu() > before, "a resumed container makes progress");
+
+    assert!(ctrd
+        .ctr(ns, &["task", "kill", "-s", "SIGKILL", "v1"])
+        .status
+        .success());
+    assert!(eventually(30, || task_status(&ctrd, ns, "v1").as_deref()
+        == Some("STOPPED")));
+    let o = ctrd.ctr(ns, &["task", "delete", "v1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("exit code 137"),
+        "{}",
+        text(&o)
+    );
+    assert!(ctrd.ctr(ns, &["container", "rm", "v1"]).status.success());
+
+    // kill --all reaches every process of the container.
+    run("v2", &["sh", "-c", "sleep 600 & sleep 600 & wait"]);
+    assert!(ctrd
+        .ctr(ns, &["task", "kill", "--all", "-s", "SIGKILL", "v2"])
+        .status
+        .success());
+    assert!(eventually(30, || task_status(&ctrd, ns, "v2").as_deref()
+        == Some("STOPPED")));
+    assert!(ctrd.ctr(ns, &["task", "delete", "v2"]).status.success());
+    assert!(ctrd.ctr(ns, &["container", "rm", "v2"]).status.success());
+    assert_eq!(vmms_mentioning(&format!("/{ns}/")), 0);
+}
+
+#[test]
+fn twenty_containers_leave_nothing_behind() {
+    let ns = "leaks";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    for i in 0..20 {
+        let o = ctrd.ctr(
+            ns,
+            &[
+                "run",
+                "--runtime",
+                "io.microsandbox.v1",
+                "--rm",
+                BUSYBOX,
+                &format!("l{i}"),
+                "true",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "run {i}: {}", text(&o));
+    }
+    assert_eq!(vmms_mentioning(&format!("/{ns}/")), 0, "VMM processes left");
+    assert_eq!(
+        state_files(ns),
+        Vec::<String>::new(),
+        "files left in the shim state"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&format!("{STATE}/{ns}")), "mounts left");
+    let socks = Command::new("find")
+        .args(["/run/microsandbox", "-type", "s"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&socks.stdout).contains(ns),
+        "sockets left"
+    );
+    assert_eq!(stdout(&ctrd.ctr(ns, &["container", "ls", "-q"])), "");
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd() {
+    let ns = "crash";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            "io.microsandbox.v1",
+            BUSYBOX,
+            "k1",
+            "sleep",
+            "600",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ps = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
+    let shim: i32 = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .find(|l| {
+            l.contains("containerd-shim-microsandbox-v1") && l.contains(&format!("-namespace {ns}"))
+        })
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("the shim process");
+    let mut events = Command::new("ctr")
+        .arg("--address")
+        .arg(ctrd.socket())
+        .args(["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // SAFETY: sending SIGKILL to the shim we found.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert!(
+        eventually(60, || task_status(&ctrd, ns, "k1").as_deref()
+            != Some("RUNNING")),
+        "containerd did not notice"
+    );
+    // containerd ran the shim binary's `delete` action and published the task's exit.
+    assert!(
+        eventually(20, || stdout(&ctrd.ctr(ns, &["task", "ls", "-q"]))
+            .is_empty()),
+        "task left"
+    );
+    events.kill().unwrap();
+    let events = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let exit = events
+        .lines()
+        .find(|l| l.contains("/tasks/exit") && l.contains("\"k1\""))
+        .unwrap_or_else(|| panic!("no exit event: {events}"));
+    assert!(exit.contains("\"exit_status\":137"), "{exit}");
+    assert!(ctrd.ctr(ns, &["container", "rm", "k1"]).status.success());
+    assert!(
+        eventually(20, || vmms_mentioning(&format!("/{ns}/")) == 0),
+        "VMM left after the shim died"
+    );
+    assert_eq!(
+        state_files(ns),
+        Vec::<String>::new(),
+        "files left after the shim died"
+    );
+}
+
+#[test]
+fn clear_errors() {
+    let ns = "errors";
+    let Some(ctrd) = setup(ns) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("shim.toml");
+    std::fs::write(&cfg, "kernel = \"/nonexistent/vmlinux\"\n").unwrap();
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            "io.microsandbox.v1",
+            "--runtime-config-path",
+            cfg.to_str().unwrap(),
+            "--rm",
+            BUSYBOX,
+            "x1",
+            "true",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("guest kernel not found at /nonexistent/vmlinux"),
+        "{}",
+        text(&o)
+    );
+
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            "io.microsandbox.v1",
+            "--rm",
+            "--rootfs",
+            "/nonexistent",
+            "x2",
+            "true",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no root directory at /nonexistent"),
+        "{}",
+        text(&o)
+    );
+
+    let spec = dir.path().join("config.json");
+    std::fs::write(
+        &spec,
+        r#"{"ociVersion": "1.0.2", "process": {"args": [], "cwd": "/"}, "root": {"path": "/"}}"#,
+    )
+    .unwrap();
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            "io.microsandbox.v1",
+            "--rm",
+            "--config",
+            spec.to_str().unwrap(),
+            "x3",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("process.args is empty"),
+        "{}",
+        text(&o)
+    );
+}
