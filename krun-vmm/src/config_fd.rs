@@ -87,11 +87,8 @@ mod tests {
         let e = read(901).unwrap_err();
         assert!(matches!(e, ConfigFdError::Parse { fd: 901, .. }), "{e}");
         // SAFETY: F_GETFD only queries the descriptor table.
-        assert_eq!(
-            unsafe { libc::fcntl(901, libc::F_GETFD) },
-            -1,
-            "closed after reading"
-        );
+        let flags = unsafe { libc::fcntl(901, libc::F_GETFD) };
+        assert_eq!(flags, -1, "closed after reading");
     }
 
     #[test]
