@@ -2,8 +2,10 @@
 //! CMD as the init of a container whose root is ROOTFS_DIR (read-only lower, fresh ext4 upper),
 //! wires the standard streams and exits with CMD's status. Exit codes follow `docker run`:
 //! the command's own status, 125 when msbox itself fails, 126/127 when the command cannot be
-//! run / is not found.
+//! run / is not found. `msbox doctor` tells what this host can run and which backend `auto`
+//! picks (docs/BACKENDS.md).
 
+mod doctor;
 mod run;
 mod term;
 
@@ -23,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a command in a new microVM from a root file system directory.
     Run(run::RunArgs),
+    /// Check what this host can run: KVM, libkrunfw, QEMU, guest assets, containerd.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -35,5 +39,6 @@ pub async fn main(cli: Cli) -> i32 {
                 125
             }
         },
+        Command::Doctor(args) => doctor::run(args),
     }
 }
