@@ -20,7 +20,9 @@ fn main() -> ExitCode {
     let last_error = LastError::default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("MSB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // stderr is krun.log in the sandbox directory; libkrun's `log` records arrive here too.
+    // stderr is krun.log in the sandbox directory; libkrun's `log` records arrive here too. Our
+    // own events use the target `krun_vmm`: this binary's crate name, `msb_krun_vmm`, is also
+    // the name of libkrun's VMM crate.
     tracing_subscriber::registry()
         .with(filter)
         .with(
@@ -53,7 +55,7 @@ fn main() -> ExitCode {
     }
     let Err(e) = run(&cfg, last_error);
     let cause = chain(&e);
-    tracing::error!(sandbox = %cfg.id, "{cause}");
+    tracing::error!(target: "krun_vmm", sandbox = %cfg.id, "{cause}");
     verdict::append(
         &cfg.console_log,
         &verdict::explain(&cause, msb_runtime::host::kvm_usable()),
@@ -70,7 +72,7 @@ fn run(cfg: &LaunchConfig, last_error: LastError) -> anyhow::Result<Infallible> 
     let console_log = cfg.console_log.clone();
     let id = cfg.id.clone();
     let observer = Box::new(move |code: i32| {
-        tracing::info!(sandbox = %id, "the VM stopped with exit code {code}");
+        tracing::info!(target: "krun_vmm", sandbox = %id, "the VM stopped with exit code {code}");
         if code != 0 {
             let cause = verdict::exit_cause(code, last_error.get());
             verdict::append(
@@ -81,7 +83,7 @@ fn run(cfg: &LaunchConfig, last_error: LastError) -> anyhow::Result<Infallible> 
     });
     let mut vm = KrunVm::default();
     translate::configure(cfg, agent.as_raw_fd(), observer, &mut vm)?;
-    tracing::info!(sandbox = %cfg.id, "entering the VM: {} vCPUs, {} MiB, kernel from {}", cfg.vcpus, cfg.memory_mib, cfg.krunfw.display());
+    tracing::info!(target: "krun_vmm", sandbox = %cfg.id, "entering the VM: {} vCPUs, {} MiB, kernel from {}", cfg.vcpus, cfg.memory_mib, cfg.krunfw.display());
     // libkrun duplicates the agent descriptor; `agent` stays open until the process ends.
     match vm.enter()? {}
 }
