@@ -15,6 +15,7 @@ use msb_protocol::types::{ContainerCreate, StorageRef};
 use crate::cgroup::Cgroup;
 use crate::mount_opts;
 use crate::spawn::{MountOp, RootSetup, RootStep};
+use crate::storage;
 use crate::sys;
 
 /// Why a container request failed; the text goes back in `core.container.failed`.
@@ -72,6 +73,8 @@ pub struct Container {
     mounted: Vec<PathBuf>,
     /// The ext4 upper mount, unmounted cleanly at delete/shutdown.
     upper_mount: Option<PathBuf>,
+    /// Its upper directory on a disk the pod shares, removed at delete.
+    owned_upper: Option<PathBuf>,
     /// Its cgroup.
     pub cgroup: Cgroup,
     /// Pid of its init once started.
@@ -98,6 +101,7 @@ impl Container {
             rootfs: rootfs.clone(),
             mounted: Vec::new(),
             upper_mount: None,
+            owned_upper: None,
             cgroup: Cgroup::create(&id, &spec.resources)
                 .map_err(io_err(format!("cgroup of {id}")))?,
             init_pid: None,
@@ -130,11 +134,33 @@ impl Container {
                     self.mounted.push(dir.clone());
                     lowers.push(dir);
                 }
-                StorageRef::Dir(d) => lowers.push(PathBuf::from(d)),
+                StorageRef::Dir(d) => {
+                    let d = storage::check_path(d)?;
+                    storage::ensure_for(d)?;
+                    lowers.push(d.to_owned());
+                }
                 StorageRef::Image(p) => {
-                    return Err(ContainerError::Unsupported(format!(
-                        "image lowers ({p}) are not supported yet"
-                    )))
+                    let image = storage::check_path(p)?;
+                    storage::ensure_for(image)?;
+                    let dev = storage::loop_attach(image)?;
+                    let dir = base.join(format!("lower{i}"));
+                    fs::create_dir_all(&dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
+                    sys::mount(
+                        dev.path.to_str(),
+                        &dir,
+                        Some("erofs"),
+                        libc::MS_RDONLY,
+                        None,
+                    )
+                    .map_err(io_err(format!(
+                        "mount erofs {} ({}) on {}",
+                        image.display(),
+                        dev.path.display(),
+                        dir.display()
+                    )))?;
+                    drop(dev);
+                    self.mounted.push(dir.clone());
+                    lowers.push(dir);
                 }
             }
         }
@@ -157,7 +183,16 @@ impl Container {
                     self.upper_mount = Some(dir.clone());
                     dir
                 }
-                StorageRef::Dir(d) => PathBuf::from(d),
+                StorageRef::Dir(d) => {
+                    let d = storage::check_path(d)?;
+                    storage::ensure_for(d)?;
+                    if storage::on_shared_disk(d) {
+                        // A fresh container: nothing of an earlier one with this id survives.
+                        let _ = fs::remove_dir_all(d);
+                        self.owned_upper = Some(d.to_owned());
+                    }
+                    d.to_owned()
+                }
                 StorageRef::Image(p) => {
                     return Err(ContainerError::Unsupported(format!(
                         "an image upper ({p}) is not supported"
@@ -368,5 +403,10 @@ impl Container {
             }
         }
         let _ = fs::remove_dir_all(Path::new("/run/msb/c").join(&self.id));
+        if let Some(upper) = self.owned_upper.take() {
+            if let Err(e) = fs::remove_dir_all(&upper) {
+                tracing::warn!(container = %self.id, "remove upper {}: {e}", upper.display());
+            }
+        }
     }
 }

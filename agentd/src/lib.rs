@@ -24,6 +24,7 @@ pub mod reaper;
 pub mod server;
 pub mod shutdown;
 pub mod spawn;
+pub mod storage;
 pub mod sys;
 pub mod users;
 

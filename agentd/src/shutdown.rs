@@ -1,8 +1,8 @@
 //! `core.shutdown`: stop the containers, leave the disks clean, power off.
 //!
 //! SIGTERM to every container init, [`SHUTDOWN_GRACE`] to exit, SIGKILL to whatever is left,
-//! then every container is torn down (overlay and ext4 upper unmounted, so the journal needs no
-//! recovery), `sync`, power off.
+//! then every container is torn down and the shared storage unmounted (overlay and ext4 uppers
+//! unmounted, so the journal needs no recovery), `sync`, power off.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -38,6 +38,7 @@ pub fn run(
     for c in &mut all {
         c.teardown();
     }
+    crate::storage::teardown_all();
     sys::sync();
     tracing::info!("powering off");
     sys::power_off()

@@ -14,6 +14,11 @@ pub const RUNTIME_FS_TAG: &str = "msb_runtime";
 /// Where agentd mounts the runtime share inside the guest.
 pub const RUNTIME_MOUNT_POINT: &str = "/.msb";
 
+/// Where agentd mounts, on first use, a disk that several containers share (a pod's upper disk):
+/// a [`crate::types::StorageRef::Dir`] under `DISKS_MOUNT_DIR/<serial>/` makes agentd mount the
+/// disk with that serial there (ext4) and keep it until shutdown.
+pub const DISKS_MOUNT_DIR: &str = "/run/msb/disks";
+
 /// Smallest valid `len` field: a frame always carries `id` (4 bytes) and `flags` (1 byte).
 pub const MIN_FRAME_LEN: u32 = 5;
 

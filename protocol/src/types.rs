@@ -472,9 +472,12 @@ pub struct FsResponse {
 pub enum StorageRef {
     /// A virtio-blk disk found by its `serial=`.
     Serial(String),
-    /// An image file inside the guest (for instance on the runtime share), loop-mounted.
+    /// An image file inside the guest, loop-mounted read-only. A path under
+    /// [`crate::RUNTIME_MOUNT_POINT`] makes agentd mount the runtime share first.
     Image(String),
-    /// A directory inside the guest (for instance on a pod's upper disk).
+    /// A directory inside the guest. A path under [`crate::DISKS_MOUNT_DIR`]`/<serial>/` makes
+    /// agentd mount that disk first; such an upper directory belongs to its container and is
+    /// removed with it.
     Dir(String),
 }
 
