@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 
 use crate::agent::{AgentClient, AgentError};
 use crate::assets::{GuestAssets, MissingAsset};
-use crate::vmm::{self, BackendKind, DiskSpec, VmExit, VmSpec, VmmError, VmmProcess};
+use crate::vmm::{self, BackendKind, DiskSpec, ShareSpec, VmExit, VmSpec, VmmError, VmmProcess};
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct SandboxConfig {
     pub boot_env: BootEnv,
     /// Disks (images usually inside [`SandboxConfig::dir`]).
     pub disks: Vec<DiskSpec>,
+    /// virtio-fs shares of host directories.
+    pub shares: Vec<ShareSpec>,
     /// How long the guest may take to send `core.ready`.
     pub ready_timeout: Duration,
     /// The sandbox directory (default `$MSB_RUN_DIR/sandboxes/<id>`); removed with the sandbox.
@@ -54,6 +56,7 @@ impl SandboxConfig {
             assets: GuestAssets::default_location(),
             boot_env: BootEnv::default(),
             disks: Vec::new(),
+            shares: Vec::new(),
             ready_timeout: Duration::from_secs(60),
         }
     }
@@ -145,7 +148,7 @@ impl Sandbox {
             initramfs: cfg.assets.initramfs.clone(),
             cmdline: cfg.boot_env.to_cmdline_words(),
             disks: cfg.disks.clone(),
-            shares: Vec::new(),
+            shares: cfg.shares.clone(),
             agent_socket: dir.join("agent.sock"),
             console_log: dir.join("console.log"),
         };

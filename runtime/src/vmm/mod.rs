@@ -165,6 +165,9 @@ pub struct VmmProcess {
     pgid: i32,
     console_log: PathBuf,
     kind: BackendKind,
+    /// Helper processes that serve this VM only (virtiofsd), in their own process groups:
+    /// killed and reaped with it.
+    companions: Vec<std::process::Child>,
 }
 
 impl VmmProcess {
@@ -183,7 +186,26 @@ impl VmmProcess {
             pgid,
             console_log,
             kind,
+            companions: Vec::new(),
         })
+    }
+
+    /// Adds helper processes (started with `process_group(0)`) that live and die with the VM.
+    pub fn with_companions(mut self, companions: Vec<std::process::Child>) -> Self {
+        self.companions = companions;
+        self
+    }
+
+    fn stop_companions(&mut self) {
+        for c in &mut self.companions {
+            if matches!(c.try_wait(), Ok(None)) {
+                // SAFETY: kill has no memory-safety preconditions; the negative pid is the
+                // process group of our own, not yet reaped, child.
+                unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+                let _ = c.wait();
+            }
+        }
+        self.companions.clear();
     }
 
     /// The VMM's pid (also its process group).
@@ -223,6 +245,7 @@ impl VmmProcess {
             what: "wait for the VMM".into(),
             source,
         })?;
+        self.stop_companions();
         Ok(self.exit_of(status))
     }
 
@@ -234,6 +257,7 @@ impl VmmProcess {
                     what: "wait for the VMM".into(),
                     source,
                 })?;
+                self.stop_companions();
                 Ok(self.exit_of(status))
             }
             Err(_) => {
@@ -245,6 +269,7 @@ impl VmmProcess {
 
     /// Kills the VMM's process group, unless it was already reaped (its pid could be reused).
     pub fn kill(&mut self) {
+        self.stop_companions();
         if !matches!(self.child.try_wait(), Ok(None)) {
             return;
         }
@@ -257,6 +282,7 @@ impl VmmProcess {
 
 impl Drop for VmmProcess {
     fn drop(&mut self) {
+        self.stop_companions();
         if matches!(self.child.try_wait(), Ok(None)) {
             self.kill();
             // Reap synchronously: a dropped sandbox must not leave a zombie or a running VMM.

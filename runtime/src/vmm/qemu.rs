@@ -10,7 +10,11 @@
 //! - `-serial file:`: the console log in the sandbox directory, for error messages.
 //! - `virtserialport name=agent` on a unix socket (`server=on,wait=off`): the agent channel.
 //! - one `virtio-blk-device` per disk with `serial=`: the guest finds disks by serial.
+//! - shares: one `virtiofsd` per share (a companion process of the VM, `--sandbox chroot`,
+//!   `--readonly` when asked) and a `vhost-user-fs-device`; vhost-user needs the guest memory
+//!   in a shared memfd (`memory-backend-memfd,share=on`).
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -37,12 +41,6 @@ impl Qemu {
         accel: &str,
         tsc_khz: Option<u64>,
     ) -> Result<Vec<String>, VmmError> {
-        if !spec.shares.is_empty() {
-            return Err(VmmError::Unsupported {
-                backend: BackendKind::Qemu,
-                what: "virtio-fs shares yet".into(),
-            });
-        }
         let p = |path: &Path| path.display().to_string();
         let mut cmdline = vec![
             "console=ttyS0".to_owned(),
@@ -58,7 +56,11 @@ impl Qemu {
             "-accel".into(),
             accel.into(),
             "-M".into(),
-            "microvm".into(),
+            if spec.shares.is_empty() {
+                "microvm".into()
+            } else {
+                "microvm,memory-backend=mem".into()
+            },
             "-cpu".into(),
             if accel == "kvm" {
                 "host".into()
@@ -91,6 +93,25 @@ impl Qemu {
             "-device".into(),
             "virtserialport,chardev=agent,name=agent".into(),
         ];
+        if !spec.shares.is_empty() {
+            a.push("-object".into());
+            a.push(format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                spec.memory_mib
+            ));
+        }
+        for (i, share) in spec.shares.iter().enumerate() {
+            a.push("-chardev".into());
+            a.push(format!(
+                "socket,id=fs{i},path={}",
+                p(&share_socket(spec, i))
+            ));
+            a.push("-device".into());
+            a.push(format!(
+                "vhost-user-fs-device,chardev=fs{i},tag={}",
+                share.tag
+            ));
+        }
         for (i, d) in spec.disks.iter().enumerate() {
             let mode = if d.read_only {
                 "readonly=on"
@@ -112,6 +133,95 @@ impl Qemu {
     }
 }
 
+/// The vhost-user socket of share `i`.
+fn share_socket(spec: &VmSpec, i: usize) -> std::path::PathBuf {
+    spec.dir.join(format!("fs{i}.sock"))
+}
+
+/// Starts one `virtiofsd` per share and waits until each listens (QEMU connects at start).
+fn start_virtiofsd(spec: &VmSpec) -> Result<Vec<std::process::Child>, VmmError> {
+    let program = std::env::var("MSB_VIRTIOFSD").unwrap_or_else(|_| "virtiofsd".into());
+    let mut children = Vec::new();
+    for (i, share) in spec.shares.iter().enumerate() {
+        let sock = share_socket(spec, i);
+        let _ = std::fs::remove_file(&sock);
+        let log = std::fs::File::create(spec.dir.join(format!("virtiofsd{i}.log"))).map_err(
+            |source| VmmError::Io {
+                what: format!("create virtiofsd{i}.log"),
+                source,
+            },
+        )?;
+        let mut cmd = std::process::Command::new(&program);
+        cmd.arg("--socket-path")
+            .arg(&sock)
+            .arg("--shared-dir")
+            .arg(&share.host_path)
+            .args([
+                "--sandbox",
+                "chroot",
+                "--cache",
+                "auto",
+                "--log-level",
+                "warn",
+            ]);
+        if share.read_only {
+            cmd.arg("--readonly");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|source| VmmError::Io {
+                what: "dup virtiofsd log".into(),
+                source,
+            })?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => VmmError::MissingProgram {
+                    program: program.clone(),
+                    hint: "hack/install-deps installs it (cargo install virtiofsd)".into(),
+                },
+                _ => VmmError::Io {
+                    what: format!("start {program}"),
+                    source: e,
+                },
+            })?;
+        children.push(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !sock.exists() {
+            let last = children.last_mut().expect("just pushed");
+            if let Ok(Some(status)) = last.try_wait() {
+                let log = std::fs::read_to_string(spec.dir.join(format!("virtiofsd{i}.log")))
+                    .unwrap_or_default();
+                kill_all(&mut children);
+                return Err(VmmError::Failed(format!(
+                    "virtiofsd for share {} ({}) exited with {status}: {}",
+                    share.tag,
+                    share.host_path.display(),
+                    log.trim()
+                )));
+            }
+            if std::time::Instant::now() > deadline {
+                kill_all(&mut children);
+                return Err(VmmError::Failed(format!(
+                    "virtiofsd for share {} did not listen on {} within 10 s",
+                    share.tag,
+                    sock.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    Ok(children)
+}
+
+fn kill_all(children: &mut [std::process::Child]) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 impl Backend for Qemu {
     fn kind(&self) -> BackendKind {
         BackendKind::Qemu
@@ -126,6 +236,7 @@ impl Backend for Qemu {
             }
         };
         let args = self.args(spec, &accel, crate::host::tsc_khz())?;
+        let mut companions = start_virtiofsd(spec)?;
         let log =
             std::fs::File::create(spec.dir.join("qemu.log")).map_err(|source| VmmError::Io {
                 what: "create qemu.log".into(),
@@ -143,6 +254,7 @@ impl Backend for Qemu {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
+            .inspect_err(|_| kill_all(&mut companions))
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => VmmError::MissingProgram {
                     program: self.program.clone(),
@@ -154,7 +266,10 @@ impl Backend for Qemu {
                 },
             })?;
         tracing::debug!(sandbox = %spec.id, "qemu {}", args.join(" "));
-        VmmProcess::new(child, spec.console_log.clone(), BackendKind::Qemu)
+        Ok(
+            VmmProcess::new(child, spec.console_log.clone(), BackendKind::Qemu)?
+                .with_companions(companions),
+        )
     }
 }
 
@@ -202,6 +317,36 @@ mod tests {
              -chardev socket,id=agent,path=/d/agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=agent \
              -drive file=/d/lower.img,if=none,id=disk0,format=raw,readonly=on -device virtio-blk-device,drive=disk0,serial=lower \
              -drive file=/d/upper.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap -device virtio-blk-device,drive=disk1,serial=upper"
+        );
+    }
+
+    #[test]
+    fn shares_add_virtiofs_devices_on_shared_memory() {
+        let spec = VmSpec {
+            id: "s".into(),
+            dir: "/d".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            cmdline: vec![],
+            disks: vec![],
+            shares: vec![crate::vmm::ShareSpec {
+                tag: "msb_runtime".into(),
+                host_path: "/cache".into(),
+                read_only: true,
+            }],
+            agent_socket: "/d/agent.sock".into(),
+            console_log: "/d/console.log".into(),
+        };
+        let a = Qemu::new().args(&spec, "tcg", None).unwrap().join(" ");
+        assert!(a.contains("-M microvm,memory-backend=mem "), "{a}");
+        assert!(
+            a.ends_with(
+                "-object memory-backend-memfd,id=mem,size=256M,share=on \
+                 -chardev socket,id=fs0,path=/d/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=msb_runtime"
+            ),
+            "{a}"
         );
     }
 }
