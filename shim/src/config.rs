@@ -129,6 +129,11 @@ pub struct SandboxConfig {
     pub initramfs: PathBuf,
     /// Cache of EROFS lower images.
     pub cache_dir: PathBuf,
+    /// Whether more containers may join this VM after it boots (the bundle names a pod with
+    /// `io.kubernetes.cri.sandbox-id`). Such a VM gets its images through the runtime share and
+    /// one upper disk on which each container has its own directory, since no disk can be
+    /// added to a running VM.
+    pub pod: bool,
 }
 
 /// Settings of one container after annotations.
@@ -228,6 +233,9 @@ impl ShimConfig {
                     .initramfs
                     .unwrap_or_else(|| cfg.asset_dir.join("initramfs.cpio")),
                 cache_dir: cfg.cache_dir,
+                pod: annotations
+                    .get(SANDBOX_ID_ANNOTATION)
+                    .is_some_and(|s| !s.is_empty()),
             },
             upper_size: cfg.upper_size,
             handoff_init: cfg.handoff_init,

@@ -23,7 +23,8 @@ use msb_protocol::types::{
     ContainerCreate, ContainerStatsReply, ExecRequest, ExecResize, ExecSignal, ExecStdin,
     Resources, RootfsSpec, StorageRef,
 };
-use msb_runtime::vmm::{parse_backend, DiskSpec};
+use msb_protocol::{DISKS_MOUNT_DIR, RUNTIME_FS_TAG, RUNTIME_MOUNT_POINT};
+use msb_runtime::vmm::{parse_backend, DiskSpec, ShareSpec};
 use msb_runtime::{disks, AgentClient, ExecEvent, GuestAssets};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -35,6 +36,9 @@ use crate::sandbox::{
 
 /// How long a clean guest power-off may take before the VMM is killed (TCG is slow).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serial of a pod's upper disk, which holds one upper directory per container.
+const POD_DISK: &str = "pod";
 
 /// The production factory.
 #[derive(Debug, Default)]
@@ -141,65 +145,25 @@ impl RuntimeSandbox {
             .ok_or_else(|| SandboxError::Other(format!("sandbox {} has not booted", self.id)))
     }
 
-    fn process_id(&self, key: &ProcessKey) -> Result<u32, SandboxError> {
-        lock(&self.processes)
-            .get(key)
-            .copied()
-            .ok_or_else(|| SandboxError::NotFound(format!("{key:?}")))
-    }
-}
-
-#[async_trait]
-impl Sandbox for RuntimeSandbox {
-    async fn prepare_rootfs(
-        &self,
-        container: &str,
-        source: &OciRootfsSource,
-        upper_size: u64,
-        _state_dir: &Path,
-    ) -> Result<PreparedRootfs, SandboxError> {
-        let mut vm = self.vm.lock().await;
-        if vm.is_some() {
-            return Err(SandboxError::Rootfs(format!(
-                "container {container}: a second container in VM {} needs the pod image share, which is not implemented yet",
-                self.id
-            )));
-        }
-        if source.lowers.is_empty() {
-            return Err(SandboxError::Rootfs(format!(
-                "container {container}: no root file system layers"
-            )));
-        }
+    fn create_dir(&self) -> Result<(), SandboxError> {
         std::fs::create_dir_all(&self.dir)
-            .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", self.dir.display())))?;
-        let mut disk_specs = Vec::new();
-        let mut lower = Vec::new();
-        for (i, layer) in source.lowers.iter().enumerate() {
-            let image = tokio::task::block_in_place(|| layer_image(&self.config.cache_dir, layer))?;
-            let serial = format!("l{i}");
-            disk_specs.push(DiskSpec {
-                serial: serial.clone(),
-                path: image,
-                read_only: true,
-            });
-            lower.push(StorageRef::Serial(serial));
-        }
-        let upper = self.dir.join("upper.ext4");
-        tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
-            .map_err(|e| SandboxError::Rootfs(e.to_string()))?;
-        disk_specs.push(DiskSpec {
-            serial: "upper".into(),
-            path: upper.clone(),
-            read_only: false,
-        });
+            .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", self.dir.display())))
+    }
 
+    /// Boots the VM with these disks and shares and starts forwarding its events.
+    async fn boot_vm(
+        &self,
+        disks: Vec<DiskSpec>,
+        shares: Vec<ShareSpec>,
+    ) -> Result<msb_runtime::Sandbox, SandboxError> {
         let mut cfg = msb_runtime::SandboxConfig::new(&self.id);
         cfg.dir = self.dir.clone();
         cfg.backend = self.backend;
         cfg.vcpus = self.config.vcpus.clamp(1, 255) as u8;
         cfg.memory_mib = self.config.memory_mib;
         cfg.assets = self.assets.clone();
-        cfg.disks = disk_specs;
+        cfg.disks = disks;
+        cfg.shares = shares;
         let sb = msb_runtime::Sandbox::start(cfg)
             .await
             .map_err(|e| SandboxError::Boot(format!("{e:#}")))?;
@@ -217,7 +181,137 @@ impl Sandbox for RuntimeSandbox {
                 reason: "the agent connection closed".into(),
             });
         });
-        *vm = Some(sb);
+        Ok(sb)
+    }
+
+    /// A pod's container: the first one boots the VM with the pod's upper disk and the runtime
+    /// share (a per-pod directory of hard links to the cached layer images, so a guest sees only
+    /// its own pod's images); every container's layers are linked into the share, where the
+    /// running guest finds them at once, and its upper is its own directory on the pod disk.
+    async fn prepare_pod_rootfs(
+        &self,
+        vm: &mut Option<msb_runtime::Sandbox>,
+        container: &str,
+        source: &OciRootfsSource,
+        images: &[PathBuf],
+        upper_size: u64,
+    ) -> Result<PreparedRootfs, SandboxError> {
+        let share = self.dir.join("share");
+        if vm.is_none() {
+            self.create_dir()?;
+            std::fs::create_dir_all(&share)
+                .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", share.display())))?;
+            let upper = self.dir.join("pod-upper.ext4");
+            tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
+                .map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+            let disks = vec![DiskSpec {
+                serial: POD_DISK.into(),
+                path: upper,
+                read_only: false,
+            }];
+            let shares = vec![ShareSpec {
+                tag: RUNTIME_FS_TAG.into(),
+                host_path: share.clone(),
+                read_only: true,
+            }];
+            *vm = Some(self.boot_vm(disks, shares).await?);
+        }
+        let mut lower = Vec::new();
+        for image in images {
+            let name = image.file_name().expect("cache images have a file name");
+            let link = share.join(name);
+            if !link.exists() {
+                tokio::task::block_in_place(|| {
+                    std::fs::hard_link(image, &link)
+                        .or_else(|_| std::fs::copy(image, &link).map(drop))
+                })
+                .map_err(|e| {
+                    SandboxError::Rootfs(format!(
+                        "share {} as {}: {e}",
+                        image.display(),
+                        link.display()
+                    ))
+                })?;
+            }
+            lower.push(StorageRef::Image(format!(
+                "{RUNTIME_MOUNT_POINT}/{}",
+                name.to_string_lossy()
+            )));
+        }
+        Ok(PreparedRootfs {
+            spec: RootfsSpec {
+                lower,
+                upper: StorageRef::Dir(format!("{DISKS_MOUNT_DIR}/{POD_DISK}/c/{container}")),
+                fstype: "ext4".into(),
+                readonly: source.readonly,
+            },
+            owned_files: Vec::new(),
+        })
+    }
+
+    fn process_id(&self, key: &ProcessKey) -> Result<u32, SandboxError> {
+        lock(&self.processes)
+            .get(key)
+            .copied()
+            .ok_or_else(|| SandboxError::NotFound(format!("{key:?}")))
+    }
+}
+
+#[async_trait]
+impl Sandbox for RuntimeSandbox {
+    async fn prepare_rootfs(
+        &self,
+        container: &str,
+        source: &OciRootfsSource,
+        upper_size: u64,
+        _state_dir: &Path,
+    ) -> Result<PreparedRootfs, SandboxError> {
+        if source.lowers.is_empty() {
+            return Err(SandboxError::Rootfs(format!(
+                "container {container}: no root file system layers"
+            )));
+        }
+        let images = tokio::task::block_in_place(|| {
+            source
+                .lowers
+                .iter()
+                .map(|layer| layer_image(&self.config.cache_dir, layer))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut vm = self.vm.lock().await;
+        if self.config.pod {
+            return self
+                .prepare_pod_rootfs(&mut vm, container, source, &images, upper_size)
+                .await;
+        }
+        if vm.is_some() {
+            return Err(SandboxError::Rootfs(format!(
+                "container {container}: VM {} already runs a container; only containers of one pod \
+                 (annotation io.kubernetes.cri.sandbox-id) share a VM",
+                self.id
+            )));
+        }
+        self.create_dir()?;
+        let mut disk_specs = Vec::new();
+        let mut lower = Vec::new();
+        for (i, image) in images.into_iter().enumerate() {
+            let serial = format!("l{i}");
+            disk_specs.push(DiskSpec {
+                serial: serial.clone(),
+                path: image,
+                read_only: true,
+            });
+            lower.push(StorageRef::Serial(serial));
+        }
+        let upper = self.dir.join("upper.ext4");
+        tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
+            .map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+        disk_specs.push(DiskSpec {
+            serial: "upper".into(),
+            path: upper.clone(),
+            read_only: false,
+        });
+        *vm = Some(self.boot_vm(disk_specs, Vec::new()).await?);
         Ok(PreparedRootfs {
             spec: RootfsSpec {
                 lower,

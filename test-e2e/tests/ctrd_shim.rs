@@ -420,3 +420,98 @@ fn clear_errors() {
         text(&o)
     );
 }
+
+#[test]
+fn containers_of_one_pod_share_one_vm() {
+    let ns = "pod";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    let pod = [
+        "--runtime",
+        "io.microsandbox.v1",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=pod1",
+    ];
+    let mut args = vec!["run", "-d"];
+    args.extend(pod);
+    args.extend([
+        BUSYBOX,
+        "p1",
+        "sh",
+        "-c",
+        "echo first > /mark; exec sleep 600",
+    ]);
+    let o = ctrd.ctr(ns, &args);
+    assert!(o.status.success(), "{}\n{}", text(&o), ctrd.log());
+    let boot_id = |o: Output| -> String {
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let s = stdout(&o);
+        assert_eq!(s.trim().len(), 36, "a boot id: {s:?}");
+        s
+    };
+    let first = boot_id(ctrd.ctr(
+        ns,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "b1",
+            "p1",
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ],
+    ));
+
+    // The second container joins the running VM, with its own root and namespaces.
+    let mut args = vec!["run", "--rm"];
+    args.extend(pod);
+    args.extend([
+        BUSYBOX,
+        "p2",
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/random/boot_id; test -e /mark && echo shared-root; echo $$",
+    ]);
+    let o = ctrd.ctr(ns, &args);
+    assert_eq!(
+        (stdout(&o), o.status.code()),
+        (format!("{first}1\n"), Some(0)),
+        "{}\n{}",
+        text(&o),
+        ctrd.log()
+    );
+    assert_eq!(vmms_mentioning(&format!("/{ns}/")), 1, "one VM for the pod");
+
+    // The first container still runs and kept its own upper.
+    let o = ctrd.ctr(
+        ns,
+        &["task", "exec", "--exec-id", "b2", "p1", "cat", "/mark"],
+    );
+    assert_eq!(stdout(&o), "first\n", "{}", text(&o));
+    assert!(ctrd
+        .ctr(ns, &["task", "kill", "-s", "SIGKILL", "p1"])
+        .status
+        .success());
+    assert!(eventually(30, || task_status(&ctrd, ns, "p1").as_deref()
+        == Some("STOPPED")));
+    assert!(ctrd.ctr(ns, &["task", "delete", "p1"]).status.success());
+    assert!(ctrd.ctr(ns, &["container", "rm", "p1"]).status.success());
+    assert!(
+        eventually(20, || vmms_mentioning(&format!("/{ns}/")) == 0),
+        "VMM left after the pod's last container"
+    );
+    let virtiofsd = Command::new("pgrep")
+        .args(["-f", &format!("virtiofsd.*/{ns}/")])
+        .output()
+        .unwrap();
+    assert!(
+        virtiofsd.stdout.is_empty(),
+        "virtiofsd left: {}",
+        stdout(&virtiofsd)
+    );
+    assert_eq!(
+        state_files(ns),
+        Vec::<String>::new(),
+        "files left in the shim state"
+    );
+}
