@@ -41,6 +41,13 @@ fn mhz_after(log: &str, marker: &str) -> Option<f64> {
 /// (`kvm_pvm`, paravirtualized nested KVM: a standard guest kernel stops with
 /// `KVM_EXIT_INTERNAL_ERROR` there).
 pub fn kvm_usable() -> Result<(), String> {
+    // PVM first: its hosts never show vmx/svm either, and this names the real reason.
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Err(
+            "KVM here is PVM-backed (module kvm_pvm), which cannot boot a standard guest kernel"
+                .into(),
+        );
+    }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = cpuinfo
         .lines()
@@ -49,12 +56,6 @@ pub fn kvm_usable() -> Result<(), String> {
     if !flags.split_whitespace().any(|f| f == "vmx" || f == "svm") {
         return Err(
             "the CPU shows no hardware virtualization (no vmx/svm flag in /proc/cpuinfo)".into(),
-        );
-    }
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        return Err(
-            "KVM here is PVM-backed (module kvm_pvm), which cannot boot a standard guest kernel"
-                .into(),
         );
     }
     match std::fs::OpenOptions::new()

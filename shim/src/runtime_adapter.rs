@@ -8,8 +8,10 @@
 //! of the same image; the guest stacks them under the container's fresh ext4 upper with
 //! overlayfs, which understands the snapshotter's whiteouts as they are.
 //!
-//! A second container in the same VM (a pod) needs the shared image cache of the pod design
-//! (ARCHITECTURE.md); until then it fails with a clear error.
+//! A pod's VM (bundles naming `io.kubernetes.cri.sandbox-id`) gets its disks differently, because
+//! its later containers arrive after boot: one pod upper disk on which each container's upper is
+//! a directory, and the runtime share (virtio-fs) of a per-pod directory into which each
+//! container's layer images are linked; agentd loop-mounts them from there.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -131,6 +133,13 @@ fn layer_image(cache_dir: &Path, layer: &Path) -> Result<PathBuf, SandboxError> 
     Ok(image)
 }
 
+/// Copies under a temporary name and renames, so the guest never sees half an image.
+fn copy_atomically(from: &Path, to: &Path) -> std::io::Result<()> {
+    let tmp = to.with_extension("partial");
+    std::fs::copy(from, &tmp)?;
+    std::fs::rename(&tmp, to)
+}
+
 /// FNV-1a, 64 bits: a stable file name from a key (not a security boundary).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -212,7 +221,7 @@ impl RuntimeSandbox {
             let shares = vec![ShareSpec {
                 tag: RUNTIME_FS_TAG.into(),
                 host_path: share.clone(),
-                read_only: true,
+                read_only: self.share_read_only(),
             }];
             *vm = Some(self.boot_vm(disks, shares).await?);
         }
@@ -222,8 +231,12 @@ impl RuntimeSandbox {
             let link = share.join(name);
             if !link.exists() {
                 tokio::task::block_in_place(|| {
-                    std::fs::hard_link(image, &link)
-                        .or_else(|_| std::fs::copy(image, &link).map(drop))
+                    let linked = self.share_read_only() && std::fs::hard_link(image, &link).is_ok();
+                    if linked {
+                        Ok(())
+                    } else {
+                        copy_atomically(image, &link)
+                    }
                 })
                 .map_err(|e| {
                     SandboxError::Rootfs(format!(
@@ -247,6 +260,13 @@ impl RuntimeSandbox {
             },
             owned_files: Vec::new(),
         })
+    }
+
+    /// Whether the pod share can be read-only. libkrun serves virtio-fs read-write only; a
+    /// writable share must not hold hard links to the host's image cache (the guest could
+    /// change every pod's images through them), so krun pods get copies instead.
+    fn share_read_only(&self) -> bool {
+        msb_runtime::vmm::select_backend(self.backend).0 == msb_runtime::BackendKind::Qemu
     }
 
     fn process_id(&self, key: &ProcessKey) -> Result<u32, SandboxError> {
