@@ -16,6 +16,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod exec;
+pub mod fs;
 pub mod init;
 pub mod modules;
 pub mod mount_opts;

@@ -37,6 +37,8 @@ pub struct Server {
     sessions: Sessions,
     containers: Containers,
     ready: Ready,
+    /// Open `core.fs` write sessions: data frames append until an empty one.
+    writes: HashMap<u32, File>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,6 +55,7 @@ impl Server {
             sessions: Arc::default(),
             containers: containers.clone(),
             ready,
+            writes: HashMap::new(),
         };
         let _ = std::thread::Builder::new()
             .name("oom".into())
@@ -274,6 +277,16 @@ impl Server {
                     }
                 }
             }
+            FsRequest::TYPE => {
+                if let Some(r) = self.decode::<FsRequest>(&msg) {
+                    self.fs_request(id, r);
+                }
+            }
+            FsData::TYPE => {
+                if let Some(d) = self.decode::<FsData>(&msg) {
+                    self.fs_data(id, d);
+                }
+            }
             ContainerDelete::TYPE => {
                 if let Some(d) = self.decode::<ContainerDelete>(&msg) {
                     let taken = lock(&self.containers).remove(&d.id);
@@ -300,6 +313,58 @@ impl Server {
                 };
                 self.error(id, kind, format!("agentd does not handle {other}"), other);
             }
+        }
+    }
+
+    fn fs_reply(&self, id: u32, result: Result<(), String>) {
+        let reply = match result {
+            Ok(()) => FsResponse {
+                ok: true,
+                ..FsResponse::default()
+            },
+            Err(e) => FsResponse {
+                ok: false,
+                error: Some(e),
+                ..FsResponse::default()
+            },
+        };
+        self.out.send(id, &reply);
+    }
+
+    /// Starts a write (the only `core.fs` operation agentd serves); others are refused.
+    fn fs_request(&mut self, id: u32, r: FsRequest) {
+        let FsOp::Write { path, mode } = r.op else {
+            return self.fs_reply(id, Err(format!("{:?} is not supported by agentd", r.op)));
+        };
+        let root = match &r.container {
+            Some(cid) => match lock(&self.containers).get(cid) {
+                Some(c) => c.rootfs.clone(),
+                None => return self.fs_reply(id, Err(format!("no container {cid}"))),
+            },
+            None => PathBuf::from("/"),
+        };
+        match crate::fs::create_in_root(&root, &path, mode.unwrap_or(0o644)) {
+            Ok(file) => {
+                self.writes.insert(id, file);
+            }
+            Err(e) => self.fs_reply(id, Err(format!("create {path}: {e}"))),
+        }
+    }
+
+    /// A chunk of an open write; the empty chunk ends it. Chunks of a write that already
+    /// failed (and was answered) are dropped.
+    fn fs_data(&mut self, id: u32, d: FsData) {
+        use std::io::Write;
+        let Some(file) = self.writes.get_mut(&id) else {
+            return;
+        };
+        if d.data.is_empty() {
+            self.writes.remove(&id);
+            return self.fs_reply(id, Ok(()));
+        }
+        if let Err(e) = file.write_all(&d.data) {
+            self.writes.remove(&id);
+            self.fs_reply(id, Err(format!("write: {e}")));
         }
     }
 

@@ -354,12 +354,19 @@ impl Sandbox for RuntimeSandbox {
         &self,
         container: &str,
         path: &str,
-        _data: Vec<u8>,
-        _mode: u32,
+        data: Vec<u8>,
+        mode: u32,
     ) -> Result<(), SandboxError> {
-        Err(SandboxError::Other(format!(
-            "container {container}: copying the host file {path} into the guest is not supported yet"
-        )))
+        self.agent()?
+            .write_file(Some(container), path, mode, &data)
+            .await
+            .map_err(|e| match e {
+                msb_runtime::AgentError::Fs { path, message } => SandboxError::Container {
+                    id: container.to_owned(),
+                    message: format!("copy of the host file for {path}: {message}"),
+                },
+                other => agent_err(other),
+            })
     }
 
     async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError> {

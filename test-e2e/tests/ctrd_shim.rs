@@ -138,6 +138,41 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
 }
 
 #[test]
+fn host_file_binds_are_copied_into_the_container() {
+    let ns = "binds";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "10.1.2.3 msb-test\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/etc/deep/hosts,options=rbind:ro",
+        hosts.display()
+    );
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            "io.microsandbox.v1",
+            "--rm",
+            "--mount",
+            &mount,
+            BUSYBOX,
+            "b1",
+            "cat",
+            "/etc/deep/hosts",
+        ],
+    );
+    assert_eq!(
+        (stdout(&o), o.status.code()),
+        ("10.1.2.3 msb-test\n".into(), Some(0)),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn detached_task_verbs() {
     let ns = "verbs";
     let Some(ctrd) = setup(ns) else { return };

@@ -43,6 +43,14 @@ pub enum AgentError {
         /// The guest's message.
         message: String,
     },
+    /// A file operation failed in the guest.
+    #[error("{path}: {message}")]
+    Fs {
+        /// The path in the guest.
+        path: String,
+        /// The guest's message.
+        message: String,
+    },
     /// The guest answered with something unexpected or undecodable.
     #[error("unexpected reply: {0}")]
     Protocol(String),
@@ -279,6 +287,42 @@ impl AgentClient {
         let mut s = self.request(p).await?;
         let m = s.recv().await?;
         reply::<R>(P::TYPE, m)
+    }
+
+    /// Writes a whole file in the VM, or in `container`'s root (resolved inside it), creating
+    /// parent directories: `core.fs.request` (write), the data in chunks, an empty chunk, then
+    /// the guest's `core.fs.response`.
+    pub async fn write_file(
+        &self,
+        container: Option<&str>,
+        path: &str,
+        mode: u32,
+        data: &[u8],
+    ) -> Result<(), AgentError> {
+        let req = FsRequest {
+            op: FsOp::Write {
+                path: path.to_owned(),
+                mode: Some(mode),
+            },
+            container: container.map(str::to_owned),
+        };
+        let mut s = self.request(&req).await?;
+        for chunk in data.chunks(msb_protocol::MAX_STREAM_CHUNK) {
+            s.send(&FsData {
+                data: chunk.to_vec(),
+            })
+            .await?;
+        }
+        s.send(&FsData { data: Vec::new() }).await?;
+        let r = reply::<FsResponse>(FsRequest::TYPE, s.recv().await?)?;
+        if r.ok {
+            Ok(())
+        } else {
+            Err(AgentError::Fs {
+                path: path.to_owned(),
+                message: r.error.unwrap_or_default(),
+            })
+        }
     }
 
     /// `core.container.create`: prepares a container's root.
