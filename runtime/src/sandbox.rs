@@ -3,9 +3,9 @@
 //! directory, so an early return cannot leak a process, a socket or a disk image.
 //!
 //! Sandbox directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`):
-//! `agent.sock` (the agent port), `console.log` (guest console), `qemu.log` (VMM output),
-//! `vmm.pid` (the VMM's pid, also its process group), and
-//! the disk images the caller put there.
+//! `agent.sock` (the agent port), `console.log` (guest console), `qemu.log` or `krun.log` (VMM
+//! output), `virtiofsd<N>.log` and `fs<N>.sock` (QEMU shares), `vmm.pid` (the VMM's pid, also its
+//! process group), and the disk images the caller put there.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
