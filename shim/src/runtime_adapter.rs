@@ -133,6 +133,23 @@ fn layer_image(cache_dir: &Path, layer: &Path) -> Result<PathBuf, SandboxError> 
     Ok(image)
 }
 
+/// The VM's hostname: the sandbox id made a valid name (containers without a hostname of
+/// their own see it, as a runc container sees its host's; a VM has no host name to inherit).
+fn vm_hostname(id: &str) -> Option<msb_protocol::boot::Hostname> {
+    let name: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    msb_protocol::boot::Hostname::parse(&name).ok()
+}
+
 /// Copies under a temporary name and renames, so the guest never sees half an image.
 fn copy_atomically(from: &Path, to: &Path) -> std::io::Result<()> {
     let tmp = to.with_extension("partial");
@@ -173,6 +190,7 @@ impl RuntimeSandbox {
         cfg.assets = self.assets.clone();
         cfg.disks = disks;
         cfg.shares = shares;
+        cfg.boot_env.hostname = vm_hostname(&self.id);
         let sb = msb_runtime::Sandbox::start(cfg)
             .await
             .map_err(|e| SandboxError::Boot(format!("{e:#}")))?;
@@ -547,5 +565,13 @@ mod tests {
             "reused, not rebuilt"
         );
         assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+    }
+
+    #[test]
+    fn vm_hostnames_are_valid() {
+        assert_eq!(vm_hostname("demo-1").unwrap().as_str(), "demo-1");
+        assert_eq!(vm_hostname("a_b c").unwrap().as_str(), "a-b-c");
+        assert_eq!(vm_hostname(&"x".repeat(100)).unwrap().as_str().len(), 63);
+        assert!(vm_hostname("").is_none());
     }
 }

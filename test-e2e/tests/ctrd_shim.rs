@@ -160,13 +160,15 @@ fn host_file_binds_are_copied_into_the_container() {
             &mount,
             BUSYBOX,
             "b1",
-            "cat",
-            "/etc/deep/hosts",
+            "sh",
+            "-c",
+            "cat /etc/deep/hosts; hostname",
         ],
     );
+    // The copy, and the VM's hostname (the container id) since ctr sets none.
     assert_eq!(
         (stdout(&o), o.status.code()),
-        ("10.1.2.3 msb-test\n".into(), Some(0)),
+        ("10.1.2.3 msb-test\nb1\n".into(), Some(0)),
         "{}",
         text(&o)
     );
@@ -313,6 +315,72 @@ fn twenty_containers_leave_nothing_behind() {
     assert_eq!(stdout(&ctrd.ctr(ns, &["container", "ls", "-q"])), "");
 }
 
+/// `ctr events`, read line by line on a thread.
+struct EventStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EventStream {
+    /// Starts `ctr events` and returns once it demonstrably receives events: a namespace label
+    /// change is made until its `/namespaces/update` shows up (ctr subscribes some time after it
+    /// starts; an event published before that is lost).
+    fn subscribe(ctrd: &Containerd, ns: &str) -> EventStream {
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(ctrd.socket())
+            .arg("events")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let events = EventStream { child, lines };
+        for i in 0..100 {
+            let _ = ctrd.ctr(ns, &["namespaces", "label", ns, &format!("probe={i}")]);
+            if events
+                .wait_for_ms(200, |l| l.contains("/namespaces/update"))
+                .is_some()
+            {
+                return events;
+            }
+        }
+        panic!("ctr events never showed a namespace update");
+    }
+
+    fn wait_for_ms(&self, ms: u64, f: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if f(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The first line within `secs` that satisfies `f`.
+    fn wait_for(&self, secs: u64, f: impl Fn(&str) -> bool) -> Option<String> {
+        self.wait_for_ms(secs * 1000, f)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn a_killed_shim_is_cleaned_up_by_containerd() {
     let ns = "crash";
@@ -344,33 +412,19 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|p| p.parse().ok())
         .expect("the shim process");
-    let mut events = Command::new("ctr")
-        .arg("--address")
-        .arg(ctrd.socket())
-        .args(["events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let events = EventStream::subscribe(&ctrd, ns);
     // SAFETY: sending SIGKILL to the shim we found.
     unsafe { libc::kill(shim, libc::SIGKILL) };
-    assert!(
-        eventually(60, || task_status(&ctrd, ns, "k1").as_deref()
-            != Some("RUNNING")),
-        "containerd did not notice"
-    );
-    // containerd ran the shim binary's `delete` action and published the task's exit.
+    // containerd runs the shim binary's `delete` action and publishes the task's exit.
+    let exit = events
+        .wait_for(60, |l| l.contains("/tasks/exit") && l.contains("\"k1\""))
+        .expect("no /tasks/exit event for k1 within 60 s");
+    assert!(exit.contains("\"exit_status\":137"), "{exit}");
     assert!(
         eventually(20, || stdout(&ctrd.ctr(ns, &["task", "ls", "-q"]))
             .is_empty()),
         "task left"
     );
-    events.kill().unwrap();
-    let events = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
-    let exit = events
-        .lines()
-        .find(|l| l.contains("/tasks/exit") && l.contains("\"k1\""))
-        .unwrap_or_else(|| panic!("no exit event: {events}"));
-    assert!(exit.contains("\"exit_status\":137"), "{exit}");
     assert!(ctrd.ctr(ns, &["container", "rm", "k1"]).status.success());
     assert!(
         eventually(20, || vmms_mentioning(&format!("/{ns}/")) == 0),
