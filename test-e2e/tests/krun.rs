@@ -22,10 +22,10 @@ fn krun_prerequisites() -> Option<()> {
     let dir = assets()?;
     let lib = dir.join(msb_runtime::vmm::krun::KRUNFW_NAME);
     if !lib.exists() {
-        eprintln!(
-            "SKIPPED: {} is missing: run hack/libkrunfw (hack/guest-assets does)",
+        msb_test_e2e::skip(format!(
+            "{} is missing: run hack/libkrunfw (hack/guest-assets does)",
             lib.display()
-        );
+        ));
         return None;
     }
     let vmm = profile_dir().join(msb_runtime::vmm::krun::VMM_PROGRAM);
@@ -41,7 +41,7 @@ fn krun_prerequisites() -> Option<()> {
 fn krun_bootable() -> Option<()> {
     krun_prerequisites()?;
     if let Err(why) = msb_runtime::host::kvm_usable() {
-        eprintln!("SKIPPED: krun cannot boot a guest on this host: {why}");
+        msb_test_e2e::skip(format!("krun cannot boot a guest on this host: {why}"));
         return None;
     }
     Some(())
@@ -113,7 +113,7 @@ fn forced_krun_where_kvm_cannot_boot_a_guest_fails_fast_and_says_why() {
         return;
     };
     let Err(why) = msb_runtime::host::kvm_usable() else {
-        eprintln!("SKIPPED: KVM here boots a standard guest, so krun does not fail");
+        msb_test_e2e::skip("KVM here boots a standard guest, so krun does not fail");
         return;
     };
     let root = rootfs();

@@ -48,7 +48,7 @@ impl GuestSlot {
 pub fn assets() -> Option<PathBuf> {
     let a = msb_runtime::GuestAssets::default_location();
     if let Err(e) = a.check() {
-        eprintln!("SKIPPED: {e}");
+        crate::skip(&e);
         return None;
     }
     if Command::new("qemu-system-x86_64")
@@ -56,7 +56,7 @@ pub fn assets() -> Option<PathBuf> {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED: qemu-system-x86_64 is not installed (Debian package qemu-system-x86)");
+        crate::skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)");
         return None;
     }
     Some(msb_runtime::GuestAssets::dir())
