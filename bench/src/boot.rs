@@ -28,7 +28,7 @@ pub struct Stats {
     max: f64,
 }
 
-fn stats(mut v: Vec<f64>) -> Stats {
+pub fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(|a, b| a.total_cmp(b));
     Stats {
         min: v[0],

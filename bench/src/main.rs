@@ -6,9 +6,13 @@
 //!   reported by agentd and the host's wall time to ready, then the wall time of
 //!   `msbox run ROOTFS -- true` (the `msbox` binary next to this one; build both with
 //!   `cargo build --release -p msb-bench -p msb-shim`).
+//! - `msb-bench ctr [N]`: through a private containerd, `ctr run --rm IMAGE true` wall time
+//!   (first run, then N more) and the resident memory of an idle container's shim + VMM, for
+//!   `io.microsandbox.v1` and `io.containerd.runc.v2` in the same run.
 
 mod boot;
 mod codec;
+mod ctr;
 
 use anyhow::{bail, Result};
 
@@ -31,6 +35,11 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark {other:?}; available: codec, boot"),
+        Some("ctr") => {
+            let n = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+            println!("{}", serde_json::to_string_pretty(&ctr::run(n)?)?);
+            Ok(())
+        }
+        Some(other) => bail!("unknown benchmark {other:?}; available: codec, boot, ctr"),
     }
 }

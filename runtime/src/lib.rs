@@ -4,8 +4,8 @@
 //! - [`assets`]: where the guest kernel and initramfs are.
 //! - [`disks`]: the read-only EROFS lower and the sparse ext4 upper images.
 //! - [`host`]: facts about this host (TSC frequency, whether KVM can boot a standard guest).
-//! - [`vmm`]: the backends behind one trait ([`vmm::Backend`]): `qemu` here, `krun` in
-//!   [`krun`]. The VMM is always a child process in its own process group.
+//! - [`vmm`]: the backends behind one trait ([`vmm::Backend`]): [`vmm::qemu`] and
+//!   [`vmm::krun`]. The VMM is always a child process in its own process group.
 //! - [`agent`]: the async client of agentd's protocol (sessions, backpressure).
 //! - [`relay`]: serves several host clients over one agent connection.
 //! - [`sandbox`]: the owned value tying it together; dropping it leaves nothing behind.

@@ -54,6 +54,12 @@ impl Containerd {
     /// Starts containerd with our shim binary on its PATH (linked there even before it is
     /// built: tests of the shim assert it exists with [`binary`]).
     pub fn start() -> Result<Self> {
+        Self::start_linking(&crate::paths::profile_dir().join(SHIM_BINARY))
+    }
+
+    /// Starts containerd with `shim` linked into its PATH as [`SHIM_BINARY`] (benchmarks use the
+    /// release build).
+    pub fn start_linking(shim: &Path) -> Result<Self> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let dir = PathBuf::from(format!(
             "/run/msbt-{}-{}",
@@ -62,10 +68,7 @@ impl Containerd {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("opt/bin"))?;
-        std::os::unix::fs::symlink(
-            crate::paths::profile_dir().join(SHIM_BINARY),
-            dir.join("opt/bin").join(SHIM_BINARY),
-        )?;
+        std::os::unix::fs::symlink(shim, dir.join("opt/bin").join(SHIM_BINARY))?;
         let ctrd = Containerd {
             sock: dir.join("containerd.sock"),
             dir,

@@ -1,0 +1,185 @@
+//! The shim through containerd: wall time of `ctr run --rm IMAGE true` and the host memory of
+//! an idle container (shim + VMM + helpers, resident set), with runc measured in the same run
+//! against the same private containerd and image.
+//!
+//! containerd is the end-to-end tests' private instance (`msb_test_e2e::containerd`, the demo's
+//! shell code underneath); the shim is the `containerd-shim-microsandbox-v1` next to this binary.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use msb_test_e2e::containerd::{Containerd, BUSYBOX as IMAGE, SHIM_BINARY};
+use serde::Serialize;
+
+use crate::boot::{stats, Stats};
+
+const NS: &str = "bench";
+
+/// Figures of one runtime.
+#[derive(Debug, Serialize)]
+pub struct RuntimeFigures {
+    runtime: String,
+    /// The first run (microsandbox: builds the layer's EROFS image in the cache).
+    first_run_ms: f64,
+    /// The runs after it.
+    run_true_wall_ms: Stats,
+    /// Resident memory of the shim and all its descendants, idle container (`sleep`).
+    idle_rss_mib: f64,
+    /// Which processes were counted.
+    idle_processes: Vec<String>,
+}
+
+/// The report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    benchmark: &'static str,
+    runs: usize,
+    backend_note: String,
+    runtimes: Vec<RuntimeFigures>,
+}
+
+/// `ctr` in the benchmark's namespace; a failure is an error carrying its output.
+fn ctr(ctrd: &Containerd, args: &[&str]) -> Result<Output> {
+    let out = ctrd.ctr(NS, args);
+    ensure!(
+        out.status.success(),
+        "ctr {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `(pid, ppid, name, rss_kib)` of every process.
+fn processes() -> Vec<(i32, i32, String, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(str::to_owned)
+        };
+        let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let rss = field("VmRSS:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, field("Name:").unwrap_or_default(), rss));
+    }
+    out
+}
+
+/// The shim serving container `id` and all its descendants: names and summed RSS in KiB.
+fn shim_tree_rss(id: &str) -> Result<(Vec<String>, u64)> {
+    let procs = processes();
+    let cmdline = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    let Some(shim) = procs.iter().find(|p| {
+        let c = cmdline(p.0);
+        c.contains("containerd-shim") && c.contains(&format!("-id {id} ")) && c.contains(NS)
+    }) else {
+        bail!("no shim process for {id}");
+    };
+    let mut tree = vec![shim.0];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    let counted: Vec<_> = procs.iter().filter(|p| tree.contains(&p.0)).collect();
+    Ok((
+        counted
+            .iter()
+            .map(|p| format!("{} {} KiB", p.2, p.3))
+            .collect(),
+        counted.iter().map(|p| p.3).sum(),
+    ))
+}
+
+fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<RuntimeFigures> {
+    let run = |name: String| -> Result<Duration> {
+        let t = Instant::now();
+        ctr(
+            ctrd,
+            &["run", "--rm", "--runtime", runtime, IMAGE, &name, "true"],
+        )?;
+        Ok(t.elapsed())
+    };
+    let first = run(format!("{tag}-first"))?;
+    let mut walls = Vec::new();
+    for i in 0..runs {
+        walls.push(ms(run(format!("{tag}-{i}"))?));
+    }
+    let idle = format!("{tag}-idle");
+    ctr(
+        ctrd,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            IMAGE,
+            &idle,
+            "sleep",
+            "600",
+        ],
+    )?;
+    // Let the guest settle (page cache, translation cache) before reading resident memory.
+    std::thread::sleep(Duration::from_secs(3));
+    let (names, rss_kib) = shim_tree_rss(&idle)?;
+    ctr(ctrd, &["task", "kill", "-s", "SIGKILL", &idle])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if ctr(ctrd, &["task", "delete", &idle]).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctr(ctrd, &["container", "rm", &idle])?;
+    Ok(RuntimeFigures {
+        runtime: runtime.into(),
+        first_run_ms: ms(first),
+        run_true_wall_ms: stats(walls),
+        idle_rss_mib: rss_kib as f64 / 1024.0,
+        idle_processes: names,
+    })
+}
+
+/// Runs the comparison with `runs` warm runs per runtime.
+pub fn run(runs: usize) -> Result<Report> {
+    ensure!(runs > 0, "at least one run");
+    let exe = std::env::current_exe()?;
+    let shim = exe.parent().context("binary directory")?.join(SHIM_BINARY);
+    ensure!(
+        shim.is_file(),
+        "{} is missing: cargo build --release -p msb-bench -p msb-shim",
+        shim.display()
+    );
+    let ctrd = Containerd::start_linking(&shim)?;
+    ctrd.import_busybox(NS)?;
+    let (backend, why) = msb_runtime::vmm::select_backend(None);
+    Ok(Report {
+        benchmark: "ctr",
+        runs,
+        backend_note: format!("microsandbox backend {backend} ({why}); default shim config"),
+        runtimes: vec![
+            measure(&ctrd, "io.microsandbox.v1", "msb", runs)?,
+            measure(&ctrd, "io.containerd.runc.v2", "runc", runs)?,
+        ],
+    })
+}
