@@ -137,6 +137,14 @@ impl Server {
                     }
                 }
             }
+            // Connection-level control: only on id 0, which the relay never forwards from a
+            // client, so one host client cannot end the VM or another client's sessions.
+            Shutdown::TYPE | RelayClientDisconnected::TYPE if id != 0 => self.error(
+                id,
+                ErrorKind::InvalidSession,
+                format!("{} is only accepted on id 0", msg.kind),
+                &msg.kind,
+            ),
             Shutdown::TYPE => crate::shutdown::run(&self.containers, &self.sessions),
             RelayClientDisconnected::TYPE => {
                 if let Some(r) = self.decode::<RelayClientDisconnected>(&msg) {

@@ -246,16 +246,21 @@ impl AgentClient {
 
     /// Opens a session with its first message.
     pub async fn request<P: Payload>(&self, p: &P) -> Result<Session, AgentError> {
-        if self.closed_reason().is_some() {
-            return Err(self.shared.closed_error());
-        }
         let id = self.allocate_id();
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        self.shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        {
+            // Checked and registered under the `closed` lock, which `close` holds while it drops
+            // every session: a session is either refused here or ended there, never left open.
+            let closed = self.shared.closed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(reason) = closed.as_ref() {
+                return Err(AgentError::Closed(reason.clone()));
+            }
+            self.shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, tx);
+        }
         let session = Session {
             id,
             rx,
