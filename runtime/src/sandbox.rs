@@ -3,7 +3,7 @@
 //! directory, so an early return cannot leak a process, a socket or a disk image.
 //!
 //! Sandbox directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`):
-//! `agent.sock` (the agent port), `console.log` (guest console), `qemu.log` or `krun.log` (VMM
+//! `agent.sock` (the agent port), `relay.sock` (more host clients), `console.log` (guest console), `qemu.log` or `krun.log` (VMM
 //! output), `virtiofsd<N>.log` and `fs<N>.sock` (QEMU shares), `vmm.pid` (the VMM's pid, also its
 //! process group), and the disk images the caller put there.
 
@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use msb_protocol::boot::BootEnv;
-use msb_protocol::types::Ready;
+use msb_protocol::types::{Ready, Shutdown};
 use tokio::net::UnixStream;
 
 use crate::agent::{AgentClient, AgentError};
 use crate::assets::{GuestAssets, MissingAsset};
+use crate::relay::{Relay, RelayHandle, RelayOptions};
 use crate::vmm::{self, BackendKind, DiskSpec, ShareSpec, VmExit, VmSpec, VmmError, VmmProcess};
 
 /// What to boot.
@@ -122,6 +123,7 @@ pub struct Sandbox {
     dir: PathBuf,
     vmm: VmmProcess,
     agent: AgentClient,
+    relay: RelayHandle,
     ready: Ready,
     boot_time: Duration,
 }
@@ -183,14 +185,24 @@ impl Sandbox {
             }
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let connect = AgentClient::connect_direct(stream, remaining);
-        tokio::pin!(connect);
+        // The relay owns the one agent connection QEMU accepts; our own client is its first,
+        // and others (`relay.sock`) may attach while the sandbox runs.
+        let relay_socket = dir.join("relay.sock");
+        let serve = Relay::serve(
+            stream,
+            &relay_socket,
+            RelayOptions {
+                ready_timeout: remaining,
+                ..RelayOptions::default()
+            },
+        );
+        tokio::pin!(serve);
         // Waits for core.ready, but gives up as soon as the VMM dies (a crashed guest must fail
         // fast, not after the whole timeout).
-        let (agent, ready) = loop {
+        let relay = loop {
             tokio::select! {
-                r = &mut connect => match r {
-                    Ok(ok) => break ok,
+                r = &mut serve => match r {
+                    Ok(relay) => break relay,
                     Err(e) => return Err(not_ready(&vmm, e.to_string())),
                 },
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
@@ -201,6 +213,12 @@ impl Sandbox {
                 }
             }
         };
+        let own = relay
+            .attach()
+            .map_err(|e| not_ready(&vmm, format!("attach to the relay: {e}")))?;
+        let (agent, ready) = AgentClient::connect_relay(own, Duration::from_secs(10))
+            .await
+            .map_err(|e| not_ready(&vmm, format!("relay client: {e}")))?;
         let boot_time = started.elapsed();
         tracing::info!(sandbox = %cfg.id, "ready in {} ms (guest: boot {} ms, init {} ms, ready {} ms)", boot_time.as_millis(), ready.boot_time_ns / 1_000_000, ready.init_time_ns / 1_000_000, ready.ready_time_ns / 1_000_000);
         Ok(Sandbox {
@@ -208,14 +226,21 @@ impl Sandbox {
             dir,
             vmm,
             agent,
+            relay,
             ready,
             boot_time,
         })
     }
 
-    /// The agent client.
+    /// The agent client (the relay's first client).
     pub fn agent(&self) -> &AgentClient {
         &self.agent
+    }
+
+    /// The relay: more host clients attach on [`RelayHandle::path`] with
+    /// [`AgentClient::connect_relay`].
+    pub fn relay(&self) -> &RelayHandle {
+        &self.relay
     }
 
     /// What the guest announced.
@@ -246,7 +271,8 @@ impl Sandbox {
     /// Asks the guest to power off (containers stopped, disks clean), waits up to `timeout` for
     /// the VMM to exit, kills it otherwise; then removes the directory.
     pub async fn shutdown(mut self, timeout: Duration) -> Result<VmExit, SandboxError> {
-        let _ = self.agent.shutdown().await;
+        // On id 0, which only the relay's owner may send.
+        let _ = self.relay.control(&Shutdown).await;
         let exit = self
             .vmm
             .wait_or_kill(timeout)

@@ -1,11 +1,12 @@
 //! The runtime API against a real guest: concurrent execs in one VM, a terminal resized while
-//! it runs, the OOM event, and a clean shutdown that leaves nothing behind.
+//! it runs, the OOM event, a second host client through the relay, and a clean shutdown that
+//! leaves nothing behind.
 
 use std::time::Duration;
 
 use msb_protocol::types::*;
 use msb_runtime::vmm::{BackendKind, DiskSpec};
-use msb_runtime::{disks, ExecEvent, Sandbox, SandboxConfig};
+use msb_runtime::{disks, AgentClient, ExecEvent, Sandbox, SandboxConfig};
 use msb_test_e2e::guest::{assets, busybox_rootfs, GuestSlot};
 
 fn sh(script: &str) -> ExecRequest {
@@ -153,6 +154,43 @@ async fn one_vm_many_processes() {
         (stats.memory.limit, stats.memory.oom_kills >= 1),
         (32 << 20, true)
     );
+
+    // A second host client through the relay: its own ids, its own exec; when it goes away,
+    // agentd kills what it started, and the first client is unaffected.
+    let stream = tokio::net::UnixStream::connect(sb.relay().path())
+        .await
+        .unwrap();
+    let (second, ready) = AgentClient::connect_relay(stream, Duration::from_secs(10))
+        .await
+        .expect("a second client attaches");
+    assert_eq!(ready.boot_time_ns, sb.ready().boot_time_ns);
+    assert_eq!(sb.relay().clients(), 2);
+    let (out, _, code) = second
+        .exec(&sh("echo from-second"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!((out, code.unwrap()), (b"from-second\n".to_vec(), 0));
+    let mut orphan = second.exec(&sh("exec sleep 300")).await.unwrap();
+    let pid = match orphan.next().await.unwrap() {
+        ExecEvent::Started(pid) => pid,
+        other => panic!("{other:?}"),
+    };
+    assert!(agent.container_pids("c").await.unwrap().contains(&pid));
+    drop(orphan);
+    drop(second);
+    let mut gone = false;
+    for _ in 0..100 {
+        if !agent.container_pids("c").await.unwrap().contains(&pid) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the disconnected client's process {pid} still runs");
+    assert_eq!(sb.relay().clients(), 1);
 
     // Shutdown: the VMM exits by itself, the directory and the process are gone.
     let exit = sb.shutdown(Duration::from_secs(20)).await.unwrap();
