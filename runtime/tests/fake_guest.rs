@@ -7,45 +7,20 @@ use std::time::Duration;
 use msb_protocol::types::*;
 use msb_protocol::{Flags, Frame, Message};
 use msb_runtime::agent::{AgentClient, AgentError, ExecEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-fn ready() -> Vec<u8> {
-    let r = Ready {
-        boot_time_ns: 1,
-        init_time_ns: 2,
-        ready_time_ns: 3,
-        agent_version: "fake".into(),
-        kernel_release: "k".into(),
-        boot_id: "b".into(),
-    };
-    Message::new(0, &r)
-        .unwrap()
-        .to_frame()
-        .to_bytes()
-        .unwrap()
-        .to_vec()
-}
+mod common;
+use common::{read_msg, ready_bytes};
 
 async fn connected() -> (AgentClient, UnixStream) {
     let (host, mut guest) = UnixStream::pair().unwrap();
-    guest.write_all(&ready()).await.unwrap();
+    guest.write_all(&ready_bytes()).await.unwrap();
     let (client, r) = AgentClient::connect_direct(host, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(r.agent_version, "fake");
     (client, guest)
-}
-
-/// Reads one frame the client sent.
-async fn read_frame(guest: &mut UnixStream) -> Message {
-    let mut len = [0u8; 4];
-    guest.read_exact(&mut len).await.unwrap();
-    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
-    guest.read_exact(&mut rest).await.unwrap();
-    let mut all = len.to_vec();
-    all.extend(rest);
-    msb_protocol::message::decode_message_exact(&all).unwrap()
 }
 
 async fn send(guest: &mut UnixStream, m: Message) {
@@ -65,7 +40,7 @@ async fn poisoned_by(bytes: Vec<u8>, expect: &str) {
         })
         .await
         .unwrap();
-    let _ = read_frame(&mut guest).await;
+    let _ = read_msg(&mut guest).await;
     guest.write_all(&bytes).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(5), exec.next())
         .await
@@ -109,7 +84,7 @@ async fn a_guest_that_hangs_up_mid_frame_closes_the_connection() {
         })
         .await
         .unwrap();
-    let _ = read_frame(&mut guest).await;
+    let _ = read_msg(&mut guest).await;
     guest.write_all(&[0, 0, 0, 50, 0, 0]).await.unwrap();
     drop(guest);
     let err = tokio::time::timeout(Duration::from_secs(5), exec.next())
@@ -132,7 +107,7 @@ async fn garbage_cbor_wrong_flags_and_unknown_ids_are_dropped_not_fatal() {
         })
         .await
         .unwrap();
-    let req = read_frame(&mut guest).await;
+    let req = read_msg(&mut guest).await;
     assert_eq!(req.flags, Flags::SESSION_START);
     // Not an envelope; a terminal type with the wrong flags; a frame for nobody.
     guest
@@ -206,7 +181,7 @@ async fn concurrent_sessions_are_routed_by_id_and_events_broadcast() {
         })
         .await
         .unwrap();
-    let (ra, rb) = (read_frame(&mut guest).await, read_frame(&mut guest).await);
+    let (ra, rb) = (read_msg(&mut guest).await, read_msg(&mut guest).await);
     assert_ne!(ra.id, rb.id);
     send(
         &mut guest,
@@ -236,7 +211,7 @@ async fn concurrent_sessions_are_routed_by_id_and_events_broadcast() {
 async fn container_failures_come_back_as_errors() {
     let (client, mut guest) = connected().await;
     let task = tokio::spawn(async move { client.container_pause("c9").await });
-    let req = read_frame(&mut guest).await;
+    let req = read_msg(&mut guest).await;
     assert_eq!(req.decode::<ContainerPause>().unwrap().id, "c9");
     send(
         &mut guest,

@@ -9,35 +9,14 @@ use std::time::Duration;
 
 use msb_protocol::relay::{client_id_range, RangeHeader};
 use msb_protocol::types::*;
-use msb_protocol::{Flags, Frame, Message, Payload, RELAY_MAX_CLIENTS};
+use msb_protocol::{Flags, Frame, Payload, RELAY_MAX_CLIENTS};
 use msb_runtime::agent::{AgentClient, AgentError};
 use msb_runtime::relay::{Relay, RelayError, RelayExit, RelayHandle, RelayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Every wait in these tests ends by this deadline instead of hanging.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-fn ready_bytes() -> Vec<u8> {
-    let r = Ready {
-        boot_time_ns: 1,
-        init_time_ns: 2,
-        ready_time_ns: 3,
-        agent_version: "fake".into(),
-        kernel_release: "k".into(),
-        boot_id: "b".into(),
-    };
-    msg(0, &r)
-}
-
-fn msg<P: Payload>(id: u32, p: &P) -> Vec<u8> {
-    Message::new(id, p)
-        .unwrap()
-        .to_frame()
-        .to_bytes()
-        .unwrap()
-        .to_vec()
-}
+mod common;
+use common::{msg, read_msg, ready_bytes, DEADLINE};
 
 /// A relay over a fake guest. The guest end stays with the test.
 struct Fixture {
@@ -78,21 +57,6 @@ async fn raw_client(path: &Path) -> (UnixStream, Range<u32>) {
     let ready = read_msg(&mut s).await;
     assert_eq!(ready.decode::<Ready>().unwrap().agent_version, "fake");
     (s, h.id_start..h.id_end_exclusive)
-}
-
-/// Reads one message, failing the test after [`DEADLINE`].
-async fn read_msg(s: &mut UnixStream) -> Message {
-    tokio::time::timeout(DEADLINE, async {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await.unwrap();
-        let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut rest).await.unwrap();
-        let mut all = len.to_vec();
-        all.extend(rest);
-        msb_protocol::message::decode_message_exact(&all).unwrap()
-    })
-    .await
-    .expect("a frame before the deadline")
 }
 
 /// Reads and discards until end-of-stream; fails the test if the stream stays open.

@@ -350,36 +350,16 @@ impl Backend for Krun {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::{DiskSpec, ShareSpec};
+    use crate::vmm::ShareSpec;
 
     fn spec() -> VmSpec {
         VmSpec {
-            id: "s".into(),
-            dir: "/d".into(),
-            vcpus: 2,
-            memory_mib: 512,
-            kernel: "/a/vmlinux".into(),
-            initramfs: "/a/initramfs.cpio".into(),
-            cmdline: vec!["MSB_HOSTNAME=h".into()],
-            disks: vec![
-                DiskSpec {
-                    serial: "lower".into(),
-                    path: "/d/lower.img".into(),
-                    read_only: true,
-                },
-                DiskSpec {
-                    serial: "upper".into(),
-                    path: "/d/upper.img".into(),
-                    read_only: false,
-                },
-            ],
             shares: vec![ShareSpec {
                 tag: "share".into(),
                 host_path: "/h".into(),
                 read_only: false,
             }],
-            agent_socket: "/d/agent.sock".into(),
-            console_log: "/d/console.log".into(),
+            ..crate::vmm::sample_spec()
         }
     }
 

@@ -318,6 +318,36 @@ pub fn backend(kind: BackendKind) -> Result<Box<dyn Backend>, VmmError> {
     }
 }
 
+/// The spec the backends' command-line tests translate: 2 vCPUs, 512 MiB, one `MSB_*` word,
+/// a read-only lower and a writable upper disk, no share.
+#[cfg(test)]
+pub(crate) fn sample_spec() -> VmSpec {
+    VmSpec {
+        id: "s".into(),
+        dir: "/d".into(),
+        vcpus: 2,
+        memory_mib: 512,
+        kernel: "/a/vmlinux".into(),
+        initramfs: "/a/initramfs.cpio".into(),
+        cmdline: vec!["MSB_HOSTNAME=h".into()],
+        disks: vec![
+            DiskSpec {
+                serial: "lower".into(),
+                path: "/d/lower.img".into(),
+                read_only: true,
+            },
+            DiskSpec {
+                serial: "upper".into(),
+                path: "/d/upper.img".into(),
+                read_only: false,
+            },
+        ],
+        shares: vec![],
+        agent_socket: "/d/agent.sock".into(),
+        console_log: "/d/console.log".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

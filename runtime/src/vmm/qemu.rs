@@ -276,34 +276,10 @@ impl Backend for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::DiskSpec;
 
     #[test]
     fn command_line_carries_every_field() {
-        let spec = VmSpec {
-            id: "s".into(),
-            dir: "/d".into(),
-            vcpus: 2,
-            memory_mib: 512,
-            kernel: "/a/vmlinux".into(),
-            initramfs: "/a/initramfs.cpio".into(),
-            cmdline: vec!["MSB_HOSTNAME=h".into()],
-            disks: vec![
-                DiskSpec {
-                    serial: "lower".into(),
-                    path: "/d/lower.img".into(),
-                    read_only: true,
-                },
-                DiskSpec {
-                    serial: "upper".into(),
-                    path: "/d/upper.img".into(),
-                    read_only: false,
-                },
-            ],
-            shares: vec![],
-            agent_socket: "/d/agent.sock".into(),
-            console_log: "/d/console.log".into(),
-        };
+        let spec = crate::vmm::sample_spec();
         let a = Qemu::new()
             .args(&spec, "tcg,tb-size=64", Some(2_596_146))
             .unwrap()
@@ -323,21 +299,14 @@ mod tests {
     #[test]
     fn shares_add_virtiofs_devices_on_shared_memory() {
         let spec = VmSpec {
-            id: "s".into(),
-            dir: "/d".into(),
-            vcpus: 1,
             memory_mib: 256,
-            kernel: "/k".into(),
-            initramfs: "/i".into(),
-            cmdline: vec![],
             disks: vec![],
             shares: vec![crate::vmm::ShareSpec {
                 tag: "msb_runtime".into(),
                 host_path: "/cache".into(),
                 read_only: true,
             }],
-            agent_socket: "/d/agent.sock".into(),
-            console_log: "/d/console.log".into(),
+            ..crate::vmm::sample_spec()
         };
         let a = Qemu::new().args(&spec, "tcg", None).unwrap().join(" ");
         assert!(a.contains("-M microvm,memory-backend=mem "), "{a}");
