@@ -19,6 +19,15 @@ fn setup(ns: &str) -> Option<Containerd> {
     Some(ctrd)
 }
 
+/// `ctr run --runtime io.microsandbox.v1 FLAGS... BUSYBOX ID CMD...` in namespace `ns`.
+fn run_msb(ctrd: &Containerd, ns: &str, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["run", "--runtime", "io.microsandbox.v1"];
+    args.extend(flags);
+    args.extend([BUSYBOX, id]);
+    args.extend(cmd);
+    ctrd.ctr(ns, &args)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
@@ -104,35 +113,14 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
             ctrd.log()
         );
     }
-    let o = ctrd.ctr(
-        ns,
-        &[
-            "run",
-            "--runtime",
-            "io.microsandbox.v1",
-            "--rm",
-            BUSYBOX,
-            "n3",
-            "sh",
-            "-c",
-            "exit 3",
-        ],
-    );
+    let o = run_msb(&ctrd, ns, &["--rm"], "n3", &["sh", "-c", "exit 3"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    let o = ctrd.ctr(
+    let o = run_msb(
+        &ctrd,
         ns,
-        &[
-            "run",
-            "--runtime",
-            "io.microsandbox.v1",
-            "--rm",
-            "--memory-limit",
-            "33554432",
-            BUSYBOX,
-            "n4",
-            "tail",
-            "/dev/zero",
-        ],
+        &["--rm", "--memory-limit", "33554432"],
+        "n4",
+        &["tail", "/dev/zero"],
     );
     assert_eq!(o.status.code(), Some(137), "{}", text(&o));
 }
@@ -149,21 +137,12 @@ fn host_file_binds_are_copied_into_the_container() {
         "type=bind,src={},dst=/etc/deep/hosts,options=rbind:ro",
         hosts.display()
     );
-    let o = ctrd.ctr(
+    let o = run_msb(
+        &ctrd,
         ns,
-        &[
-            "run",
-            "--runtime",
-            "io.microsandbox.v1",
-            "--rm",
-            "--mount",
-            &mount,
-            BUSYBOX,
-            "b1",
-            "sh",
-            "-c",
-            "cat /etc/deep/hosts; hostname",
-        ],
+        &["--rm", "--mount", &mount],
+        "b1",
+        &["sh", "-c", "cat /etc/deep/hosts; hostname"],
     );
     // The copy, and the VM's hostname (the container id) since ctr sets none.
     assert_eq!(
@@ -179,13 +158,8 @@ fn detached_task_verbs() {
     let ns = "verbs";
     let Some(ctrd) = setup(ns) else { return };
     let _slot = GuestSlot::acquire();
-    let rt = ["--runtime", "io.microsandbox.v1"];
     let run = |id: &str, cmd: &[&str]| {
-        let mut args = vec!["run", "-d"];
-        args.extend(rt);
-        args.extend([BUSYBOX, id]);
-        args.extend(cmd);
-        let o = ctrd.ctr(ns, &args);
+        let o = run_msb(&ctrd, ns, &["-d"], id, cmd);
         assert!(o.status.success(), "{}", text(&o));
     };
     // A light loop, so CPU time shows whether it runs.
@@ -282,18 +256,7 @@ fn twenty_containers_leave_nothing_behind() {
     let Some(ctrd) = setup(ns) else { return };
     let _slot = GuestSlot::acquire();
     for i in 0..20 {
-        let o = ctrd.ctr(
-            ns,
-            &[
-                "run",
-                "--runtime",
-                "io.microsandbox.v1",
-                "--rm",
-                BUSYBOX,
-                &format!("l{i}"),
-                "true",
-            ],
-        );
+        let o = run_msb(&ctrd, ns, &["--rm"], &format!("l{i}"), &["true"]);
         assert_eq!(o.status.code(), Some(0), "run {i}: {}", text(&o));
     }
     assert_eq!(vmms_mentioning(&format!("/{ns}/")), 0, "VMM processes left");
@@ -444,19 +407,12 @@ fn clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("shim.toml");
     std::fs::write(&cfg, "kernel = \"/nonexistent/vmlinux\"\n").unwrap();
-    let o = ctrd.ctr(
+    let o = run_msb(
+        &ctrd,
         ns,
-        &[
-            "run",
-            "--runtime",
-            "io.microsandbox.v1",
-            "--runtime-config-path",
-            cfg.to_str().unwrap(),
-            "--rm",
-            BUSYBOX,
-            "x1",
-            "true",
-        ],
+        &["--runtime-config-path", cfg.to_str().unwrap(), "--rm"],
+        "x1",
+        &["true"],
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -515,22 +471,14 @@ fn containers_of_one_pod_share_one_vm() {
     let ns = "pod";
     let Some(ctrd) = setup(ns) else { return };
     let _slot = GuestSlot::acquire();
-    let pod = [
-        "--runtime",
-        "io.microsandbox.v1",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=pod1",
-    ];
-    let mut args = vec!["run", "-d"];
-    args.extend(pod);
-    args.extend([
-        BUSYBOX,
+    let pod = "io.kubernetes.cri.sandbox-id=pod1";
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &["-d", "--annotation", pod],
         "p1",
-        "sh",
-        "-c",
-        "echo first > /mark; exec sleep 600",
-    ]);
-    let o = ctrd.ctr(ns, &args);
+        &["sh", "-c", "echo first > /mark; exec sleep 600"],
+    );
     assert!(o.status.success(), "{}\n{}", text(&o), ctrd.log());
     let boot_id = |o: Output| -> String {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -552,16 +500,17 @@ fn containers_of_one_pod_share_one_vm() {
     ));
 
     // The second container joins the running VM, with its own root and namespaces.
-    let mut args = vec!["run", "--rm"];
-    args.extend(pod);
-    args.extend([
-        BUSYBOX,
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &["--rm", "--annotation", pod],
         "p2",
-        "sh",
-        "-c",
-        "cat /proc/sys/kernel/random/boot_id; test -e /mark && echo shared-root; echo $$",
-    ]);
-    let o = ctrd.ctr(ns, &args);
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/random/boot_id; test -e /mark && echo shared-root; echo $$",
+        ],
+    );
     assert_eq!(
         (stdout(&o), o.status.code()),
         (format!("{first}1\n"), Some(0)),
