@@ -449,13 +449,14 @@ impl Server {
         }
     }
 
-    fn prepare_and_spawn(&mut self, id: u32, req: ExecRequest) -> Result<(), ExecFailed> {
+    fn prepare_and_spawn(&mut self, id: u32, mut req: ExecRequest) -> Result<(), ExecFailed> {
         let other = |message: String| ExecFailed {
             kind: ExecFailureKind::Other,
             errno: None,
             message,
         };
         // Namespaces and the root the process sees, as a VM path prefix.
+        let mut handoff = None;
         let (ns, root, cgroup_procs, is_init) = match &req.container {
             None => (NsMode::Vm, PathBuf::from("/"), None, false),
             Some(cid) => {
@@ -471,12 +472,15 @@ impl Server {
                 let procs = sys::open_wo(&c.cgroup.procs_path())
                     .map_err(|e| other(format!("open cgroup of {cid}: {e}")))?;
                 match c.init_pid {
-                    None => (
-                        NsMode::NewContainer(c.root_setup().map_err(|e| other(e.to_string()))?),
-                        c.rootfs.clone(),
-                        Some(procs),
-                        true,
-                    ),
+                    None => {
+                        handoff = c.spec.handoff_init.clone();
+                        (
+                            NsMode::NewContainer(c.root_setup().map_err(|e| other(e.to_string()))?),
+                            c.rootfs.clone(),
+                            Some(procs),
+                            true,
+                        )
+                    }
                     Some(pid) => {
                         let ns = |n: &str| {
                             sys::open_ro(Path::new(&format!("/proc/{pid}/ns/{n}")))
@@ -497,6 +501,25 @@ impl Server {
                 }
             }
         };
+        // Handoff-init: the image's init system becomes the container's PID 1 instead of the
+        // process (which such images start as a service of their own).
+        if let Some(h) = handoff {
+            let init = handoff_init(&root, &h).ok_or_else(|| ExecFailed {
+                kind: ExecFailureKind::NotFound,
+                errno: Some(libc::ENOENT),
+                message: format!(
+                    "handoff_init={h}: no init in the image (looked for {})",
+                    if h == "auto" {
+                        AUTO_INITS.join(", ")
+                    } else {
+                        h.clone()
+                    }
+                ),
+            })?;
+            tracing::info!(container = ?req.container, "handoff to the image's init {init} (instead of {:?})", req.cmd);
+            req.cmd = init;
+            req.args = Vec::new();
+        }
         // Identity from the container's own files.
         let user = req
             .user
@@ -713,6 +736,25 @@ fn oom_watch(out: Out, containers: Containers) {
     }
 }
 
+/// Where `handoff_init=auto` looks for an image's init system, in order.
+pub const AUTO_INITS: [&str; 4] = [
+    "/sbin/init",
+    "/usr/sbin/init",
+    "/lib/systemd/systemd",
+    "/usr/lib/systemd/systemd",
+];
+
+/// The init `handoff` names in the container root `root`: `auto` picks the first of
+/// [`AUTO_INITS`] present (a symlink counts: it resolves inside the container), a path must be
+/// absolute and present.
+pub fn handoff_init(root: &Path, handoff: &str) -> Option<String> {
+    let exists = |p: &str| std::fs::symlink_metadata(root.join(p.trim_start_matches('/'))).is_ok();
+    if handoff == "auto" {
+        return AUTO_INITS.iter().find(|p| exists(p)).map(|p| p.to_string());
+    }
+    (handoff.starts_with('/') && exists(handoff)).then(|| handoff.to_owned())
+}
+
 /// The program's path inside `root`: `cmd` itself when it has a slash, else the first match
 /// in `path`. Symbolic links are taken as found (their targets resolve inside the container).
 pub fn resolve_program(root: &Path, cmd: &str, path: &str) -> Option<String> {
@@ -811,6 +853,32 @@ pub fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handoff_init_finds_the_images_init() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert_eq!(handoff_init(r, "auto"), None);
+        std::fs::create_dir_all(r.join("lib/systemd")).unwrap();
+        std::fs::write(r.join("lib/systemd/systemd"), b"").unwrap();
+        assert_eq!(
+            handoff_init(r, "auto").as_deref(),
+            Some("/lib/systemd/systemd")
+        );
+        std::fs::create_dir_all(r.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("/lib/systemd/systemd", r.join("sbin/init")).unwrap();
+        assert_eq!(handoff_init(r, "auto").as_deref(), Some("/sbin/init"));
+        assert_eq!(
+            handoff_init(r, "/lib/systemd/systemd").as_deref(),
+            Some("/lib/systemd/systemd")
+        );
+        assert_eq!(handoff_init(r, "/missing"), None);
+        assert_eq!(
+            handoff_init(r, "sbin/init"),
+            None,
+            "relative paths are refused"
+        );
+    }
 
     #[test]
     fn program_resolution_searches_path_in_the_root() {

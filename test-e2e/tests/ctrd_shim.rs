@@ -154,6 +154,62 @@ fn host_file_binds_are_copied_into_the_container() {
 }
 
 #[test]
+fn handoff_init_makes_the_images_init_pid_1() {
+    let ns = "handoff";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    // The busybox image has its init at /bin/init: a path hands off to it, `auto` finds none.
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &[
+            "-d",
+            "--annotation",
+            "io.microsandbox.handoff_init=/bin/init",
+        ],
+        "h1",
+        &["sleep", "600"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e",
+            "h1",
+            "cat",
+            "/proc/1/cmdline",
+        ],
+    );
+    assert_eq!(stdout(&o), "/bin/init\0", "{}", text(&o));
+    assert!(ctrd
+        .ctr(ns, &["task", "kill", "-s", "SIGKILL", "h1"])
+        .status
+        .success());
+    assert!(eventually(30, || task_status(&ctrd, ns, "h1").as_deref()
+        == Some("STOPPED")));
+    assert!(ctrd.ctr(ns, &["task", "delete", "h1"]).status.success());
+    assert!(ctrd.ctr(ns, &["container", "rm", "h1"]).status.success());
+
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &["--rm", "--annotation", "io.microsandbox.handoff_init=auto"],
+        "h2",
+        &["true"],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("handoff_init=auto: no init in the image (looked for /sbin/init"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn detached_task_verbs() {
     let ns = "verbs";
     let Some(ctrd) = setup(ns) else { return };
