@@ -116,23 +116,29 @@ impl Container {
         Ok(c)
     }
 
+    /// Mounts the EROFS on `dev` read-only as lower `i` under `base`; `what` names it in errors.
+    fn mount_erofs(
+        &mut self,
+        dev: &Path,
+        what: &str,
+        base: &Path,
+        i: usize,
+    ) -> Result<PathBuf, ContainerError> {
+        let dir = base.join(format!("lower{i}"));
+        fs::create_dir_all(&dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
+        sys::mount(dev.to_str(), &dir, Some("erofs"), libc::MS_RDONLY, None)
+            .map_err(io_err(format!("mount erofs {what} on {}", dir.display())))?;
+        self.mounted.push(dir.clone());
+        Ok(dir)
+    }
+
     fn mount_storage(&mut self, base: &Path) -> Result<(), ContainerError> {
         let mut lowers = Vec::new();
         for (i, lower) in self.spec.rootfs.lower.clone().iter().enumerate() {
             match lower {
                 StorageRef::Serial(s) => {
                     let dev = disk_by_serial(s)?;
-                    let dir = base.join(format!("lower{i}"));
-                    fs::create_dir_all(&dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
-                    sys::mount(dev.to_str(), &dir, Some("erofs"), libc::MS_RDONLY, None).map_err(
-                        io_err(format!(
-                            "mount erofs {} on {}",
-                            dev.display(),
-                            dir.display()
-                        )),
-                    )?;
-                    self.mounted.push(dir.clone());
-                    lowers.push(dir);
+                    lowers.push(self.mount_erofs(&dev, &dev.display().to_string(), base, i)?);
                 }
                 StorageRef::Dir(d) => {
                     let d = storage::check_path(d)?;
@@ -142,25 +148,10 @@ impl Container {
                 StorageRef::Image(p) => {
                     let image = storage::check_path(p)?;
                     storage::ensure_for(image)?;
+                    // Held until mounted: the loop binding ends at its last close.
                     let dev = storage::loop_attach(image)?;
-                    let dir = base.join(format!("lower{i}"));
-                    fs::create_dir_all(&dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
-                    sys::mount(
-                        dev.path.to_str(),
-                        &dir,
-                        Some("erofs"),
-                        libc::MS_RDONLY,
-                        None,
-                    )
-                    .map_err(io_err(format!(
-                        "mount erofs {} ({}) on {}",
-                        image.display(),
-                        dev.path.display(),
-                        dir.display()
-                    )))?;
-                    drop(dev);
-                    self.mounted.push(dir.clone());
-                    lowers.push(dir);
+                    let what = format!("{} ({})", image.display(), dev.path.display());
+                    lowers.push(self.mount_erofs(&dev.path, &what, base, i)?);
                 }
             }
         }
