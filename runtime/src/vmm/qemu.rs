@@ -138,81 +138,96 @@ fn share_socket(spec: &VmSpec, i: usize) -> std::path::PathBuf {
     spec.dir.join(format!("fs{i}.sock"))
 }
 
+/// A log file for a VMM-side process's stdout and stderr.
+fn log_file(path: &std::path::Path) -> Result<(std::fs::File, std::fs::File), VmmError> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |source| VmmError::Io { what, source }
+    };
+    let f = std::fs::File::create(path).map_err(io("create"))?;
+    let dup = f.try_clone().map_err(io("dup"))?;
+    Ok((f, dup))
+}
+
 /// Starts one `virtiofsd` per share and waits until each listens (QEMU connects at start).
+/// On any failure the ones already started are killed.
 fn start_virtiofsd(spec: &VmSpec) -> Result<Vec<std::process::Child>, VmmError> {
-    let program = std::env::var("MSB_VIRTIOFSD").unwrap_or_else(|_| "virtiofsd".into());
     let mut children = Vec::new();
     for (i, share) in spec.shares.iter().enumerate() {
-        let sock = share_socket(spec, i);
-        let _ = std::fs::remove_file(&sock);
-        let log = std::fs::File::create(spec.dir.join(format!("virtiofsd{i}.log"))).map_err(
-            |source| VmmError::Io {
-                what: format!("create virtiofsd{i}.log"),
-                source,
-            },
-        )?;
-        let mut cmd = std::process::Command::new(&program);
-        cmd.arg("--socket-path")
-            .arg(&sock)
-            .arg("--shared-dir")
-            .arg(&share.host_path)
-            .args([
-                "--sandbox",
-                "chroot",
-                "--cache",
-                "auto",
-                "--log-level",
-                "warn",
-            ]);
-        if share.read_only {
-            cmd.arg("--readonly");
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|source| VmmError::Io {
-                what: "dup virtiofsd log".into(),
-                source,
-            })?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => VmmError::MissingProgram {
-                    program: program.clone(),
-                    hint: "hack/install-deps installs it (cargo install virtiofsd)".into(),
-                },
-                _ => VmmError::Io {
-                    what: format!("start {program}"),
-                    source: e,
-                },
-            })?;
-        children.push(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !sock.exists() {
-            let last = children.last_mut().expect("just pushed");
-            if let Ok(Some(status)) = last.try_wait() {
-                let log = std::fs::read_to_string(spec.dir.join(format!("virtiofsd{i}.log")))
-                    .unwrap_or_default();
-                kill_all(&mut children);
-                return Err(VmmError::Failed(format!(
-                    "virtiofsd for share {} ({}) exited with {status}: {}",
-                    share.tag,
-                    share.host_path.display(),
-                    log.trim()
-                )));
-            }
-            if std::time::Instant::now() > deadline {
-                kill_all(&mut children);
-                return Err(VmmError::Failed(format!(
-                    "virtiofsd for share {} did not listen on {} within 10 s",
-                    share.tag,
-                    sock.display()
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        if let Err(e) = start_one_virtiofsd(spec, i, share, &mut children) {
+            kill_all(&mut children);
+            return Err(e);
         }
     }
     Ok(children)
+}
+
+fn start_one_virtiofsd(
+    spec: &VmSpec,
+    i: usize,
+    share: &super::ShareSpec,
+    children: &mut Vec<std::process::Child>,
+) -> Result<(), VmmError> {
+    let program = std::env::var("MSB_VIRTIOFSD").unwrap_or_else(|_| "virtiofsd".into());
+    let sock = share_socket(spec, i);
+    let _ = std::fs::remove_file(&sock);
+    let log_path = spec.dir.join(format!("virtiofsd{i}.log"));
+    let (out, err) = log_file(&log_path)?;
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&share.host_path)
+        .args([
+            "--sandbox",
+            "chroot",
+            "--cache",
+            "auto",
+            "--log-level",
+            "warn",
+        ]);
+    if share.read_only {
+        cmd.arg("--readonly");
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => VmmError::MissingProgram {
+                program: program.clone(),
+                hint: "hack/install-deps installs it (cargo install virtiofsd)".into(),
+            },
+            _ => VmmError::Io {
+                what: format!("start {program}"),
+                source: e,
+            },
+        })?;
+    children.push(child);
+    let child = children.last_mut().expect("just pushed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(VmmError::Failed(format!(
+                "virtiofsd for share {} ({}) exited with {status}: {}",
+                share.tag,
+                share.host_path.display(),
+                log.trim()
+            )));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(VmmError::Failed(format!(
+                "virtiofsd for share {} did not listen on {} within 10 s",
+                share.tag,
+                sock.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 fn kill_all(children: &mut [std::process::Child]) {
@@ -236,16 +251,10 @@ impl Backend for Qemu {
             }
         };
         let args = self.args(spec, &accel, crate::host::tsc_khz())?;
+        let (log, log2) = log_file(&spec.dir.join("qemu.log"))?;
+        // Last before QEMU, which connects to them: nothing after this may fail without
+        // killing them.
         let mut companions = start_virtiofsd(spec)?;
-        let log =
-            std::fs::File::create(spec.dir.join("qemu.log")).map_err(|source| VmmError::Io {
-                what: "create qemu.log".into(),
-                source,
-            })?;
-        let log2 = log.try_clone().map_err(|source| VmmError::Io {
-            what: "dup qemu.log".into(),
-            source,
-        })?;
         let child = tokio::process::Command::new(&self.program)
             .args(&args)
             .stdin(Stdio::null())
@@ -266,10 +275,9 @@ impl Backend for Qemu {
                 },
             })?;
         tracing::debug!(sandbox = %spec.id, "qemu {}", args.join(" "));
-        Ok(
-            VmmProcess::new(child, spec.console_log.clone(), BackendKind::Qemu)?
-                .with_companions(companions),
-        )
+        let vmm = VmmProcess::new(child, spec.console_log.clone(), BackendKind::Qemu)
+            .inspect_err(|_| kill_all(&mut companions))?;
+        Ok(vmm.with_companions(companions))
     }
 }
 
