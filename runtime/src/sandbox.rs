@@ -258,6 +258,11 @@ impl Sandbox {
         &self.dir
     }
 
+    /// The backend running this VM.
+    pub fn backend(&self) -> BackendKind {
+        self.vmm.kind()
+    }
+
     /// The VMM's pid.
     pub fn vmm_pid(&self) -> i32 {
         self.vmm.pid()

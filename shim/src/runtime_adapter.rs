@@ -115,18 +115,13 @@ fn layer_image(cache_dir: &Path, layer: &Path) -> Result<PathBuf, SandboxError> 
     let meta = std::fs::metadata(layer)
         .map_err(|e| SandboxError::Rootfs(format!("layer {}: {e}", layer.display())))?;
     let key = format!("{}\0{}\0{}", layer.display(), meta.ino(), meta.ctime());
-    let name = format!("{:016x}.erofs", fnv1a(key.as_bytes()));
-    let image = cache_dir.join(name);
+    let hash = fnv1a(key.as_bytes());
+    let image = cache_dir.join(format!("{hash:016x}.erofs"));
     if image.is_file() {
         return Ok(image);
     }
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", cache_dir.display())))?;
-    let tmp = cache_dir.join(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        fnv1a(key.as_bytes())
-    ));
+    mkdir(cache_dir)?;
+    let tmp = cache_dir.join(format!(".{}.{hash:016x}.tmp", std::process::id()));
     disks::make_lower(layer, &tmp).map_err(|e| SandboxError::Rootfs(e.to_string()))?;
     std::fs::rename(&tmp, &image)
         .map_err(|e| SandboxError::Rootfs(format!("rename {}: {e}", tmp.display())))?;
@@ -150,6 +145,19 @@ fn vm_hostname(id: &str) -> Option<msb_protocol::boot::Hostname> {
     msb_protocol::boot::Hostname::parse(&name).ok()
 }
 
+/// Whether a pod share can be read-only under `kind`. libkrun serves virtio-fs read-write only;
+/// a writable share must not hold hard links to the host's image cache (the guest could change
+/// every pod's images through them), so krun pods get copies instead.
+fn share_can_be_read_only(kind: msb_runtime::BackendKind) -> bool {
+    kind == msb_runtime::BackendKind::Qemu
+}
+
+/// Creates a directory and its parents; the error names it.
+fn mkdir(dir: &Path) -> Result<(), SandboxError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", dir.display())))
+}
+
 /// Copies under a temporary name and renames, so the guest never sees half an image.
 fn copy_atomically(from: &Path, to: &Path) -> std::io::Result<()> {
     let tmp = to.with_extension("partial");
@@ -171,20 +179,16 @@ impl RuntimeSandbox {
             .ok_or_else(|| SandboxError::Other(format!("sandbox {} has not booted", self.id)))
     }
 
-    fn create_dir(&self) -> Result<(), SandboxError> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", self.dir.display())))
-    }
-
     /// Boots the VM with these disks and shares and starts forwarding its events.
     async fn boot_vm(
         &self,
+        backend: Option<msb_runtime::BackendKind>,
         disks: Vec<DiskSpec>,
         shares: Vec<ShareSpec>,
     ) -> Result<msb_runtime::Sandbox, SandboxError> {
         let mut cfg = msb_runtime::SandboxConfig::new(&self.id);
         cfg.dir = self.dir.clone();
-        cfg.backend = self.backend;
+        cfg.backend = backend;
         cfg.vcpus = self.config.vcpus.clamp(1, 255) as u8;
         cfg.memory_mib = self.config.memory_mib;
         cfg.assets = self.assets.clone();
@@ -225,9 +229,7 @@ impl RuntimeSandbox {
     ) -> Result<PreparedRootfs, SandboxError> {
         let share = self.dir.join("share");
         if vm.is_none() {
-            self.create_dir()?;
-            std::fs::create_dir_all(&share)
-                .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", share.display())))?;
+            mkdir(&share)?;
             let upper = self.dir.join("pod-upper.ext4");
             tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
                 .map_err(|e| SandboxError::Rootfs(e.to_string()))?;
@@ -236,20 +238,26 @@ impl RuntimeSandbox {
                 path: upper,
                 read_only: false,
             }];
+            // Resolved here so that the share's mode and the backend booting it agree.
+            let (kind, why) = msb_runtime::vmm::select_backend(self.backend);
+            tracing::info!(sandbox = %self.id, "pod backend {kind}: {why}");
             let shares = vec![ShareSpec {
                 tag: RUNTIME_FS_TAG.into(),
                 host_path: share.clone(),
-                read_only: self.share_read_only(),
+                read_only: share_can_be_read_only(kind),
             }];
-            *vm = Some(self.boot_vm(disks, shares).await?);
+            *vm = Some(self.boot_vm(Some(kind), disks, shares).await?);
         }
+        let read_only = vm
+            .as_ref()
+            .is_some_and(|v| share_can_be_read_only(v.backend()));
         let mut lower = Vec::new();
         for image in images {
             let name = image.file_name().expect("cache images have a file name");
             let link = share.join(name);
             if !link.exists() {
                 tokio::task::block_in_place(|| {
-                    let linked = self.share_read_only() && std::fs::hard_link(image, &link).is_ok();
+                    let linked = read_only && std::fs::hard_link(image, &link).is_ok();
                     if linked {
                         Ok(())
                     } else {
@@ -278,13 +286,6 @@ impl RuntimeSandbox {
             },
             owned_files: Vec::new(),
         })
-    }
-
-    /// Whether the pod share can be read-only. libkrun serves virtio-fs read-write only; a
-    /// writable share must not hold hard links to the host's image cache (the guest could
-    /// change every pod's images through them), so krun pods get copies instead.
-    fn share_read_only(&self) -> bool {
-        msb_runtime::vmm::select_backend(self.backend).0 == msb_runtime::BackendKind::Qemu
     }
 
     fn process_id(&self, key: &ProcessKey) -> Result<u32, SandboxError> {
@@ -329,7 +330,7 @@ impl Sandbox for RuntimeSandbox {
                 self.id
             )));
         }
-        self.create_dir()?;
+        mkdir(&self.dir)?;
         let mut disk_specs = Vec::new();
         let mut lower = Vec::new();
         for (i, image) in images.into_iter().enumerate() {
@@ -349,7 +350,7 @@ impl Sandbox for RuntimeSandbox {
             path: upper.clone(),
             read_only: false,
         });
-        *vm = Some(self.boot_vm(disk_specs, Vec::new()).await?);
+        *vm = Some(self.boot_vm(self.backend, disk_specs, Vec::new()).await?);
         Ok(PreparedRootfs {
             spec: RootfsSpec {
                 lower,
