@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use msb_protocol::types::{ExecExited, ExecStderr, ExecStdout};
 
@@ -24,6 +24,18 @@ pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Bytes read from a stream per frame.
 const CHUNK: usize = 64 * 1024;
+
+/// A read shorter than this that follows the previous read within [`STREAM_GAP`] marks a busy
+/// stream of small writes (`yes | head`, a line-by-line logger): the pump then lets the pipe fill
+/// for [`COALESCE_WAIT`] before the next read, so one frame carries many writes. Each frame costs
+/// the guest a VM exit and several context switches; under TCG 100 MiB from `yes | head -c` took
+/// 64 s in 4 KiB frames against 8 s for the same bytes from a file. Output after a quiet spell is
+/// never delayed, and a busy stream's at most by [`COALESCE_WAIT`].
+const SMALL_READ: usize = 16 * 1024;
+/// See [`SMALL_READ`].
+const STREAM_GAP: Duration = Duration::from_millis(20);
+/// See [`SMALL_READ`].
+const COALESCE_WAIT: Duration = Duration::from_millis(10);
 
 /// Stdin chunks queued per session before the reader of the agent port blocks.
 const STDIN_QUEUE: usize = 16;
@@ -121,6 +133,7 @@ fn pump_out(
     done: SyncSender<()>,
 ) {
     let mut buf = vec![0u8; CHUNK];
+    let mut last_read: Option<Instant> = None;
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
@@ -128,11 +141,18 @@ fn pump_out(
                 if closed.load(Ordering::SeqCst) {
                     break;
                 }
+                let now = Instant::now();
+                let busy =
+                    n < SMALL_READ && last_read.is_some_and(|t| now.duration_since(t) < STREAM_GAP);
+                last_read = Some(now);
                 let data = buf[..n].to_vec();
                 if err {
                     out.send(id, &ExecStderr { data });
                 } else {
                     out.send(id, &ExecStdout { data });
+                }
+                if busy {
+                    std::thread::sleep(COALESCE_WAIT);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

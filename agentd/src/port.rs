@@ -91,10 +91,24 @@ impl Out {
     }
 }
 
+/// Frames already queued (several sessions streaming, or the host reading slowly) are written
+/// together, up to this many bytes per `write`: each write to the port is a virtqueue kick and a
+/// VM exit, which costs the guest more than the copy.
+const COALESCE: usize = 256 * 1024;
+
 fn writer(mut port: File, rx: Receiver<Vec<u8>>) {
-    for frame in rx {
-        if let Err(e) = port.write_all(&frame) {
-            // The host went away; the frame is lost, as the session's state on the host is.
+    let mut batch = Vec::with_capacity(COALESCE);
+    while let Ok(frame) = rx.recv() {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while batch.len() < COALESCE {
+            match rx.try_recv() {
+                Ok(next) => batch.extend_from_slice(&next),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = port.write_all(&batch) {
+            // The host went away; the frames are lost, as the sessions' state on the host is.
             tracing::debug!("agent port write failed: {e}");
         }
     }
