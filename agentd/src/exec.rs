@@ -5,6 +5,9 @@
 //! `exited` waits until both output streams reached EOF, or until they stayed silent for
 //! [`DRAIN_IDLE`] after the process ended (a leftover descendant may hold them open); nothing is
 //! sent on the id after `exited`.
+//!
+//! A session whose host client left ([`forget`]) sends nothing more at all: its id range may be
+//! handed to the relay's next client, which must not receive the old session's frames.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,6 +56,21 @@ pub struct Session {
     pub stdin: Option<SyncSender<Vec<u8>>>,
     /// The terminal master, for resizes.
     pub tty: Option<Arc<OwnedFd>>,
+    /// Set once nothing more may be sent for the session (exited, or forgotten).
+    closed: Arc<AtomicBool>,
+}
+
+/// What the dispatcher knows of a process when its session starts.
+#[derive(Debug)]
+pub struct Started {
+    /// The process.
+    pub pid: i32,
+    /// The container, if any.
+    pub container: Option<String>,
+    /// Whether this process is its container's init.
+    pub is_init: bool,
+    /// The terminal master, for resizes.
+    pub tty: Option<Arc<OwnedFd>>,
 }
 
 /// Sessions by correlation id.
@@ -69,17 +87,38 @@ pub struct ParentStdio {
     pub stderr: Option<File>,
 }
 
-/// Starts the threads of a session and returns its stdin sender. `on_exit` runs with the exit
-/// code after the output is drained and before `exited` is sent (OOM reporting, container state).
+/// Registers the session of `started` under `id` and starts its threads. `on_exit` runs with the
+/// exit code after the output is drained and before `exited` is sent (OOM reporting, container
+/// state).
+///
+/// The session is in `sessions` before any of its threads runs, so the exit thread (which
+/// removes it) can never run first and leave a dead process's entry behind.
 pub fn run_session(
     id: u32,
     out: Out,
     stdio: ParentStdio,
     exit_rx: Receiver<i32>,
     sessions: Sessions,
+    started: Started,
     on_exit: impl FnOnce(i32) + Send + 'static,
-) -> Option<SyncSender<Vec<u8>>> {
+) {
     let closed = Arc::new(AtomicBool::new(false));
+    let stdin_tx = stdio.stdin.map(|f| {
+        let (tx, rx) = sync_channel::<Vec<u8>>(STDIN_QUEUE);
+        thread(move || pump_in(f, rx));
+        tx
+    });
+    sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        id,
+        Session {
+            pid: started.pid,
+            container: started.container,
+            is_init: started.is_init,
+            stdin: stdin_tx,
+            tty: started.tty,
+            closed: closed.clone(),
+        },
+    );
     let (done_tx, done_rx) = sync_channel::<()>(2);
     let mut readers = 0;
     let spawn_reader = |f: File, err: bool, done: SyncSender<()>| {
@@ -93,11 +132,6 @@ pub fn run_session(
         readers += 1;
     }
     drop(done_tx);
-    let stdin_tx = stdio.stdin.map(|f| {
-        let (tx, rx) = sync_channel::<Vec<u8>>(STDIN_QUEUE);
-        thread(move || pump_in(f, rx));
-        tx
-    });
     thread(move || {
         let code = exit_rx.recv().unwrap_or(255);
         let mut pending = readers;
@@ -109,13 +143,30 @@ pub fn run_session(
         }
         closed.store(true, Ordering::SeqCst);
         on_exit(code);
-        sessions
+        // Absent: forgotten because its client left; the id may be someone else's by now.
+        let known = sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        out.send(id, &ExecExited { code });
+            .remove(&id)
+            .is_some();
+        if known {
+            out.send(id, &ExecExited { code });
+        }
     });
-    stdin_tx
+}
+
+/// Forgets the sessions whose ids lie in `range` (their relay client left): from now on they
+/// send nothing, and their processes are killed. Returns how many there were.
+pub fn forget(sessions: &Sessions, range: std::ops::Range<u32>) -> usize {
+    let mut all = sessions.lock().unwrap_or_else(|e| e.into_inner());
+    let ids: Vec<u32> = all.keys().copied().filter(|i| range.contains(i)).collect();
+    for id in &ids {
+        if let Some(s) = all.remove(id) {
+            s.closed.store(true, Ordering::SeqCst);
+            let _ = crate::sys::kill(s.pid, libc::SIGKILL);
+        }
+    }
+    ids.len()
 }
 
 fn thread(f: impl FnOnce() + Send + 'static) {
@@ -182,4 +233,94 @@ fn pump_in(mut f: File, rx: Receiver<Vec<u8>>) {
 fn is_tty(f: &File) -> bool {
     // SAFETY: isatty only inspects the descriptor.
     unsafe { libc::isatty(f.as_raw_fd()) == 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msb_protocol::frame::read_frame;
+    use msb_protocol::Message;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn pipe() -> (File, File) {
+        let (r, w) = crate::sys::pipe().unwrap();
+        (File::from(r), File::from(w))
+    }
+
+    /// Starts a session for `id` around a real process; returns its stdout writer and exit sender.
+    fn session(
+        id: u32,
+        out: &Out,
+        sessions: &Sessions,
+        child: &std::process::Child,
+    ) -> (File, SyncSender<i32>) {
+        let (stdout_r, stdout_w) = pipe();
+        let (exit_tx, exit_rx) = sync_channel(1);
+        let stdio = ParentStdio {
+            stdin: None,
+            stdout: stdout_r,
+            stderr: None,
+        };
+        let started = Started {
+            pid: child.id() as i32,
+            container: None,
+            is_init: false,
+            tty: None,
+        };
+        run_session(
+            id,
+            out.clone(),
+            stdio,
+            exit_rx,
+            sessions.clone(),
+            started,
+            |_| {},
+        );
+        (stdout_w, exit_tx)
+    }
+
+    #[test]
+    fn a_forgotten_session_is_killed_and_sends_nothing_more() {
+        let (mut port_r, port_w) = pipe();
+        let out = Out::start(port_w).unwrap();
+        let sessions: Sessions = Arc::default();
+        let sleep = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap()
+        };
+        let (mut gone, mut kept) = (sleep(), sleep());
+        let (mut gone_out, gone_exit) = session(5, &out, &sessions, &gone);
+        let (kept_out, kept_exit) = session(1000, &out, &sessions, &kept);
+
+        assert_eq!(forget(&sessions, 1..1000), 1);
+        assert_eq!(gone.wait().unwrap().signal(), Some(libc::SIGKILL));
+        // Late output and the exit of the forgotten session go nowhere ...
+        gone_out.write_all(b"late").unwrap();
+        drop(gone_out);
+        gone_exit.send(137).unwrap();
+        // ... while the other session still ends normally.
+        kept.kill().unwrap();
+        kept.wait().unwrap();
+        drop(kept_out);
+        kept_exit.send(0).unwrap();
+
+        let frame = read_frame(&mut port_r).unwrap().unwrap();
+        let msg = Message::from_frame(&frame).unwrap();
+        assert_eq!(
+            (msg.id, msg.decode::<ExecExited>().unwrap().code),
+            (1000, 0)
+        );
+        drop(out);
+        // Only the writer thread holds the port now; give the forgotten session time to (not)
+        // send, then nothing more may be on the port.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut rest = Vec::new();
+        // SAFETY: fcntl on an open descriptor.
+        unsafe { libc::fcntl(port_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let _ = port_r.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{} more bytes on the port", rest.len());
+        assert!(sessions.lock().unwrap().is_empty());
+    }
 }

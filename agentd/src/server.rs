@@ -18,7 +18,7 @@ use msb_protocol::types::*;
 use msb_protocol::{Flags, FrameError, Message, MessageError, Payload};
 
 use crate::container::Container;
-use crate::exec::{self, ParentStdio, Session, Sessions};
+use crate::exec::{self, ParentStdio, Sessions};
 use crate::port::{self, Out};
 use crate::reaper::Reaper;
 use crate::spawn::{self, ChildStdio, NsMode, SpawnError, SpawnPlan, Step};
@@ -148,11 +148,11 @@ impl Server {
             Shutdown::TYPE => crate::shutdown::run(&self.containers, &self.sessions),
             RelayClientDisconnected::TYPE => {
                 if let Some(r) = self.decode::<RelayClientDisconnected>(&msg) {
-                    for (sid, s) in lock(&self.sessions).iter() {
-                        if (r.id_start..r.id_end_exclusive).contains(sid) {
-                            let _ = sys::kill(s.pid, libc::SIGKILL);
-                        }
-                    }
+                    let n = exec::forget(&self.sessions, r.id_start..r.id_end_exclusive);
+                    tracing::debug!(
+                        n,
+                        "relay client left; its sessions are killed and forgotten"
+                    );
                 }
             }
             ExecRequest::TYPE => {
@@ -677,23 +677,19 @@ impl Server {
                 }
             }
         };
-        let stdin = exec::run_session(
+        exec::run_session(
             id,
             self.out.clone(),
             parent_stdio,
             exit_rx,
             self.sessions.clone(),
-            on_exit,
-        );
-        lock(&self.sessions).insert(
-            id,
-            Session {
+            exec::Started {
                 pid,
                 container: req.container.clone(),
                 is_init,
-                stdin,
                 tty,
             },
+            on_exit,
         );
         Ok(())
     }

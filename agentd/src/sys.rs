@@ -140,31 +140,25 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// A pseudo-terminal pair (master, slave), both close-on-exec, with the given size.
+///
+/// Opened close-on-exec from the start (`/dev/ptmx`, then `TIOCGPTPEER`): `openpty(3)` opens both
+/// ends inheritable, and a session spawned by another thread before they were marked would keep
+/// this terminal's slave open, so its reader would not see the end of the output.
 pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
-    let (mut master, mut slave) = (0, 0);
-    let ws = libc::winsize {
-        ws_row: rows.max(1),
-        ws_col: cols.max(1),
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: out-pointers are valid; name and termios are null (allowed); `ws` is valid.
-    check(unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    })?;
-    // SAFETY: openpty succeeded; both descriptors are ours.
-    let pair = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&pair.0, &pair.1] {
-        // SAFETY: fcntl on an open descriptor.
-        check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
-    }
-    Ok(pair)
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: the path is a NUL-terminated literal.
+    let master = check(unsafe { libc::open(c"/dev/ptmx".as_ptr(), flags) })?;
+    // SAFETY: open succeeded; the descriptor is ours.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from a valid pointer.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor.
+    let slave = check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) })?;
+    // SAFETY: the ioctl succeeded; the descriptor is ours.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    set_winsize(master.as_raw_fd(), rows, cols)?;
+    Ok((master, slave))
 }
 
 /// Sets a terminal's size.
@@ -256,5 +250,32 @@ pub fn power_off() -> ! {
     loop {
         // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn cloexec(fd: &OwnedFd) -> bool {
+        // SAFETY: F_GETFD on an open descriptor.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    #[test]
+    fn openpty_gives_a_sized_close_on_exec_pair() {
+        let (master, slave) = openpty(24, 100).unwrap();
+        assert!(cloexec(&master) && cloexec(&slave));
+        // SAFETY: winsize is plain integers; all zeroes is a valid value.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes one winsize to a valid pointer.
+        check(unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) }).unwrap();
+        assert_eq!((ws.ws_row, ws.ws_col), (24, 100));
+        let mut s = std::fs::File::from(slave);
+        s.write_all(b"hi\n").unwrap();
+        let mut buf = [0u8; 16];
+        let n = std::fs::File::from(master).read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hi\r\n");
     }
 }

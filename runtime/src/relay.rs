@@ -53,14 +53,14 @@
 //! Nothing a peer sends can panic the relay: frames are length-checked by [`FrameCodec`] before
 //! anything is allocated, ids are checked arithmetically, and envelope errors are values.
 //!
-//! # Known limit
+//! # Departed clients' sessions
 //!
-//! A freed slot is handed to the next client at once. Frames the guest still sends for the
-//! departed client's sessions (an `exited` after the kill) then reach the newcomer, whose
-//! [`AgentClient`](crate::agent::AgentClient) drops frames for ids it has no session for; an id
-//! it has just reused itself would be confused with the old one. agentd reads
-//! `core.relay.client.disconnected` before the newcomer's first frame, so the fix belongs there:
-//! forget a range's sessions, and send nothing more for them, once it is disconnected.
+//! A freed slot is handed to the next client at once. agentd reads
+//! `core.relay.client.disconnected` before the newcomer's first frame and then forgets that
+//! range's sessions: it kills them and sends nothing more for them. What remains is a narrow
+//! window: frames agentd had already queued before it read the message can still reach the
+//! newcomer. Its [`AgentClient`](crate::agent::AgentClient) drops frames for ids it has no
+//! session for, so only an id it reused in that instant could be confused.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};

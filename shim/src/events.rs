@@ -250,6 +250,9 @@ pub trait EventSink: Send + Sync + Debug {
     async fn publish(&self, event: TaskEvent);
 }
 
+/// How long one event may take to reach containerd.
+pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Publishes to containerd through its ttrpc events service.
 pub struct RemoteSink {
     publisher: RemotePublisher,
@@ -279,9 +282,16 @@ impl RemoteSink {
 impl EventSink for RemoteSink {
     async fn publish(&self, event: TaskEvent) {
         let topic = event.topic();
+        // The publisher forwards its queue one event at a time: unbounded, one stalled forward
+        // would hold every later event (TaskExit included) forever. Bounded as containerd's own
+        // shims bound it (5 s); the crate re-queues a failed forward up to 5 times.
+        let ctx = Context {
+            timeout_nano: i64::try_from(PUBLISH_TIMEOUT.as_nanos()).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
         if let Err(e) = self
             .publisher
-            .publish(Context::default(), topic, &self.namespace, event.to_proto())
+            .publish(ctx, topic, &self.namespace, event.to_proto())
             .await
         {
             tracing::warn!(topic, error = %e, "publish event");
