@@ -5,6 +5,7 @@ pub mod cleanup;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod layer_cache;
 pub mod msbox;
 pub mod record;
 pub mod runtime_adapter;

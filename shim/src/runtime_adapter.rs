@@ -14,7 +14,6 @@
 //! container's layer images are linked; agentd loop-mounts them from there.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +30,7 @@ use msb_runtime::{disks, AgentClient, ExecEvent, GuestAssets};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::SandboxConfig;
+use crate::layer_cache;
 use crate::sandbox::{
     ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
     SandboxFactory,
@@ -108,26 +108,6 @@ fn agent_err(e: msb_runtime::AgentError) -> SandboxError {
     }
 }
 
-/// The cached EROFS image of one layer directory: keyed by its path, inode and change time,
-/// so a replaced directory never reuses a stale image. Built under a unique name and renamed,
-/// so concurrent shims never see half an image.
-fn layer_image(cache_dir: &Path, layer: &Path) -> Result<PathBuf, SandboxError> {
-    let meta = std::fs::metadata(layer)
-        .map_err(|e| SandboxError::Rootfs(format!("layer {}: {e}", layer.display())))?;
-    let key = format!("{}\0{}\0{}", layer.display(), meta.ino(), meta.ctime());
-    let hash = fnv1a(key.as_bytes());
-    let image = cache_dir.join(format!("{hash:016x}.erofs"));
-    if image.is_file() {
-        return Ok(image);
-    }
-    mkdir(cache_dir)?;
-    let tmp = cache_dir.join(format!(".{}.{hash:016x}.tmp", std::process::id()));
-    disks::make_lower(layer, &tmp).map_err(|e| SandboxError::Rootfs(e.to_string()))?;
-    std::fs::rename(&tmp, &image)
-        .map_err(|e| SandboxError::Rootfs(format!("rename {}: {e}", tmp.display())))?;
-    Ok(image)
-}
-
 /// The VM's hostname: the sandbox id made a valid name (containers without a hostname of
 /// their own see it, as a runc container sees its host's; a VM has no host name to inherit).
 fn vm_hostname(id: &str) -> Option<msb_protocol::boot::Hostname> {
@@ -163,13 +143,6 @@ fn copy_atomically(from: &Path, to: &Path) -> std::io::Result<()> {
     let tmp = to.with_extension("partial");
     std::fs::copy(from, &tmp)?;
     std::fs::rename(&tmp, to)
-}
-
-/// FNV-1a, 64 bits: a stable file name from a key (not a security boundary).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 impl RuntimeSandbox {
@@ -314,7 +287,7 @@ impl Sandbox for RuntimeSandbox {
             source
                 .lowers
                 .iter()
-                .map(|layer| layer_image(&self.config.cache_dir, layer))
+                .map(|layer| layer_cache::image_for(&self.config.cache_dir, layer))
                 .collect::<Result<Vec<_>, _>>()
         })?;
         let mut vm = self.vm.lock().await;
@@ -534,6 +507,20 @@ impl Sandbox for RuntimeSandbox {
                 .map_err(|e| SandboxError::Other(e.to_string()))?;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Each VM's end is the moment to drop the images of layers containerd has removed
+        // since: a few stats per cached image, and no image in use can go (see layer_cache).
+        match layer_cache::prune(&self.config.cache_dir) {
+            Ok(p) if p.images > 0 => tracing::info!(
+                removed = p.images,
+                bytes = p.bytes,
+                kept = p.kept,
+                "layer cache pruned"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.config.cache_dir.display(), error = %e, "prune layer cache")
+            }
+        }
         Ok(())
     }
 
@@ -549,24 +536,6 @@ impl Sandbox for RuntimeSandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layer_images_are_cached_by_directory() {
-        let tmp = tempfile::tempdir().unwrap();
-        let layer = tmp.path().join("layer");
-        std::fs::create_dir(&layer).unwrap();
-        std::fs::write(layer.join("f"), b"x").unwrap();
-        let a = layer_image(&tmp.path().join("cache"), &layer).unwrap();
-        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
-        let b = layer_image(&tmp.path().join("cache"), &layer).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(
-            std::fs::metadata(&b).unwrap().modified().unwrap(),
-            mtime,
-            "reused, not rebuilt"
-        );
-        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
-    }
 
     #[test]
     fn vm_hostnames_are_valid() {
