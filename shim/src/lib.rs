@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod layer_cache;
 pub mod msbox;
+pub mod output_gate;
 pub mod record;
 pub mod runtime_adapter;
 pub mod sandbox;

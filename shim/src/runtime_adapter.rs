@@ -31,6 +31,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::SandboxConfig;
 use crate::layer_cache;
+use crate::output_gate::OutputGate;
 use crate::sandbox::{
     ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
     SandboxFactory,
@@ -383,17 +384,21 @@ impl Sandbox for RuntimeSandbox {
         lock(&self.processes).insert(key.clone(), id);
         let (out_tx, out_rx) = mpsc::channel(64);
         let (exit_tx, exit_rx) = oneshot::channel();
+        let mut gate = OutputGate::new(
+            out_tx,
+            format!(
+                "{}/{}",
+                key.container,
+                key.exec_id.as_deref().unwrap_or("init")
+            ),
+        );
         tokio::spawn(async move {
             loop {
                 match session.next().await {
-                    Ok(ExecEvent::Stdout(d)) => {
-                        let _ = out_tx.send(Output::Stdout(d)).await;
-                    }
-                    Ok(ExecEvent::Stderr(d)) => {
-                        let _ = out_tx.send(Output::Stderr(d)).await;
-                    }
+                    Ok(ExecEvent::Stdout(d)) => gate.forward(Output::Stdout(d)).await,
+                    Ok(ExecEvent::Stderr(d)) => gate.forward(Output::Stderr(d)).await,
                     Ok(ExecEvent::Exited(code)) => {
-                        drop(out_tx);
+                        drop(gate);
                         let _ = exit_tx.send(code);
                         return;
                     }

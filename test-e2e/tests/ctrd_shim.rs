@@ -318,6 +318,44 @@ fn detached_task_verbs() {
         == Some("STOPPED")));
     assert!(ctrd.ctr(ns, &["task", "delete", "v2"]).status.success());
     assert!(ctrd.ctr(ns, &["container", "rm", "v2"]).status.success());
+
+    // `ctr run -d` leaves the output FIFOs unread: 3 MB of output must not stall the VM's other
+    // sessions (exec, kill), and the writer itself gets to finish.
+    run(
+        "v3",
+        &[
+            "sh",
+            "-c",
+            "yes | head -c 3000000; touch /written; exec sleep 600",
+        ],
+    );
+    let o = ctrd.ctr(
+        ns,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e3",
+            "v3",
+            "sh",
+            "-c",
+            "while [ ! -e /written ]; do usleep 100000; done; echo written",
+        ],
+    );
+    assert_eq!(
+        (stdout(&o), o.status.code()),
+        ("written\n".into(), Some(0)),
+        "{}",
+        text(&o)
+    );
+    assert!(ctrd
+        .ctr(ns, &["task", "kill", "-s", "SIGKILL", "v3"])
+        .status
+        .success());
+    assert!(eventually(30, || task_status(&ctrd, ns, "v3").as_deref()
+        == Some("STOPPED")));
+    assert!(ctrd.ctr(ns, &["task", "delete", "v3"]).status.success());
+    assert!(ctrd.ctr(ns, &["container", "rm", "v3"]).status.success());
     assert_eq!(vmms_mentioning(&format!("/{ns}/")), 0);
 }
 
