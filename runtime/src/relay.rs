@@ -47,7 +47,9 @@
 //! ([`RelayOptions::client_queue_bytes`], at least one maximal frame). When a frame for a client
 //! does not fit, the router waits up to [`RelayOptions::slow_client_grace`] for room (a short
 //! burst is absorbed; other clients are delayed at most that long per slow client), then drops
-//! the slow client with a logged reason. The other direction is plain backpressure: client
+//! the slow client with a logged reason. The owner's client ([`RelayHandle::attach`]) is the
+//! exception: it is waited for, as a direct connection would be (the shim keeps its reader
+//! moving: output nobody reads is discarded there). The other direction is plain backpressure: client
 //! readers await room in the one bounded queue to the guest, which tokio serves in FIFO order.
 //!
 //! Nothing a peer sends can panic the relay: frames are length-checked by [`FrameCodec`] before
@@ -301,10 +303,12 @@ impl RelayHandle {
 
     /// A client connection that needs no socket path, for the relay's owner in this process
     /// (pass it to [`AgentClient::connect_relay`](crate::agent::AgentClient::connect_relay)).
-    /// It is an ordinary client: same rules, lowest free slot.
+    /// Same rules and lowest free slot as any client, except that it is never dropped as a slow
+    /// reader: its frames wait for room, which is backpressure to the guest, as on a direct
+    /// connection. The owner controls the VM; losing its connection would orphan the sandbox.
     pub fn attach(&self) -> Result<UnixStream, RelayError> {
         let (ours, theirs) = UnixStream::pair().map_err(RelayError::Attach)?;
-        match admit(&self.shared, ours) {
+        match admit(&self.shared, ours, true) {
             Some(_) => Ok(theirs),
             None if self.shared.cancel.is_cancelled() => Err(RelayError::Stopped),
             None => Err(RelayError::Full),
@@ -383,10 +387,13 @@ struct ClientEntry {
     budget: Arc<Semaphore>,
     /// Cancelled to drop the client.
     cancel: CancellationToken,
+    /// The relay's owner ([`RelayHandle::attach`]): never dropped as a slow reader.
+    owner: bool,
 }
 
 impl ClientEntry {
-    /// Queues `frame` for the client, waiting at most `grace` for room.
+    /// Queues `frame` for the client, waiting at most `grace` for room (the owner: as long as it
+    /// takes).
     async fn enqueue(&self, frame: Frame, grace: Duration) -> Enqueue {
         // Bounded by the codec (a frame is at most 4 MiB + 4 bytes), so it fits a u32.
         let need = u32::try_from(frame.wire_len()).unwrap_or(u32::MAX);
@@ -394,6 +401,12 @@ impl ClientEntry {
             let permit = self.budget.clone().acquire_many_owned(need).await.ok()?;
             self.tx.send((frame, permit)).await.ok()
         };
+        if self.owner {
+            return match queue.await {
+                Some(()) => Enqueue::Queued,
+                None => Enqueue::Gone,
+            };
+        }
         match tokio::time::timeout(grace, queue).await {
             Ok(Some(())) => Enqueue::Queued,
             Ok(None) => Enqueue::Gone,
@@ -552,7 +565,7 @@ async fn accept_clients(listener: UnixListener, path: PathBuf, shared: Arc<Share
                 continue;
             }
         };
-        if admit(&shared, stream).is_none() {
+        if admit(&shared, stream, false).is_none() {
             tracing::warn!("relay: refusing a client: all {RELAY_MAX_CLIENTS} slots are taken");
         }
     }
@@ -563,7 +576,7 @@ async fn accept_clients(listener: UnixListener, path: PathBuf, shared: Arc<Share
 /// Gives `stream` the lowest free slot and starts serving it; `None` (and `stream` closed: the
 /// client reads end-of-stream instead of a header) when every slot is taken or the relay has
 /// stopped.
-fn admit(shared: &Arc<Shared>, stream: UnixStream) -> Option<u32> {
+fn admit(shared: &Arc<Shared>, stream: UnixStream, owner: bool) -> Option<u32> {
     if shared.cancel.is_cancelled() {
         return None;
     }
@@ -572,6 +585,7 @@ fn admit(shared: &Arc<Shared>, stream: UnixStream) -> Option<u32> {
         tx,
         budget: Arc::new(Semaphore::new(shared.queue_bytes)),
         cancel: shared.cancel.child_token(),
+        owner,
     };
     let slot = {
         let mut slots = shared.slots();

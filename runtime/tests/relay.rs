@@ -397,6 +397,45 @@ async fn a_client_that_does_not_read_is_dropped_and_others_keep_working() {
 }
 
 #[tokio::test]
+async fn the_owner_is_waited_for_never_dropped_as_slow() {
+    let opts = RelayOptions {
+        client_queue_bytes: 0, // raised to one maximal frame
+        slow_client_grace: Duration::from_millis(300),
+        ..RelayOptions::default()
+    };
+    let f = fixture(opts).await;
+    let mut owner = f.relay.attach().unwrap();
+    let mut h = [0u8; RangeHeader::SIZE];
+    owner.read_exact(&mut h).await.unwrap();
+    let range = RangeHeader::from_bytes(h).unwrap();
+    read_msg(&mut owner).await; // core.ready
+                                // 16 MiB for the owner while it reads nothing for well past the grace period: the guest
+                                // side waits (backpressure) instead of the owner being dropped.
+    let mut guest = f.guest;
+    let id = range.id_start;
+    let writer = tokio::spawn(async move {
+        let chunk = ExecStdout {
+            data: vec![7u8; 1024 * 1024],
+        };
+        for _ in 0..16 {
+            guest.write_all(&msg(id, &chunk)).await.unwrap();
+        }
+        guest
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!writer.is_finished(), "the guest side is held back");
+    for _ in 0..16 {
+        let m = read_msg(&mut owner).await;
+        assert_eq!(
+            (m.id, m.decode::<ExecStdout>().unwrap().data.len()),
+            (id, 1 << 20)
+        );
+    }
+    let _guest = writer.await.unwrap();
+    assert_eq!(f.relay.clients(), 1);
+}
+
+#[tokio::test]
 async fn close_lets_every_client_go_and_removes_the_socket() {
     let f = fixture(RelayOptions::default()).await;
     let a = client(&f.path).await;
