@@ -28,6 +28,28 @@ fn run_msb(ctrd: &Containerd, ns: &str, flags: &[&str], id: &str, cmd: &[&str]) 
     ctrd.ctr(ns, &args)
 }
 
+/// `ctr task exec --exec-id EXEC_ID ID CMD...` in namespace `ns`.
+fn exec_in(ctrd: &Containerd, ns: &str, id: &str, exec_id: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+    args.extend(cmd);
+    ctrd.ctr(ns, &args)
+}
+
+/// SIGKILLs a detached container's task, waits until it stopped, deletes task and container.
+fn kill_and_remove(ctrd: &Containerd, ns: &str, id: &str) {
+    let o = ctrd.ctr(ns, &["task", "kill", "-s", "SIGKILL", id]);
+    assert!(o.status.success(), "kill {id}: {}", text(&o));
+    assert!(
+        eventually(30, || task_status(ctrd, ns, id).as_deref()
+            == Some("STOPPED")),
+        "{id} did not stop"
+    );
+    let o = ctrd.ctr(ns, &["task", "delete", id]);
+    assert!(o.status.success(), "delete {id}: {}", text(&o));
+    let o = ctrd.ctr(ns, &["container", "rm", id]);
+    assert!(o.status.success(), "rm {id}: {}", text(&o));
+}
+
 fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
@@ -177,29 +199,11 @@ fn handoff_init_makes_the_images_init_pid_1() {
         &["sleep", "600"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let o = ctrd.ctr(
-        ns,
-        &[
-            "task",
-            "exec",
-            "--exec-id",
-            "e",
-            "h1",
-            "cat",
-            "/proc/1/comm",
-        ],
-    );
+    let o = exec_in(&ctrd, ns, "h1", "e", &["cat", "/proc/1/comm"]);
     // The name, not the command line: busybox init overwrites its argv with "init" and NULs
     // soon after it starts, so /proc/1/cmdline depends on when it is read.
     assert_eq!(stdout(&o), "init\n", "{}", text(&o));
-    assert!(ctrd
-        .ctr(ns, &["task", "kill", "-s", "SIGKILL", "h1"])
-        .status
-        .success());
-    assert!(eventually(30, || task_status(&ctrd, ns, "h1").as_deref()
-        == Some("STOPPED")));
-    assert!(ctrd.ctr(ns, &["task", "delete", "h1"]).status.success());
-    assert!(ctrd.ctr(ns, &["container", "rm", "h1"]).status.success());
+    kill_and_remove(&ctrd, ns, "h1");
 
     let o = run_msb(
         &ctrd,
@@ -230,19 +234,7 @@ fn detached_task_verbs() {
     run("v1", &["sh", "-c", "while :; do usleep 20000; done"]);
     assert_eq!(task_status(&ctrd, ns, "v1").as_deref(), Some("RUNNING"));
 
-    let o = ctrd.ctr(
-        ns,
-        &[
-            "task",
-            "exec",
-            "--exec-id",
-            "e1",
-            "v1",
-            "sh",
-            "-c",
-            "echo in-exec; exit 5",
-        ],
-    );
+    let o = exec_in(&ctrd, ns, "v1", "e1", &["sh", "-c", "echo in-exec; exit 5"]);
     assert_eq!(
         (stdout(&o), o.status.code()),
         ("in-exec\n".into(), Some(5)),
@@ -329,14 +321,12 @@ fn detached_task_verbs() {
             "yes | head -c 3000000; touch /written; exec sleep 600",
         ],
     );
-    let o = ctrd.ctr(
+    let o = exec_in(
+        &ctrd,
         ns,
+        "v3",
+        "e3",
         &[
-            "task",
-            "exec",
-            "--exec-id",
-            "e3",
-            "v3",
             "sh",
             "-c",
             "while [ ! -e /written ]; do usleep 100000; done; echo written",
@@ -348,14 +338,7 @@ fn detached_task_verbs() {
         "{}",
         text(&o)
     );
-    assert!(ctrd
-        .ctr(ns, &["task", "kill", "-s", "SIGKILL", "v3"])
-        .status
-        .success());
-    assert!(eventually(30, || task_status(&ctrd, ns, "v3").as_deref()
-        == Some("STOPPED")));
-    assert!(ctrd.ctr(ns, &["task", "delete", "v3"]).status.success());
-    assert!(ctrd.ctr(ns, &["container", "rm", "v3"]).status.success());
+    kill_and_remove(&ctrd, ns, "v3");
     assert_eq!(vmms_mentioning(&format!("/{ns}/")), 0);
 }
 
@@ -595,17 +578,12 @@ fn containers_of_one_pod_share_one_vm() {
         assert_eq!(s.trim().len(), 36, "a boot id: {s:?}");
         s
     };
-    let first = boot_id(ctrd.ctr(
+    let first = boot_id(exec_in(
+        &ctrd,
         ns,
-        &[
-            "task",
-            "exec",
-            "--exec-id",
-            "b1",
-            "p1",
-            "cat",
-            "/proc/sys/kernel/random/boot_id",
-        ],
+        "p1",
+        "b1",
+        &["cat", "/proc/sys/kernel/random/boot_id"],
     ));
 
     // The second container joins the running VM, with its own root and namespaces.
@@ -630,19 +608,9 @@ fn containers_of_one_pod_share_one_vm() {
     assert_eq!(vmms_mentioning(&format!("/{ns}/")), 1, "one VM for the pod");
 
     // The first container still runs and kept its own upper.
-    let o = ctrd.ctr(
-        ns,
-        &["task", "exec", "--exec-id", "b2", "p1", "cat", "/mark"],
-    );
+    let o = exec_in(&ctrd, ns, "p1", "b2", &["cat", "/mark"]);
     assert_eq!(stdout(&o), "first\n", "{}", text(&o));
-    assert!(ctrd
-        .ctr(ns, &["task", "kill", "-s", "SIGKILL", "p1"])
-        .status
-        .success());
-    assert!(eventually(30, || task_status(&ctrd, ns, "p1").as_deref()
-        == Some("STOPPED")));
-    assert!(ctrd.ctr(ns, &["task", "delete", "p1"]).status.success());
-    assert!(ctrd.ctr(ns, &["container", "rm", "p1"]).status.success());
+    kill_and_remove(&ctrd, ns, "p1");
     assert!(
         eventually(20, || vmms_mentioning(&format!("/{ns}/")) == 0),
         "VMM left after the pod's last container"
