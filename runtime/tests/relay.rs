@@ -51,12 +51,27 @@ async fn client(path: &Path) -> AgentClient {
 /// A client speaking raw bytes: returns it after reading its range header and `core.ready`.
 async fn raw_client(path: &Path) -> (UnixStream, Range<u32>) {
     let mut s = UnixStream::connect(path).await.unwrap();
+    let range = read_welcome(&mut s).await;
+    (s, range)
+}
+
+/// Reads what a new client gets first, its range header and the cached `core.ready`.
+async fn read_welcome(s: &mut UnixStream) -> Range<u32> {
     let mut h = [0u8; RangeHeader::SIZE];
     s.read_exact(&mut h).await.unwrap();
     let h = RangeHeader::from_bytes(h).expect("a valid range header");
-    let ready = read_msg(&mut s).await;
+    let ready = read_msg(s).await;
     assert_eq!(ready.decode::<Ready>().unwrap().agent_version, "fake");
-    (s, h.id_start..h.id_end_exclusive)
+    h.id_start..h.id_end_exclusive
+}
+
+/// Options under which a full client queue is reached quickly and the grace is short.
+fn tight_queues() -> RelayOptions {
+    RelayOptions {
+        client_queue_bytes: 0, // raised to one maximal frame
+        slow_client_grace: Duration::from_millis(300),
+        ..RelayOptions::default()
+    }
 }
 
 /// Reads and discards until end-of-stream; fails the test if the stream stays open.
@@ -365,12 +380,7 @@ async fn the_129th_client_is_refused() {
 
 #[tokio::test]
 async fn a_client_that_does_not_read_is_dropped_and_others_keep_working() {
-    let opts = RelayOptions {
-        client_queue_bytes: 0, // raised to one maximal frame
-        slow_client_grace: Duration::from_millis(300),
-        ..RelayOptions::default()
-    };
-    let mut f = fixture(opts).await;
+    let mut f = fixture(tight_queues()).await;
     let good = client(&f.path).await;
     let (mut slow, range) = raw_client(&f.path).await;
     let ping = tokio::spawn(async move {
@@ -398,21 +408,13 @@ async fn a_client_that_does_not_read_is_dropped_and_others_keep_working() {
 
 #[tokio::test]
 async fn the_owner_is_waited_for_never_dropped_as_slow() {
-    let opts = RelayOptions {
-        client_queue_bytes: 0, // raised to one maximal frame
-        slow_client_grace: Duration::from_millis(300),
-        ..RelayOptions::default()
-    };
-    let f = fixture(opts).await;
+    let f = fixture(tight_queues()).await;
     let mut owner = f.relay.attach().unwrap();
-    let mut h = [0u8; RangeHeader::SIZE];
-    owner.read_exact(&mut h).await.unwrap();
-    let range = RangeHeader::from_bytes(h).unwrap();
-    read_msg(&mut owner).await; // core.ready
-                                // 16 MiB for the owner while it reads nothing for well past the grace period: the guest
-                                // side waits (backpressure) instead of the owner being dropped.
+    let range = read_welcome(&mut owner).await;
+    // 16 MiB for the owner while it reads nothing for well past the grace period: the guest
+    // side waits (backpressure) instead of the owner being dropped.
     let mut guest = f.guest;
-    let id = range.id_start;
+    let id = range.start;
     let writer = tokio::spawn(async move {
         let chunk = ExecStdout {
             data: vec![7u8; 1024 * 1024],
