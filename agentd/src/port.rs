@@ -99,15 +99,23 @@ const COALESCE: usize = 256 * 1024;
 fn writer(mut port: File, rx: Receiver<Vec<u8>>) {
     let mut batch = Vec::with_capacity(COALESCE);
     while let Ok(frame) = rx.recv() {
-        batch.clear();
-        batch.extend_from_slice(&frame);
-        while batch.len() < COALESCE {
-            match rx.try_recv() {
-                Ok(next) => batch.extend_from_slice(&next),
-                Err(_) => break,
+        // A frame alone (the usual case) is written as it is, without a copy into the batch.
+        let out = match rx.try_recv() {
+            Err(_) => &frame,
+            Ok(next) => {
+                batch.clear();
+                batch.extend_from_slice(&frame);
+                batch.extend_from_slice(&next);
+                while batch.len() < COALESCE {
+                    match rx.try_recv() {
+                        Ok(next) => batch.extend_from_slice(&next),
+                        Err(_) => break,
+                    }
+                }
+                &batch
             }
-        }
-        if let Err(e) = port.write_all(&batch) {
+        };
+        if let Err(e) = port.write_all(out) {
             // The host went away; the frames are lost, as the sessions' state on the host is.
             tracing::debug!("agent port write failed: {e}");
         }
