@@ -46,16 +46,10 @@ const STDIN_QUEUE: usize = 16;
 /// A live session as the dispatcher sees it.
 #[derive(Debug)]
 pub struct Session {
-    /// The process.
-    pub pid: i32,
-    /// The container, if any.
-    pub container: Option<String>,
-    /// Whether this process is its container's init.
-    pub is_init: bool,
+    /// Its process.
+    pub started: Started,
     /// Stdin chunks; an empty chunk closes stdin. `None` once closed or without stdin.
     pub stdin: Option<SyncSender<Vec<u8>>>,
-    /// The terminal master, for resizes.
-    pub tty: Option<Arc<OwnedFd>>,
     /// Set once nothing more may be sent for the session (exited, or forgotten).
     closed: Arc<AtomicBool>,
 }
@@ -111,11 +105,8 @@ pub fn run_session(
     sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
         id,
         Session {
-            pid: started.pid,
-            container: started.container,
-            is_init: started.is_init,
+            started,
             stdin: stdin_tx,
-            tty: started.tty,
             closed: closed.clone(),
         },
     );
@@ -163,7 +154,7 @@ pub fn forget(sessions: &Sessions, range: std::ops::Range<u32>) -> usize {
     for id in &ids {
         if let Some(s) = all.remove(id) {
             s.closed.store(true, Ordering::SeqCst);
-            let _ = crate::sys::kill(s.pid, libc::SIGKILL);
+            let _ = crate::sys::kill(s.started.pid, libc::SIGKILL);
         }
     }
     ids.len()

@@ -185,7 +185,7 @@ impl Server {
             }
             ExecResize::TYPE => {
                 if let Some(r) = self.decode::<ExecResize>(&msg) {
-                    match lock(&self.sessions).get(&id).map(|s| s.tty.clone()) {
+                    match lock(&self.sessions).get(&id).map(|s| s.started.tty.clone()) {
                         Some(Some(tty)) => {
                             let _ = sys::set_winsize(tty.as_raw_fd(), r.rows, r.cols);
                         }
@@ -409,7 +409,11 @@ impl Server {
 
     fn signal(&self, id: u32, s: ExecSignal, kind: &str) {
         let (pid, container, is_init) = match lock(&self.sessions).get(&id) {
-            Some(sess) => (sess.pid, sess.container.clone(), sess.is_init),
+            Some(sess) => (
+                sess.started.pid,
+                sess.started.container.clone(),
+                sess.started.is_init,
+            ),
             None => {
                 return self.error(
                     id,

@@ -32,7 +32,7 @@ pub fn run(
             .all(|c| c.init_pid.is_none() || c.init_exited)
     });
     for s in sessions.lock().unwrap_or_else(|e| e.into_inner()).values() {
-        let _ = sys::kill(s.pid, libc::SIGKILL);
+        let _ = sys::kill(s.started.pid, libc::SIGKILL);
     }
     let mut all: Vec<Container> = lock().drain().map(|(_, c)| c).collect();
     for c in &mut all {
