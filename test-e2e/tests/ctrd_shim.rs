@@ -241,10 +241,17 @@ fn detached_task_verbs() {
         "{}",
         text(&o)
     );
-    // With a terminal (script(1) gives ctr one).
+    // With a terminal: script(1) gives ctr one. The time limit stays outside script: a
+    // `timeout` inside would move ctr into a process group of its own, in the background of that
+    // terminal, where ctr's switch to raw mode stops it with SIGTTOU (whenever script's $SHELL
+    // forks rather than execs the command: dash does, bash does not). SHELL is set so the test
+    // runs the same with any caller's environment.
     let sock = ctrd.socket().display().to_string();
-    let o = Command::new("script")
-        .args(["-qec", &format!("timeout 120 ctr --address {sock} -n {ns} task exec -t --exec-id e2 v1 sh -c 'test -t 0 && echo is-a-tty'"), "/dev/null"])
+    let o = Command::new("timeout")
+        .args(["--kill-after=5", "120", "script", "-qec"])
+        .arg(format!("ctr --address {sock} -n {ns} task exec -t --exec-id e2 v1 sh -c 'test -t 0 && echo is-a-tty'"))
+        .arg("/dev/null")
+        .env("SHELL", "/bin/sh")
         .output()
         .unwrap();
     assert!(
