@@ -14,7 +14,13 @@ fn main() {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(msb_shim::msbox::main(cli)),
+        Ok(rt) => {
+            let code = rt.block_on(msb_shim::msbox::main(cli));
+            // Not a plain drop: that waits for a pending read of our stdin (tokio reads it on a
+            // blocking thread that cannot be cancelled), i.e. for the user to press a key.
+            rt.shutdown_background();
+            code
+        }
         Err(e) => {
             eprintln!("msbox: cannot start the async runtime: {e}");
             125
