@@ -8,17 +8,25 @@
 //!
 //! A session whose host client left ([`forget`]) sends nothing more at all: its id range may be
 //! handed to the relay's next client, which must not receive the old session's frames.
+//!
+//! Stdin never makes the dispatcher wait: it is the only reader of the agent port, so a process
+//! that does not read its stdin would otherwise stall every session of the VM, including the
+//! signal that would end that process. Chunks go into an unbounded queue whose size the host
+//! bounds by flow control: the session's stdin thread acknowledges the bytes it takes
+//! (`core.exec.stdin.ack`), and a host keeps at most [`STDIN_WINDOW`] bytes unacknowledged. A
+//! chunk that would queue more than that is a host bug: it is logged and dropped.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use msb_protocol::types::{ExecExited, ExecStderr, ExecStdout};
+use msb_protocol::types::{ExecExited, ExecStderr, ExecStdinAck, ExecStdout};
+use msb_protocol::{Payload, STDIN_WINDOW};
 
 use crate::port::Out;
 
@@ -40,18 +48,69 @@ const STREAM_GAP: Duration = Duration::from_millis(20);
 /// See [`SMALL_READ`].
 const COALESCE_WAIT: Duration = Duration::from_millis(10);
 
-/// Stdin chunks queued per session before the reader of the agent port blocks.
-const STDIN_QUEUE: usize = 16;
+/// Bytes of stdin taken before an acknowledgement is sent even though more is queued (one is
+/// always sent when the queue runs empty).
+const STDIN_ACK_EVERY: usize = STDIN_WINDOW / 4;
 
 /// A live session as the dispatcher sees it.
 #[derive(Debug)]
 pub struct Session {
     /// Its process.
     pub started: Started,
-    /// Stdin chunks; an empty chunk closes stdin. `None` once closed or without stdin.
-    pub stdin: Option<SyncSender<Vec<u8>>>,
-    /// Set once nothing more may be sent for the session (exited, or forgotten).
-    closed: Arc<AtomicBool>,
+    /// Its stdin; an empty chunk closes it. `None` once closed or without stdin.
+    pub stdin: Option<StdinQueue>,
+    /// Closed once nothing more may be sent for the session (exited, or forgotten).
+    open: Arc<OpenGate>,
+}
+
+/// Whether a session may still send. A sender holds it while queueing a frame, so every frame
+/// of the session is queued before `exited` (or before it was forgotten) or not at all.
+#[derive(Debug, Default)]
+struct OpenGate {
+    closed: Mutex<bool>,
+}
+
+impl OpenGate {
+    /// Queues `payload` on `id` unless the session is closed; returns whether it was queued.
+    fn send<P: Payload>(&self, out: &Out, id: u32, payload: &P) -> bool {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return false;
+        }
+        out.send(id, payload);
+        true
+    }
+
+    fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// The dispatcher's end of a process's stdin: queueing never blocks.
+#[derive(Debug, Clone)]
+pub struct StdinQueue {
+    tx: Sender<Vec<u8>>,
+    /// Bytes queued and not yet taken by the stdin thread.
+    queued: Arc<AtomicUsize>,
+}
+
+impl StdinQueue {
+    /// Queues `data` (empty: EOF). Refused, with the reason, when it would queue more than
+    /// [`STDIN_WINDOW`] bytes: the host did not wait for acknowledgements.
+    pub fn push(&self, data: Vec<u8>) -> Result<(), String> {
+        let len = data.len();
+        let queued = self.queued.fetch_add(len, Ordering::SeqCst) + len;
+        if queued > STDIN_WINDOW {
+            self.queued.fetch_sub(len, Ordering::SeqCst);
+            return Err(format!(
+                "{len} bytes of stdin dropped: {} already queued, the window is {STDIN_WINDOW}",
+                queued - len
+            ));
+        }
+        // A send fails only once the stdin thread ended, after EOF: nothing is left to feed.
+        let _ = self.tx.send(data);
+        Ok(())
+    }
 }
 
 /// What the dispatcher knows of a process when its session starts.
@@ -96,25 +155,36 @@ pub fn run_session(
     started: Started,
     on_exit: impl FnOnce(i32) + Send + 'static,
 ) {
-    let closed = Arc::new(AtomicBool::new(false));
-    let stdin_tx = stdio.stdin.map(|f| {
-        let (tx, rx) = sync_channel::<Vec<u8>>(STDIN_QUEUE);
-        thread(move || pump_in(f, rx));
-        tx
+    let open = Arc::new(OpenGate::default());
+    let stdin = stdio.stdin.map(|f| {
+        let (tx, rx) = channel::<Vec<u8>>();
+        let queue = StdinQueue {
+            tx,
+            queued: Arc::default(),
+        };
+        let taker = StdinTaker {
+            id,
+            rx,
+            queued: queue.queued.clone(),
+            out: out.clone(),
+            open: open.clone(),
+        };
+        thread(move || pump_in(f, taker));
+        queue
     });
     sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
         id,
         Session {
             started,
-            stdin: stdin_tx,
-            closed: closed.clone(),
+            stdin,
+            open: open.clone(),
         },
     );
     let (done_tx, done_rx) = sync_channel::<()>(2);
     let mut readers = 0;
     let spawn_reader = |f: File, err: bool, done: SyncSender<()>| {
-        let (out, closed) = (out.clone(), closed.clone());
-        thread(move || pump_out(id, f, err, out, closed, done));
+        let (out, open) = (out.clone(), open.clone());
+        thread(move || pump_out(id, f, err, out, open, done));
     };
     spawn_reader(stdio.stdout, false, done_tx.clone());
     readers += 1;
@@ -132,7 +202,7 @@ pub fn run_session(
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        closed.store(true, Ordering::SeqCst);
+        open.close();
         on_exit(code);
         // Absent: forgotten because its client left; the id may be someone else's by now.
         let known = sessions
@@ -153,7 +223,7 @@ pub fn forget(sessions: &Sessions, range: std::ops::Range<u32>) -> usize {
     let ids: Vec<u32> = all.keys().copied().filter(|i| range.contains(i)).collect();
     for id in &ids {
         if let Some(s) = all.remove(id) {
-            s.closed.store(true, Ordering::SeqCst);
+            s.open.close();
             let _ = crate::sys::kill(s.started.pid, libc::SIGKILL);
         }
     }
@@ -166,32 +236,25 @@ fn thread(f: impl FnOnce() + Send + 'static) {
     }
 }
 
-fn pump_out(
-    id: u32,
-    mut f: File,
-    err: bool,
-    out: Out,
-    closed: Arc<AtomicBool>,
-    done: SyncSender<()>,
-) {
+fn pump_out(id: u32, mut f: File, err: bool, out: Out, open: Arc<OpenGate>, done: SyncSender<()>) {
     let mut buf = vec![0u8; CHUNK];
     let mut last_read: Option<Instant> = None;
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if closed.load(Ordering::SeqCst) {
-                    break;
-                }
                 let now = Instant::now();
                 let busy =
                     n < SMALL_READ && last_read.is_some_and(|t| now.duration_since(t) < STREAM_GAP);
                 last_read = Some(now);
                 let data = buf[..n].to_vec();
-                if err {
-                    out.send(id, &ExecStderr { data });
+                let sent = if err {
+                    open.send(&out, id, &ExecStderr { data })
                 } else {
-                    out.send(id, &ExecStdout { data });
+                    open.send(&out, id, &ExecStdout { data })
+                };
+                if !sent {
+                    break;
                 }
                 if busy {
                     std::thread::sleep(COALESCE_WAIT);
@@ -205,18 +268,56 @@ fn pump_out(
     let _ = done.send(());
 }
 
-fn pump_in(mut f: File, rx: Receiver<Vec<u8>>) {
-    for chunk in rx {
+/// The stdin thread's end of a [`StdinQueue`].
+#[derive(Debug)]
+struct StdinTaker {
+    id: u32,
+    rx: Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    out: Out,
+    open: Arc<OpenGate>,
+}
+
+impl StdinTaker {
+    fn ack(&self, unacked: &mut usize) {
+        if *unacked > 0 {
+            self.open.send(
+                &self.out,
+                self.id,
+                &ExecStdinAck {
+                    bytes: *unacked as u64,
+                },
+            );
+            *unacked = 0;
+        }
+    }
+}
+
+/// Feeds the process's stdin and acknowledges each byte taken. The acknowledgement goes out when
+/// a chunk is taken, before the (possibly long) write: the guest then holds at most the window
+/// plus the chunk in hand, and the host hears of the bytes before anything the process does with
+/// them. Once the process closed its stdin the bytes are still taken (and dropped), so the host's
+/// window never stays shut.
+fn pump_in(mut f: File, taker: StdinTaker) {
+    let mut writable = true;
+    let mut unacked = 0usize;
+    while let Ok(chunk) = taker.rx.recv() {
         if chunk.is_empty() {
             // EOF. Dropping `f` closes a pipe; a terminal master stays open for the output, so
             // the terminal's EOF character is sent instead, as a typing user would.
-            if is_tty(&f) {
+            if writable && is_tty(&f) {
                 let _ = f.write_all(&[4]);
             }
             return;
         }
-        if f.write_all(&chunk).is_err() {
-            return;
+        let len = chunk.len();
+        let left = taker.queued.fetch_sub(len, Ordering::SeqCst) - len;
+        unacked += len;
+        if left == 0 || unacked >= STDIN_ACK_EVERY {
+            taker.ack(&mut unacked);
+        }
+        if writable && f.write_all(&chunk).is_err() {
+            writable = false;
         }
     }
 }
@@ -268,6 +369,78 @@ mod tests {
             |_| {},
         );
         (stdout_w, exit_tx)
+    }
+
+    /// Sums the `core.exec.stdin.ack` frames on the port until `want` bytes are acknowledged.
+    fn read_acks(port: &mut File, id: u32, want: u64) {
+        let mut acked = 0;
+        while acked < want {
+            let frame = read_frame(port).unwrap().expect("an ack");
+            let msg = Message::from_frame(&frame).unwrap();
+            assert_eq!(msg.id, id);
+            acked += msg.decode::<ExecStdinAck>().unwrap().bytes;
+        }
+        assert_eq!(acked, want, "acknowledged exactly what was taken");
+    }
+
+    #[test]
+    fn stdin_is_queued_without_blocking_and_acknowledged_as_taken() {
+        let (mut port_r, port_w) = pipe();
+        let out = Out::start(port_w).unwrap();
+        let sessions: Sessions = Arc::default();
+        let (mut in_r, in_w) = pipe();
+        // The process's stdout stays open (and silent) until the end of the test.
+        let (stdout_r, stdout_w) = pipe();
+        let (exit_tx, exit_rx) = sync_channel(1);
+        let started = Started {
+            pid: 0,
+            container: None,
+            is_init: false,
+            tty: None,
+        };
+        let stdio = ParentStdio {
+            stdin: Some(in_w),
+            stdout: stdout_r,
+            stderr: None,
+        };
+        run_session(
+            7,
+            out.clone(),
+            stdio,
+            exit_rx,
+            sessions.clone(),
+            started,
+            |_| {},
+        );
+        let queue = sessions.lock().unwrap()[&7].stdin.clone().unwrap();
+
+        // More than the window at once is refused (the host ignored the acknowledgements).
+        let refused = queue.push(vec![b'y'; STDIN_WINDOW + 1]).unwrap_err();
+        assert_eq!(
+            refused,
+            "1048577 bytes of stdin dropped: 0 already queued, the window is 1048576"
+        );
+        // Nobody reads the process's stdin (a pipe holds 64 KiB): a whole window still queues
+        // without waiting.
+        let chunk = STDIN_WINDOW / 4;
+        for _ in 0..4 {
+            queue.push(vec![b'x'; chunk]).unwrap();
+        }
+
+        // The process reads: every byte arrives, and all of them are acknowledged.
+        let mut got = vec![0u8; STDIN_WINDOW];
+        in_r.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&b| b == b'x'));
+        read_acks(&mut port_r, 7, STDIN_WINDOW as u64);
+
+        // The process closes its stdin: what comes after is still taken and acknowledged, so
+        // the host's window never stays shut.
+        drop(in_r);
+        queue.push(vec![b'z'; 1000]).unwrap();
+        read_acks(&mut port_r, 7, 1000);
+
+        drop(stdout_w);
+        exit_tx.send(0).unwrap();
     }
 
     #[test]

@@ -177,9 +177,11 @@ impl Server {
                             }
                         }
                     };
-                    // Blocks while the process does not read: backpressure to the host.
+                    // Never blocks: the host's window bounds the queue (see `exec`).
                     if let Some(tx) = tx {
-                        let _ = tx.send(s.data);
+                        if let Err(why) = tx.push(s.data) {
+                            tracing::error!(exec = id, "host ignored the stdin window: {why}");
+                        }
                     }
                 }
             }

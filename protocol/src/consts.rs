@@ -35,6 +35,12 @@ pub const FRAME_HEADER_SIZE: usize = 5;
 /// the envelope under [`MAX_FRAME_LEN`].
 pub const MAX_STREAM_CHUNK: usize = 1024 * 1024;
 
+/// Stdin bytes a host may have sent to one exec session and not yet seen acknowledged by
+/// `core.exec.stdin.ack` (1 MiB). The guest queues them without ever blocking its one reader of
+/// the agent port, so a process that does not read its stdin cannot stall the VM's other
+/// sessions (nor the signal that would end it).
+pub const STDIN_WINDOW: usize = 1024 * 1024;
+
 /// Largest chunk of a streamed `core.fs.data` transfer (3 MiB).
 pub const MAX_FS_CHUNK: usize = 3 * 1024 * 1024;
 

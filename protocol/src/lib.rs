@@ -16,6 +16,12 @@
 //! - `p` is the CBOR payload of the type: structs as text-keyed maps, byte fields as byte
 //!   strings, `None` as null, unknown fields ignored.
 //!
+//! - Additions of ours to the seed protocol are marked **ours** on their payload types. One is
+//!   flow control of stdin: a host keeps at most [`STDIN_WINDOW`] bytes of a session's
+//!   `core.exec.stdin` unacknowledged, and the guest acknowledges the bytes its process took with
+//!   `core.exec.stdin.ack{bytes}`, so the guest's one reader of the stream never waits for a
+//!   process that does not read its stdin.
+//!
 //! Layers: [`frame`] (bytes <-> [`Frame`], blocking and, with the `tokio` feature, async via
 //! [`codec::FrameCodec`]), [`message`] (frame <-> envelope, typed payloads via [`Payload`]),
 //! [`types`] (every payload), [`boot`] (the `MSB_*` kernel command line settings), [`relay`]

@@ -44,6 +44,7 @@ payloads! {
     ExecRequest => "core.exec.request", SESSION_START;
     ExecStarted => "core.exec.started", NONE;
     ExecStdin => "core.exec.stdin", NONE;
+    ExecStdinAck => "core.exec.stdin.ack", NONE;
     ExecStdout => "core.exec.stdout", NONE;
     ExecStderr => "core.exec.stderr", NONE;
     ExecResize => "core.exec.resize", NONE;
@@ -266,6 +267,15 @@ pub struct ExecStdin {
     /// The bytes.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+}
+
+/// **ours** `core.exec.stdin.ack` (guest -> host): `bytes` more of the session's stdin left the
+/// guest's queue (taken to be written to the process, or discarded once it closed its stdin).
+/// The host keeps at most [`crate::STDIN_WINDOW`] bytes unacknowledged per session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStdinAck {
+    /// Bytes taken since the previous acknowledgement.
+    pub bytes: u64,
 }
 
 /// `core.exec.stdout` (guest -> host): bytes from stdout (or the terminal).

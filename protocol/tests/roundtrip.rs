@@ -97,6 +97,7 @@ proptest! {
         round_trip(id, &ExecStdout { data: data.clone() });
         round_trip(id, &ExecStderr { data: data.clone() });
         round_trip(id, &ExecStdin { data: data.clone() });
+        round_trip(id, &ExecStdinAck { bytes: data.len() as u64 });
         round_trip(id, &FsData { data });
     }
 
@@ -262,6 +263,7 @@ fn every_message_type_implies_one_flags_value() {
         Some(Flags::SESSION_START)
     );
     assert_eq!(implied_flags("core.exec.exited"), Some(Flags::TERMINAL));
+    assert_eq!(implied_flags("core.exec.stdin.ack"), Some(Flags::NONE));
     assert_eq!(implied_flags("core.shutdown"), Some(Flags::SHUTDOWN));
     assert_eq!(implied_flags("core.nope"), None);
 }

@@ -18,7 +18,7 @@ pub mod relay;
 pub mod sandbox;
 pub mod vmm;
 
-pub use agent::{AgentClient, AgentError, ExecEvent, ExecSession};
+pub use agent::{AgentClient, AgentError, ExecEvent, ExecSession, StdinSender};
 pub use assets::GuestAssets;
 pub use sandbox::{Sandbox, SandboxConfig, SandboxError};
 pub use vmm::{BackendKind, DiskSpec, VmSpec, VmmError};

@@ -21,8 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use msb_oci::OciRootfsSource;
 use msb_protocol::types::{
-    ContainerCreate, ContainerStatsReply, ExecRequest, ExecResize, ExecSignal, ExecStdin,
-    Resources, RootfsSpec, StorageRef,
+    ContainerCreate, ContainerStatsReply, ExecRequest, ExecResize, ExecSignal, Resources,
+    RootfsSpec, StorageRef,
 };
 use msb_protocol::{DISKS_MOUNT_DIR, RUNTIME_FS_TAG, RUNTIME_MOUNT_POINT};
 use msb_runtime::vmm::{parse_backend, DiskSpec, ShareSpec};
@@ -382,6 +382,7 @@ impl Sandbox for RuntimeSandbox {
             }
         };
         lock(&self.processes).insert(key.clone(), id);
+        let sender = session.stdin();
         let (out_tx, out_rx) = mpsc::channel(64);
         let (exit_tx, exit_rx) = oneshot::channel();
         let mut gate = OutputGate::new(
@@ -410,27 +411,17 @@ impl Sandbox for RuntimeSandbox {
             }
         });
         let stdin = has_stdin.then(|| {
+            // Its own task: a chunk waits here for the guest's window (a process that does not
+            // read its stdin holds back only its own stdin), and back-pressures the FIFO copy.
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
-            let agent = agent.clone();
             tokio::spawn(async move {
                 while let Some(chunk) = rx.recv().await {
-                    let eof = chunk.is_empty();
-                    for part in chunk.chunks(msb_protocol::MAX_STREAM_CHUNK) {
-                        if agent
-                            .send(
-                                id,
-                                &ExecStdin {
-                                    data: part.to_vec(),
-                                },
-                            )
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    if eof {
-                        let _ = agent.send(id, &ExecStdin { data: Vec::new() }).await;
+                    let sent = if chunk.is_empty() {
+                        sender.close().await
+                    } else {
+                        sender.write(&chunk).await
+                    };
+                    if chunk.is_empty() || sent.is_err() {
                         return;
                     }
                 }

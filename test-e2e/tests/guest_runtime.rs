@@ -118,7 +118,7 @@ async fn one_vm_many_processes() {
         .unwrap();
     assert!(matches!(tty.next().await.unwrap(), ExecEvent::Started(_)));
     tty.resize(51, 163).await.unwrap();
-    tty.write_stdin(b"\n").await.unwrap();
+    tty.stdin().write(b"\n").await.unwrap();
     let (out, _, code) = tty.collect().await.unwrap();
     assert!(
         String::from_utf8_lossy(&out).ends_with("51 163\r\n"),
@@ -126,6 +126,45 @@ async fn one_vm_many_processes() {
         String::from_utf8_lossy(&out)
     );
     assert_eq!(code.unwrap(), 0);
+
+    // A process that never reads its stdin holds back only its own stdin: of 32 MiB offered,
+    // the guest's window takes 1 MiB; another exec still runs and a signal still reaches the
+    // process (agentd's one reader of the agent port never waits for a process's stdin).
+    let mut deaf = agent
+        .exec(&ExecRequest {
+            stdin: true,
+            ..sh("exec sleep 600")
+        })
+        .await
+        .unwrap();
+    assert!(matches!(deaf.next().await.unwrap(), ExecEvent::Started(_)));
+    let sender = deaf.stdin();
+    let feeding = tokio::spawn(async move { sender.write(&vec![b'x'; 32 << 20]).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!feeding.is_finished(), "32 MiB cannot fit in the window");
+    let other = async { agent.exec(&sh("echo alive")).await.unwrap().collect().await };
+    let (out, _, code) = tokio::time::timeout(Duration::from_secs(60), other)
+        .await
+        .expect("another exec runs while a process ignores its stdin")
+        .unwrap();
+    assert_eq!(
+        (String::from_utf8(out).unwrap(), code.unwrap()),
+        ("alive\n".to_owned(), 0)
+    );
+    deaf.signal(9, false).await.unwrap();
+    let (_, _, code) = tokio::time::timeout(Duration::from_secs(60), deaf.collect())
+        .await
+        .expect("the signal reaches a process that ignores its stdin")
+        .unwrap();
+    assert_eq!(code.unwrap(), 137);
+    let fed = tokio::time::timeout(Duration::from_secs(10), feeding)
+        .await
+        .expect("the stdin writer ends with its session")
+        .unwrap();
+    assert_eq!(
+        fed.unwrap_err().to_string(),
+        "agent connection closed: the process's session ended"
+    );
 
     // Past the memory limit: 137 and an OOM event for the container.
     let mut events = agent.events();

@@ -132,6 +132,11 @@ impl Session {
     pub async fn send<P: Payload>(&self, p: &P) -> Result<(), AgentError> {
         self.client.send(self.id, p).await
     }
+
+    /// The connection it belongs to.
+    pub(super) fn client(&self) -> &AgentClient {
+        &self.client
+    }
 }
 
 impl Drop for Session {

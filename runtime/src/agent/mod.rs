@@ -11,4 +11,4 @@ mod client;
 mod exec;
 
 pub use client::{AgentClient, AgentError, Session};
-pub use exec::{ExecEvent, ExecSession};
+pub use exec::{ExecEvent, ExecSession, StdinSender, StdinWindow};

@@ -154,9 +154,28 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 /// Streams stdin to the process and its output to ours until it ends.
 async fn pump(exec: &mut msb_runtime::ExecSession, interactive: bool, tty: bool) -> Result<i32> {
     let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut stdin_open = interactive;
+    if interactive {
+        // Its own task: a write waits for the guest's stdin window, which opens only while the
+        // loop below reads the session.
+        let sender = exec.stdin();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = sender.close().await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if sender.write(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     loop {
         tokio::select! {
@@ -169,10 +188,6 @@ async fn pump(exec: &mut msb_runtime::ExecSession, interactive: bool, tty: bool)
                     eprintln!("msbox: {}", f.message);
                     return Ok(f.kind.exit_code());
                 }
-            },
-            n = stdin.read(&mut buf), if stdin_open => match n {
-                Ok(0) | Err(_) => { stdin_open = false; exec.close_stdin().await?; }
-                Ok(n) => exec.write_stdin(&buf[..n]).await?,
             },
             _ = winch.recv(), if tty => {
                 if let Some((rows, cols)) = term::size(0).or_else(|| term::size(1)) {
