@@ -339,22 +339,24 @@ mod tests {
         (File::from(r), File::from(w))
     }
 
-    /// Starts a session for `id` around a real process; returns its stdout writer and exit sender.
+    /// Starts a session for `id` around process `pid` (its stdin fed into `stdin`, if any);
+    /// returns the writer of its stdout and the sender of its exit.
     fn session(
         id: u32,
         out: &Out,
         sessions: &Sessions,
-        child: &std::process::Child,
+        pid: u32,
+        stdin: Option<File>,
     ) -> (File, SyncSender<i32>) {
         let (stdout_r, stdout_w) = pipe();
         let (exit_tx, exit_rx) = sync_channel(1);
         let stdio = ParentStdio {
-            stdin: None,
+            stdin,
             stdout: stdout_r,
             stderr: None,
         };
         let started = Started {
-            pid: child.id() as i32,
+            pid: pid as i32,
             container: None,
             is_init: false,
             tty: None,
@@ -389,29 +391,8 @@ mod tests {
         let out = Out::start(port_w).unwrap();
         let sessions: Sessions = Arc::default();
         let (mut in_r, in_w) = pipe();
-        // The process's stdout stays open (and silent) until the end of the test.
-        let (stdout_r, stdout_w) = pipe();
-        let (exit_tx, exit_rx) = sync_channel(1);
-        let started = Started {
-            pid: 0,
-            container: None,
-            is_init: false,
-            tty: None,
-        };
-        let stdio = ParentStdio {
-            stdin: Some(in_w),
-            stdout: stdout_r,
-            stderr: None,
-        };
-        run_session(
-            7,
-            out.clone(),
-            stdio,
-            exit_rx,
-            sessions.clone(),
-            started,
-            |_| {},
-        );
+        // No process: the test reads its stdin; its stdout stays open until the end.
+        let (stdout_w, exit_tx) = session(7, &out, &sessions, 0, Some(in_w));
         let queue = sessions.lock().unwrap()[&7].stdin.clone().unwrap();
 
         // More than the window at once is refused (the host ignored the acknowledgements).
@@ -455,8 +436,8 @@ mod tests {
                 .unwrap()
         };
         let (mut gone, mut kept) = (sleep(), sleep());
-        let (mut gone_out, gone_exit) = session(5, &out, &sessions, &gone);
-        let (kept_out, kept_exit) = session(1000, &out, &sessions, &kept);
+        let (mut gone_out, gone_exit) = session(5, &out, &sessions, gone.id(), None);
+        let (kept_out, kept_exit) = session(1000, &out, &sessions, kept.id(), None);
 
         assert_eq!(forget(&sessions, 1..1000), 1);
         assert_eq!(gone.wait().unwrap().signal(), Some(libc::SIGKILL));
