@@ -3,15 +3,17 @@
 //! stdout and stderr are opened read-write (`O_RDWR` never blocks on a FIFO and keeps it open
 //! across `ctr task attach` re-connections; a slow or absent reader only blocks that copy, never
 //! the task service). stdin is opened read-only and non-blocking, as containerd's own shims do:
-//! when every writer has closed it, the process gets EOF. `CloseIO` ends it earlier. In terminal
-//! mode the guest sends one stream (stdout) and stderr stays unused.
+//! when every writer has closed it, the process gets EOF. `CloseIO` ends it earlier, but only
+//! after the bytes the FIFO already holds: `ctr` sends CloseIO as soon as its own input ended,
+//! when its last writes may still sit in the FIFO. In terminal mode the guest sends one stream
+//! (stdout) and stderr stays unused.
 
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::ShimError;
@@ -48,26 +50,69 @@ pub fn open_input(path: &str) -> Result<Option<pipe::Receiver>, ShimError> {
         .map_err(io_err("stdin", path))
 }
 
-/// Copies the stdin FIFO into the process until EOF, then sends the EOF marker (an empty chunk).
-pub fn spawn_stdin(mut fifo: pipe::Receiver, tx: mpsc::Sender<Vec<u8>>) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// The running copy of a process's stdin FIFO; dropping it stops the copy at once (the process
+/// is gone).
+#[derive(Debug)]
+pub struct StdinCopy {
+    task: JoinHandle<()>,
+    finish: Option<oneshot::Sender<()>>,
+}
+
+impl StdinCopy {
+    /// `CloseIO`: the copy takes what the FIFO holds now, then sends EOF.
+    pub fn finish(&mut self) {
+        if let Some(finish) = self.finish.take() {
+            let _ = finish.send(());
+        }
+    }
+}
+
+impl Drop for StdinCopy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies the stdin FIFO into the process until EOF or [`StdinCopy::finish`], then sends the EOF
+/// marker (an empty chunk). Every chunk waits for room in `tx` (nothing is dropped).
+pub fn spawn_stdin(fifo: pipe::Receiver, tx: mpsc::Sender<Vec<u8>>) -> StdinCopy {
+    let (finish, mut finishing) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            match fifo.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).await.is_err() {
-                        return;
+            let n = tokio::select! {
+                read = fifo.readable() => match read {
+                    Ok(()) => match fifo.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "read stdin FIFO");
+                            break;
+                        }
+                    },
+                    Err(_) => break,
+                },
+                // CloseIO: what the FIFO holds now is the rest of the input.
+                _ = &mut finishing => {
+                    while let Ok(n @ 1..) = fifo.try_read(&mut buf) {
+                        if tx.send(buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "read stdin FIFO");
                     break;
                 }
+            };
+            if tx.send(buf[..n].to_vec()).await.is_err() {
+                return;
             }
         }
         let _ = tx.send(Vec::new()).await;
-    })
+    });
+    StdinCopy {
+        task,
+        finish: Some(finish),
+    }
 }
 
 /// Copies the process's output into the FIFOs until the output ends. Output for an absent FIFO
@@ -96,6 +141,7 @@ pub fn spawn_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn mkfifo(path: &Path) {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -126,25 +172,66 @@ mod tests {
         assert_eq!(&buf, b"oops");
     }
 
-    #[tokio::test]
-    async fn stdin_is_copied_then_eof() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("in");
+    /// A stdin FIFO in `dir` with containerd's writer (opened before the shim's reader, as
+    /// containerd does) and the shim's reader.
+    fn stdin_fifo(dir: &Path) -> (std::fs::File, pipe::Receiver) {
+        let p = dir.join("in");
         mkfifo(&p);
-        // The writer (containerd's side) exists before the shim opens the FIFO.
         let writer = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&p)
             .unwrap();
-        let fifo = open_input(p.to_str().unwrap()).unwrap().unwrap();
+        (writer, open_input(p.to_str().unwrap()).unwrap().unwrap())
+    }
+
+    #[tokio::test]
+    async fn stdin_is_copied_then_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, fifo) = stdin_fifo(dir.path());
         let (tx, mut rx) = mpsc::channel(4);
-        let task = spawn_stdin(fifo, tx);
+        let _copy = spawn_stdin(fifo, tx);
         std::io::Write::write_all(&mut &writer, b"abc").unwrap();
         assert_eq!(rx.recv().await.unwrap(), b"abc");
         drop(writer);
         assert_eq!(rx.recv().await.unwrap(), Vec::<u8>::new());
-        task.await.unwrap();
+        assert_eq!(
+            rx.recv().await,
+            None,
+            "the copy ended and let go of the process"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_io_ends_stdin_after_what_the_fifo_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        // containerd's writer stays open: only CloseIO can end stdin.
+        let (writer, fifo) = stdin_fifo(dir.path());
+        // The process takes nothing yet: one chunk fits in its queue, the copy waits with the
+        // next, and the last writes stay in the FIFO, as when ctr's final writes meet CloseIO.
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut copy = spawn_stdin(fifo, tx);
+        let mut sent = Vec::new();
+        for (byte, len) in [(b'a', 8 << 10), (b'b', 8 << 10), (b'c', 60 << 10)] {
+            let part = vec![byte; len];
+            std::io::Write::write_all(&mut &writer, &part).unwrap();
+            sent.extend(part);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        copy.finish();
+        let mut got = Vec::new();
+        loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("EOF arrives")
+                .expect("EOF before the copy ends");
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend(chunk);
+        }
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "every byte written before CloseIO, in order");
     }
 
     #[test]

@@ -98,15 +98,37 @@ impl Containerd {
 
     /// Runs `ctr` against this containerd in namespace `ns`, killed after 120 s.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
-        Command::new("timeout")
-            .args(["--kill-after=5", "120", "ctr"])
+        self.ctr_command(ns, args).output().expect("ctr runs")
+    }
+
+    /// Like [`Containerd::ctr`], with `input` on ctr's stdin (then EOF).
+    pub fn ctr_with_stdin(&self, ns: &str, args: &[&str], input: Vec<u8>) -> Output {
+        let mut child = self
+            .ctr_command(ns, args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ctr runs");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let feeder = std::thread::spawn(move || {
+            // ctr may end without reading it all (a failure): that is for the caller to see.
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        });
+        let out = child.wait_with_output().expect("ctr ends");
+        let _ = feeder.join();
+        out
+    }
+
+    fn ctr_command(&self, ns: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--kill-after=5", "120", "ctr"])
             .arg("--address")
             .arg(&self.sock)
             .arg("--namespace")
             .arg(ns)
-            .args(args)
-            .output()
-            .expect("ctr runs")
+            .args(args);
+        cmd
     }
 
     /// The socket.

@@ -143,6 +143,41 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
     }
     let o = run_msb(&ctrd, ns, &["--rm"], "n3", &["sh", "-c", "exit 3"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+
+    // stdin through ctr, byte-exact: ctr sends CloseIO as soon as its own input ends, when its
+    // last writes may still be in the FIFO; they must reach the process before its EOF. The
+    // process starts reading late, so the input waits in every queue on the way (the FIFO, the
+    // shim, the guest's window) when CloseIO comes.
+    // 8 MB: 2 MB fitted in the queues and never showed the loss (a lost EOF: a hang).
+    let input: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    let want = {
+        let path = std::env::temp_dir().join(format!("msb-stdin-{}", std::process::id()));
+        std::fs::write(&path, &input).unwrap();
+        let o = Command::new("sha256sum").arg(&path).output().unwrap();
+        let _ = std::fs::remove_file(&path);
+        stdout(&o).split_whitespace().next().unwrap().to_owned()
+    };
+    let o = ctrd.ctr_with_stdin(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            "io.microsandbox.v1",
+            "--rm",
+            BUSYBOX,
+            "n5",
+            "sh",
+            "-c",
+            "sleep 2; cat > /in && sha256sum < /in && wc -c < /in",
+        ],
+        input,
+    );
+    assert_eq!(
+        (stdout(&o), o.status.code()),
+        (format!("{want}  -\n8000000\n"), Some(0)),
+        "{}",
+        text(&o)
+    );
     let o = run_msb(
         &ctrd,
         ns,

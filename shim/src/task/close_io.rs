@@ -11,7 +11,7 @@ impl TaskService {
         let mut tables = self.inner.tables.lock().await;
         let p = tables.container_mut(&req.id)?.process_mut(&req.exec_id)?;
         if req.stdin {
-            p.close_stdin();
+            p.finish_stdin();
         }
         Ok(Empty::default())
     }

@@ -43,9 +43,9 @@ impl TaskService {
                 .ok_or_else(|| ShimError::NotFound(format!("container {}", req.id)))?;
             c.init.transition(Transition::Delete)?;
             for p in c.execs.values_mut() {
-                p.close_stdin();
+                p.drop_stdin();
             }
-            c.init.close_stdin();
+            c.init.drop_stdin();
             let mut last = None;
             if let Some(pod) = tables.pods.get_mut(&c.sandbox_id) {
                 pod.containers.remove(&req.id);

@@ -66,8 +66,8 @@ pub(crate) struct Process {
     pub(crate) exited: watch::Sender<Option<ExitInfo>>,
     pub(crate) io: TaskIo,
     pub(crate) request: ExecRequest,
-    pub(crate) stdin: Option<mpsc::Sender<Vec<u8>>>,
-    pub(crate) stdin_task: Option<JoinHandle<()>>,
+    /// The copy of its stdin FIFO, once started.
+    pub(crate) stdin: Option<stdio::StdinCopy>,
 }
 
 impl Process {
@@ -81,7 +81,6 @@ impl Process {
             io,
             request,
             stdin: None,
-            stdin_task: None,
         }
     }
 
@@ -98,14 +97,16 @@ impl Process {
         Ok(())
     }
 
-    /// Ends stdin: stops the FIFO copy and sends EOF.
-    pub(crate) fn close_stdin(&mut self) {
-        if let Some(task) = self.stdin_task.take() {
-            task.abort();
+    /// `CloseIO`: stdin ends after what its FIFO holds now.
+    pub(crate) fn finish_stdin(&mut self) {
+        if let Some(copy) = self.stdin.as_mut() {
+            copy.finish();
         }
-        if let Some(tx) = self.stdin.take() {
-            let _ = tx.try_send(Vec::new());
-        }
+    }
+
+    /// The process is gone: its stdin copy stops at once.
+    pub(crate) fn drop_stdin(&mut self) {
+        self.stdin = None;
     }
 }
 
@@ -297,7 +298,7 @@ impl TaskService {
                 return;
             }
             p.exit = Some(info);
-            p.close_stdin();
+            p.drop_stdin();
             (p.event_id(), p.exited.clone())
         };
         tracing::info!(container = %key.container, exec = ?key.exec_id, pid, status, "process exited");
@@ -375,15 +376,15 @@ impl TaskService {
         };
         let mut session = sandbox.exec(key, request).await?;
         let pid = session.pid;
-        if let (Some(fifo), Some(tx)) = (stdin_fifo, session.stdin.clone()) {
-            let task = stdio::spawn_stdin(fifo, tx);
+        // The copy holds the only sender: when it ends, so does the process's stdin.
+        if let (Some(fifo), Some(tx)) = (stdin_fifo, session.stdin.take()) {
+            let copy = stdio::spawn_stdin(fifo, tx);
             let mut tables = self.inner.tables.lock().await;
             if let Ok(p) = tables
                 .container_mut(&key.container)
                 .and_then(|c| c.process_mut(key.exec_id.as_deref().unwrap_or("")))
             {
-                p.stdin = session.stdin.take();
-                p.stdin_task = Some(task);
+                p.stdin = Some(copy);
             }
         }
         Ok((pid, session, fifos))
