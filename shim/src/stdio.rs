@@ -8,6 +8,7 @@
 //! when its last writes may still sit in the FIFO. In terminal mode the guest sends one stream
 //! (stdout) and stderr stays unused.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -95,7 +96,11 @@ pub fn spawn_stdin(fifo: pipe::Receiver, tx: mpsc::Sender<Vec<u8>>) -> StdinCopy
                 },
                 // CloseIO: what the FIFO holds now is the rest of the input.
                 _ = &mut finishing => {
-                    while let Ok(n @ 1..) = fifo.try_read(&mut buf) {
+                    loop {
+                        let n = read_now(&fifo, &mut buf);
+                        if n == 0 {
+                            break;
+                        }
                         if tx.send(buf[..n].to_vec()).await.is_err() {
                             return;
                         }
@@ -113,6 +118,14 @@ pub fn spawn_stdin(fifo: pipe::Receiver, tx: mpsc::Sender<Vec<u8>>) -> StdinCopy
         task,
         finish: Some(finish),
     }
+}
+
+/// Reads what the FIFO holds right now (0: nothing, or no writer). Straight from the descriptor:
+/// tokio's `try_read` answers from its readiness cache, which may not have seen bytes that just
+/// arrived (or any, before the first poll), and would end stdin short.
+fn read_now(fifo: &pipe::Receiver, buf: &mut [u8]) -> usize {
+    // The FIFO is non-blocking: an empty one is EAGAIN, an error like any other here.
+    nix::unistd::read(fifo.as_raw_fd(), buf).unwrap_or(0)
 }
 
 /// Copies the process's output into the FIFOs until the output ends. Output for an absent FIFO

@@ -670,47 +670,78 @@ async fn stats_pids_update() {
     assert_eq!((conn.shim_pid, conn.task_pid), (std::process::id(), 101));
 }
 
-#[tokio::test]
-async fn stdin_fifo_reaches_the_process_and_close_io_ends_it() {
-    let h = Harness::new();
+/// Creates container `id` with a stdin FIFO whose writer (containerd's side, returned) stays
+/// open, so only CloseIO can end its stdin.
+async fn create_with_stdin(h: &Harness, id: &str) -> std::fs::File {
     let stdin = h.fifo("stdin");
-    // containerd's side holds the write end open.
     let writer = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&stdin)
         .unwrap();
-    let bundle = h.bundle("c", "ctr-run.json", &[]);
-    let mut req = h.create_req("c", &bundle, "");
-    req.stdin = stdin.clone();
+    let bundle = h.bundle(id, "ctr-run.json", &[]);
+    let mut req = h.create_req(id, &bundle, "");
+    req.stdin = stdin;
     h.svc.create(req).await.unwrap();
-    h.start("c", "").await.unwrap();
-    let vm = h.vm(0);
-    assert!(vm.request(&init("c")).unwrap().stdin);
-    std::io::Write::write_all(&mut &writer, b"input").unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut got = Vec::new();
-    while got.is_empty() && tokio::time::Instant::now() < deadline {
-        got = vm.stdin(&init("c"));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(got, vec![b"input".to_vec()]);
+    writer
+}
+
+async fn close_stdin(h: &Harness, id: &str) {
     h.svc
         .close_io(CloseIORequest {
-            id: "c".into(),
+            id: id.into(),
             stdin: true,
             ..Default::default()
         })
         .await
         .unwrap();
-    // EOF follows what the FIFO held (nothing more here), sent by the copy itself.
+}
+
+/// The chunks `id`'s init receives on stdin until `done` holds for them (10 s at most).
+async fn stdin_until(
+    vm: &FakeSandbox,
+    id: &str,
+    done: impl Fn(&[Vec<u8>]) -> bool,
+) -> Vec<Vec<u8>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut got = Vec::new();
-    while got.is_empty() && tokio::time::Instant::now() < deadline {
-        got = vm.stdin(&init("c"));
+    while !done(&got) && tokio::time::Instant::now() < deadline {
+        got.extend(vm.stdin(&init(id)));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    got
+}
+
+fn ends_with_eof(got: &[Vec<u8>]) -> bool {
+    got.last().is_some_and(|c| c.is_empty())
+}
+
+#[tokio::test]
+async fn stdin_fifo_reaches_the_process_and_close_io_ends_it() {
+    let h = Harness::new();
+    let writer = create_with_stdin(&h, "c").await;
+    h.start("c", "").await.unwrap();
+    let vm = h.vm(0);
+    assert!(vm.request(&init("c")).unwrap().stdin);
+    std::io::Write::write_all(&mut &writer, b"input").unwrap();
+    let got = stdin_until(&vm, "c", |got| !got.is_empty()).await;
+    assert_eq!(got, vec![b"input".to_vec()]);
+    close_stdin(&h, "c").await;
+    // EOF follows what the FIFO held (nothing more here), sent by the copy itself.
+    let got = stdin_until(&vm, "c", ends_with_eof).await;
     assert_eq!(got, vec![Vec::<u8>::new()]);
+}
+
+#[tokio::test]
+async fn close_io_before_start_ends_stdin_once_it_runs() {
+    let h = Harness::new();
+    let writer = create_with_stdin(&h, "c").await;
+    std::io::Write::write_all(&mut &writer, b"early").unwrap();
+    close_stdin(&h, "c").await;
+    h.start("c", "").await.unwrap();
+    // What was written before CloseIO, then EOF, though containerd's writer stays open.
+    let got = stdin_until(&h.vm(0), "c", ends_with_eof).await;
+    assert_eq!(got, vec![b"early".to_vec(), Vec::new()]);
 }
 
 #[tokio::test]

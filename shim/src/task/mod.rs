@@ -68,6 +68,8 @@ pub(crate) struct Process {
     pub(crate) request: ExecRequest,
     /// The copy of its stdin FIFO, once started.
     pub(crate) stdin: Option<stdio::StdinCopy>,
+    /// CloseIO came before the copy started (before Start): it finishes as soon as it runs.
+    pub(crate) stdin_closed_early: bool,
 }
 
 impl Process {
@@ -81,6 +83,7 @@ impl Process {
             io,
             request,
             stdin: None,
+            stdin_closed_early: false,
         }
     }
 
@@ -97,11 +100,20 @@ impl Process {
         Ok(())
     }
 
-    /// `CloseIO`: stdin ends after what its FIFO holds now.
+    /// `CloseIO`: stdin ends after what its FIFO holds now (or, before Start, holds then).
     pub(crate) fn finish_stdin(&mut self) {
-        if let Some(copy) = self.stdin.as_mut() {
+        match self.stdin.as_mut() {
+            Some(copy) => copy.finish(),
+            None => self.stdin_closed_early = true,
+        }
+    }
+
+    /// Takes the started copy of its stdin FIFO, finishing it at once after an early CloseIO.
+    pub(crate) fn set_stdin(&mut self, mut copy: stdio::StdinCopy) {
+        if self.stdin_closed_early {
             copy.finish();
         }
+        self.stdin = Some(copy);
     }
 
     /// The process is gone: its stdin copy stops at once.
@@ -384,7 +396,7 @@ impl TaskService {
                 .container_mut(&key.container)
                 .and_then(|c| c.process_mut(key.exec_id.as_deref().unwrap_or("")))
             {
-                p.stdin = Some(copy);
+                p.set_stdin(copy);
             }
         }
         Ok((pid, session, fifos))
