@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -76,23 +76,20 @@ impl Drop for StdinCopy {
 
 /// Copies the stdin FIFO into the process until EOF or [`StdinCopy::finish`], then sends the EOF
 /// marker (an empty chunk). Every chunk waits for room in `tx` (nothing is dropped).
-pub fn spawn_stdin(fifo: pipe::Receiver, tx: mpsc::Sender<Vec<u8>>) -> StdinCopy {
+pub fn spawn_stdin(mut fifo: pipe::Receiver, tx: mpsc::Sender<Vec<u8>>) -> StdinCopy {
     let (finish, mut finishing) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = tokio::select! {
-                read = fifo.readable() => match read {
-                    Ok(()) => match fifo.try_read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "read stdin FIFO");
-                            break;
-                        }
-                    },
-                    Err(_) => break,
+                // A pipe's read is cancel-safe: a read lost to `finishing` took no bytes.
+                read = fifo.read(&mut buf) => match read {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read stdin FIFO");
+                        break;
+                    }
                 },
                 // CloseIO: what the FIFO holds now is the rest of the input.
                 _ = &mut finishing => {
@@ -154,7 +151,6 @@ pub fn spawn_output(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
 
     fn mkfifo(path: &Path) {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
