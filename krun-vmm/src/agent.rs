@@ -34,7 +34,8 @@ pub enum AgentError {
     },
 }
 
-/// Listens on `path` (replacing a stale socket left there, never another kind of file).
+/// Listens on `path` (replacing a stale socket left there, never another kind of file),
+/// whatever the length of `path`.
 pub fn listen(path: &Path) -> Result<UnixListener, AgentError> {
     let err = |source| AgentError::Listen {
         path: path.to_path_buf(),
@@ -45,7 +46,7 @@ pub fn listen(path: &Path) -> Result<UnixListener, AgentError> {
             std::fs::remove_file(path).map_err(err)?;
         }
     }
-    UnixListener::bind(path).map_err(err)
+    msb_runtime::socket_path::bind_std(path).map_err(err)
 }
 
 /// Accepts one connection within `timeout`; the listener is closed afterwards (one client).

@@ -9,6 +9,7 @@
 //! - [`agent`]: the async client of agentd's protocol (sessions, backpressure).
 //! - [`relay`]: serves several host clients over one agent connection.
 //! - [`sandbox`]: the owned value tying it together; dropping it leaves nothing behind.
+//! - [`socket_path`]: binds and connects Unix sockets whose paths exceed `sun_path`.
 
 pub mod agent;
 pub mod assets;
@@ -16,6 +17,7 @@ pub mod disks;
 pub mod host;
 pub mod relay;
 pub mod sandbox;
+pub mod socket_path;
 pub mod vmm;
 
 pub use agent::{AgentClient, AgentError, ExecEvent, ExecSession, StdinSender};

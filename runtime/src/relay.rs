@@ -1,9 +1,9 @@
-//! The multi-client relay of PROTOCOL.md: several host clients share one sandbox's agent
+//! The multi-client relay (docs/PROTOCOL.md): several host clients share one sandbox's agent
 //! connection.
 //!
 //! agentd's port can be opened once, so one host task owns the agent connection and serves up to
 //! [`RELAY_MAX_CLIENTS`] clients on a Unix socket (usually `<sandbox dir>/relay.sock`).
-//! PROTOCOL.md puts the relay in the VMM process; a host task that owns the agent socket is the
+//! microsandbox's protocol, which ours is modelled on, puts the relay in the VMM process; a host task that owns the agent socket is the
 //! same thing as far as clients can tell, and works with every backend.
 //!
 //! ```text
@@ -449,7 +449,7 @@ fn bind(path: &Path) -> Result<UnixListener, RelayError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(listen_err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(listen_err)?;
+    let listener = crate::socket_path::bind(path).map_err(listen_err)?;
     // Clients are host processes of the sandbox's owner; nobody else may drive the guest.
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
         let _ = std::fs::remove_file(path);

@@ -2,17 +2,17 @@
 //! value. [`Sandbox::shutdown`] stops it cleanly; dropping it kills the VMM and removes the
 //! directory, so an early return cannot leak a process, a socket or a disk image.
 //!
-//! Sandbox directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`):
-//! `agent.sock` (the agent port), `relay.sock` (more host clients), `console.log` (guest console), `qemu.log` or `krun.log` (VMM
-//! output), `virtiofsd<N>.log` and `fs<N>.sock` (QEMU shares), `vmm.pid` (the VMM's pid, also its
-//! process group), and the disk images the caller put there.
+//! Sandbox directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`, or any
+//! directory the caller names, of any path length: see [`crate::socket_path`]): `agent.sock`
+//! (the agent port), `relay.sock` (more host clients), `console.log` (guest console), `qemu.log`
+//! or `krun.log` (VMM output), `virtiofsd<N>.log` and `fs<N>.sock` (QEMU shares), and the disk
+//! images the caller put there.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use msb_protocol::boot::BootEnv;
 use msb_protocol::types::{Ready, Shutdown};
-use tokio::net::UnixStream;
 
 use crate::agent::{AgentClient, AgentError};
 use crate::assets::{GuestAssets, MissingAsset};
@@ -91,14 +91,13 @@ pub enum SandboxError {
         source: VmmError,
     },
     /// The guest did not come up.
-    #[error(
-        "the guest did not become ready: {reason}\n--- guest console (last lines) ---\n{console}"
-    )]
+    #[error("the guest did not become ready: {reason}{logs}")]
     NotReady {
         /// What happened.
         reason: String,
-        /// The console tail.
-        console: String,
+        /// The last lines of the VMM's log (where QEMU says why it refused to start) and of the
+        /// guest console, each under a heading; empty when both are.
+        logs: String,
     },
     /// The agent connection failed.
     #[error(transparent)]
@@ -168,10 +167,10 @@ impl Sandbox {
             if let Some(exit) = vmm.try_exit() {
                 return Err(not_ready(
                     &vmm,
-                    format!("the VMM exited ({exit:?}) before the agent socket was up"),
+                    vmm_exited(&exit, "before the agent socket was up"),
                 ));
             }
-            match UnixStream::connect(&spec.agent_socket).await {
+            match crate::socket_path::connect(&spec.agent_socket).await {
                 Ok(s) => break s,
                 Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await
@@ -203,12 +202,19 @@ impl Sandbox {
             tokio::select! {
                 r = &mut serve => match r {
                     Ok(relay) => break relay,
-                    Err(e) => return Err(not_ready(&vmm, e.to_string())),
+                    Err(e) => {
+                        // A guest connection that ended mostly means the VMM is exiting: say
+                        // so, as the other paths do, not only what the relay saw.
+                        let reason = match exit_soon(&mut vmm).await {
+                            Some(exit) => format!("{}: {e}", vmm_exited(&exit, "before core.ready")),
+                            None => e.to_string(),
+                        };
+                        return Err(not_ready(&vmm, reason));
+                    }
                 },
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if let Some(exit) = vmm.try_exit() {
-                        let what = if exit.guest_panicked { "the guest kernel panicked" } else { "the VMM exited" };
-                        return Err(not_ready(&vmm, format!("{what} before core.ready ({exit:?})")));
+                        return Err(not_ready(&vmm, vmm_exited(&exit, "before core.ready")));
                     }
                 }
             }
@@ -286,7 +292,7 @@ impl Sandbox {
                 backend: self.vmm.kind(),
                 source,
             })?;
-        tracing::info!(sandbox = %self.id, "stopped: {exit:?}");
+        tracing::info!(sandbox = %self.id, "stopped: {exit}");
         Ok(exit)
     }
 }
@@ -298,9 +304,38 @@ impl Drop for Sandbox {
     }
 }
 
-fn not_ready(vmm: &VmmProcess, reason: String) -> SandboxError {
-    SandboxError::NotReady {
-        reason,
-        console: vmm.console_tail(30),
+/// How a VMM that exited before its guest was ready is reported, the same on every path.
+fn vmm_exited(exit: &VmExit, when: &str) -> String {
+    if exit.guest_panicked {
+        format!("the guest kernel panicked {when}")
+    } else {
+        format!("the VMM exited {when} ({exit})")
     }
+}
+
+/// The VMM's exit if it comes within a second (it is likely on its way out), else `None`.
+async fn exit_soon(vmm: &mut VmmProcess) -> Option<VmExit> {
+    for _ in 0..10 {
+        if let Some(exit) = vmm.try_exit() {
+            return Some(exit);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    vmm.try_exit()
+}
+
+fn not_ready(vmm: &VmmProcess, reason: String) -> SandboxError {
+    let mut logs = String::new();
+    for (what, tail) in [
+        ("VMM log", vmm.vmm_log_tail(10)),
+        ("guest console", vmm.console_tail(30)),
+    ] {
+        if !tail.trim().is_empty() {
+            logs.push_str(&format!(
+                "\n--- {what} (last lines) ---\n{}",
+                tail.trim_end()
+            ));
+        }
+    }
+    SandboxError::NotReady { reason, logs }
 }

@@ -178,4 +178,48 @@ mod tests {
             (Code::INTERNAL, "boot sandbox: no kernel".into())
         );
     }
+
+    /// The runtime's typed causes arrive whole: the status names the root cause, not only the
+    /// outer context (`start the qemu VMM` alone told nobody anything).
+    #[test]
+    fn root_causes_reach_the_status_text() {
+        use msb_runtime::vmm::{BackendKind, VmmError};
+        let missing = msb_runtime::SandboxError::Vmm {
+            backend: BackendKind::Qemu,
+            source: VmmError::MissingProgram {
+                program: "qemu-system-x86_64".into(),
+                hint: "install the Debian package qemu-system-x86".into(),
+            },
+        };
+        assert_eq!(
+            status(SandboxError::Boot(missing.into()).into()),
+            (
+                Code::INTERNAL,
+                "boot sandbox: start the qemu VMM: qemu-system-x86_64 not found: install the \
+                 Debian package qemu-system-x86"
+                    .into()
+            )
+        );
+        let too_long = msb_runtime::SandboxError::Vmm {
+            backend: BackendKind::Krun,
+            source: VmmError::Io {
+                what: "bind /run/x/agent.sock".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+            },
+        };
+        assert_eq!(
+            status(SandboxError::Boot(too_long.into()).into()).1,
+            "boot sandbox: start the krun VMM: bind /run/x/agent.sock: File name too long (os \
+             error 36)"
+        );
+        let rootfs = SandboxError::Rootfs(Box::new(crate::sandbox::PathError {
+            what: "create",
+            path: "/var/lib/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        }));
+        assert_eq!(
+            status(rootfs.into()).1,
+            "prepare rootfs: create /var/lib/x: Permission denied (os error 13)"
+        );
+    }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use msb_runtime::disks;
 
-use crate::sandbox::SandboxError;
+use crate::sandbox::{PathError, SandboxError};
 
 /// A record or temporary file younger than this is never pruned: another shim may be building
 /// that image right now.
@@ -28,23 +28,27 @@ const BUILD_GRACE: Duration = Duration::from_secs(600);
 /// so concurrent shims never see half an image; the `.src` record is in place before the image.
 pub fn image_for(cache_dir: &Path, layer: &Path) -> Result<PathBuf, SandboxError> {
     let hash = key_of(layer)
-        .map_err(|e| SandboxError::Rootfs(format!("layer {}: {e}", layer.display())))?;
+        .map_err(PathError::cause("read layer", layer))
+        .map_err(SandboxError::Rootfs)?;
     let image = cache_dir.join(format!("{hash:016x}.erofs"));
     if image.is_file() {
         return Ok(image);
     }
     std::fs::create_dir_all(cache_dir)
-        .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", cache_dir.display())))?;
+        .map_err(PathError::cause("create", cache_dir))
+        .map_err(SandboxError::Rootfs)?;
     let pid = std::process::id();
     let src_tmp = cache_dir.join(format!(".{pid}.{hash:016x}.src.tmp"));
     let src = cache_dir.join(format!("{hash:016x}.src"));
     std::fs::write(&src_tmp, layer.as_os_str().as_encoded_bytes())
         .and_then(|()| std::fs::rename(&src_tmp, &src))
-        .map_err(|e| SandboxError::Rootfs(format!("record {}: {e}", src.display())))?;
+        .map_err(PathError::cause("record", &src))
+        .map_err(SandboxError::Rootfs)?;
     let tmp = cache_dir.join(format!(".{pid}.{hash:016x}.tmp"));
-    disks::make_lower(layer, &tmp).map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+    disks::make_lower(layer, &tmp).map_err(|e| SandboxError::Rootfs(e.into()))?;
     std::fs::rename(&tmp, &image)
-        .map_err(|e| SandboxError::Rootfs(format!("rename {}: {e}", tmp.display())))?;
+        .map_err(PathError::cause("rename", &tmp))
+        .map_err(SandboxError::Rootfs)?;
     Ok(image)
 }
 

@@ -33,8 +33,8 @@ use crate::config::SandboxConfig;
 use crate::layer_cache;
 use crate::output_gate::OutputGate;
 use crate::sandbox::{
-    ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
-    SandboxFactory,
+    ExecSession, Output, PathError, PreparedRootfs, ProcessKey, Sandbox, SandboxError,
+    SandboxEvent, SandboxFactory,
 };
 
 /// How long a clean guest power-off may take before the VMM is killed (TCG is slow).
@@ -55,14 +55,12 @@ impl SandboxFactory for RuntimeFactory {
         config: &SandboxConfig,
         state_dir: &Path,
     ) -> Result<Arc<dyn Sandbox>, SandboxError> {
-        let backend = parse_backend(&config.backend).map_err(SandboxError::Boot)?;
+        let backend = parse_backend(&config.backend).map_err(|e| SandboxError::Boot(e.into()))?;
         let assets = GuestAssets {
             kernel: config.kernel.clone(),
             initramfs: config.initramfs.clone(),
         };
-        assets
-            .check()
-            .map_err(|e| SandboxError::Boot(e.to_string()))?;
+        assets.check().map_err(|e| SandboxError::Boot(e.into()))?;
         let (events, _) = broadcast::channel(64);
         Ok(Arc::new(RuntimeSandbox {
             id: id.to_owned(),
@@ -105,7 +103,7 @@ fn agent_err(e: msb_runtime::AgentError) -> SandboxError {
         msb_runtime::AgentError::Container { id, message } => {
             SandboxError::Container { id, message }
         }
-        other => SandboxError::Other(other.to_string()),
+        other => SandboxError::Other(other.into()),
     }
 }
 
@@ -136,7 +134,8 @@ fn share_can_be_read_only(kind: msb_runtime::BackendKind) -> bool {
 /// Creates a directory and its parents; the error names it.
 fn mkdir(dir: &Path) -> Result<(), SandboxError> {
     std::fs::create_dir_all(dir)
-        .map_err(|e| SandboxError::Rootfs(format!("create {}: {e}", dir.display())))
+        .map_err(PathError::cause("create", dir))
+        .map_err(SandboxError::Rootfs)
 }
 
 /// Copies under a temporary name and renames, so the guest never sees half an image.
@@ -148,9 +147,9 @@ fn copy_atomically(from: &Path, to: &Path) -> std::io::Result<()> {
 
 impl RuntimeSandbox {
     fn agent(&self) -> Result<AgentClient, SandboxError> {
-        lock(&self.agent)
-            .clone()
-            .ok_or_else(|| SandboxError::Other(format!("sandbox {} has not booted", self.id)))
+        lock(&self.agent).clone().ok_or_else(|| {
+            SandboxError::Other(format!("sandbox {} has not booted", self.id).into())
+        })
     }
 
     /// Boots the VM with these disks and shares and starts forwarding its events.
@@ -171,7 +170,7 @@ impl RuntimeSandbox {
         cfg.boot_env.hostname = vm_hostname(&self.id);
         let sb = msb_runtime::Sandbox::start(cfg)
             .await
-            .map_err(|e| SandboxError::Boot(format!("{e:#}")))?;
+            .map_err(|e| SandboxError::Boot(e.into()))?;
         let agent = sb.agent().clone();
         *lock(&self.vmm_pid) = Some(sb.vmm_pid() as u32);
         *lock(&self.agent) = Some(agent.clone());
@@ -206,7 +205,7 @@ impl RuntimeSandbox {
             mkdir(&share)?;
             let upper = self.dir.join("pod-upper.ext4");
             tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
-                .map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+                .map_err(|e| SandboxError::Rootfs(e.into()))?;
             let disks = vec![DiskSpec {
                 serial: POD_DISK.into(),
                 path: upper,
@@ -238,13 +237,8 @@ impl RuntimeSandbox {
                         copy_atomically(image, &link)
                     }
                 })
-                .map_err(|e| {
-                    SandboxError::Rootfs(format!(
-                        "share {} as {}: {e}",
-                        image.display(),
-                        link.display()
-                    ))
-                })?;
+                .map_err(PathError::cause("share a layer image as", &link))
+                .map_err(SandboxError::Rootfs)?;
             }
             lower.push(StorageRef::Image(format!(
                 "{RUNTIME_MOUNT_POINT}/{}",
@@ -280,9 +274,9 @@ impl Sandbox for RuntimeSandbox {
         _state_dir: &Path,
     ) -> Result<PreparedRootfs, SandboxError> {
         if source.lowers.is_empty() {
-            return Err(SandboxError::Rootfs(format!(
-                "container {container}: no root file system layers"
-            )));
+            return Err(SandboxError::Rootfs(
+                format!("container {container}: no root file system layers").into(),
+            ));
         }
         let images = tokio::task::block_in_place(|| {
             source
@@ -298,11 +292,14 @@ impl Sandbox for RuntimeSandbox {
                 .await;
         }
         if vm.is_some() {
-            return Err(SandboxError::Rootfs(format!(
-                "container {container}: VM {} already runs a container; only containers of one pod \
-                 (annotation io.kubernetes.cri.sandbox-id) share a VM",
-                self.id
-            )));
+            return Err(SandboxError::Rootfs(
+                format!(
+                    "container {container}: VM {} already runs a container; only containers of \
+                     one pod (annotation io.kubernetes.cri.sandbox-id) share a VM",
+                    self.id
+                )
+                .into(),
+            ));
         }
         mkdir(&self.dir)?;
         let mut disk_specs = Vec::new();
@@ -318,7 +315,7 @@ impl Sandbox for RuntimeSandbox {
         }
         let upper = self.dir.join("upper.ext4");
         tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
-            .map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+            .map_err(|e| SandboxError::Rootfs(e.into()))?;
         disk_specs.push(DiskSpec {
             serial: "upper".into(),
             path: upper.clone(),
@@ -376,9 +373,9 @@ impl Sandbox for RuntimeSandbox {
                 })
             }
             other => {
-                return Err(SandboxError::Other(format!(
-                    "unexpected first exec event {other:?}"
-                )))
+                return Err(SandboxError::Other(
+                    format!("unexpected first exec event {other:?}").into(),
+                ))
             }
         };
         lock(&self.processes).insert(key.clone(), id);
@@ -500,7 +497,7 @@ impl Sandbox for RuntimeSandbox {
         if let Some(sb) = self.vm.lock().await.take() {
             sb.shutdown(SHUTDOWN_TIMEOUT)
                 .await
-                .map_err(|e| SandboxError::Other(e.to_string()))?;
+                .map_err(|e| SandboxError::Other(e.into()))?;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // Each VM's end is the moment to drop the images of layers containerd has removed

@@ -1,8 +1,8 @@
 //! What a task needs from a VM, as a narrow trait the task service is written against.
 //!
-//! The runtime crate (VMM backends, guest agent client) is built in parallel; the shim depends on
-//! this trait only, so the whole task service is testable with `fake::FakeSandbox` (feature
-//! `test-utils`) and the real runtime plugs in through one thin adapter ([`crate::runtime_adapter`]).
+//! The shim depends on this trait only, so the whole task service is testable with
+//! `fake::FakeSandbox` (feature `test-utils`) and the real runtime plugs in through one thin
+//! adapter ([`crate::runtime_adapter`]).
 //!
 //! A [`SandboxFactory`] boots one VM per pod (or per container when there is no pod); a
 //! [`Sandbox`] runs containers and processes in it. Each process comes back as an
@@ -25,15 +25,44 @@ use crate::config::SandboxConfig;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 
+/// The cause of a [`SandboxError`]: the runtime's typed error, whose own causes follow it, or a
+/// message where the shim itself found the problem. Kept whole so that containerd's log and
+/// `ctr`, `crictl` and `docker` show the root cause ([`crate::error::chain`] prints the chain).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A file operation of the shim's that failed: what, where, and the OS error as its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}", path.display())]
+pub struct PathError {
+    /// What was done (`create`, `rename`, ...).
+    pub what: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl PathError {
+    /// A `map_err` adapter: `.map_err(PathError::cause("create", &dir))`.
+    pub fn cause(
+        what: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Cause {
+        let path = path.to_path_buf();
+        move |source| Box::new(PathError { what, path, source })
+    }
+}
+
 /// Why a sandbox operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// The VM could not be started.
-    #[error("boot sandbox: {0}")]
-    Boot(String),
+    #[error("boot sandbox")]
+    Boot(#[source] Cause),
     /// The root file system could not be prepared (images, disks).
-    #[error("prepare rootfs: {0}")]
-    Rootfs(String),
+    #[error("prepare rootfs")]
+    Rootfs(#[source] Cause),
     /// The guest refused or failed a container request.
     #[error("container {id}: {message}")]
     Container {
@@ -57,8 +86,8 @@ pub enum SandboxError {
     #[error("sandbox is gone: {0}")]
     Gone(String),
     /// Anything else on the way to the guest.
-    #[error("sandbox: {0}")]
-    Other(String),
+    #[error("sandbox")]
+    Other(#[source] Cause),
 }
 
 /// Identifies a process in the shim: its container and its exec id (`None` for the init).

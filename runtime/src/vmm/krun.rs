@@ -343,7 +343,7 @@ impl Backend for Krun {
             },
         })?;
         tracing::debug!(sandbox = %spec.id, "krun: {} (config on fd {CONFIG_FD}), libkrunfw {}", program.display(), config.krunfw.display());
-        VmmProcess::new(child, spec.console_log.clone(), BackendKind::Krun)
+        VmmProcess::new(child, spec.console_log.clone(), log_path, BackendKind::Krun)
     }
 }
 

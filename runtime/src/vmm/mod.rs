@@ -158,12 +158,27 @@ pub struct VmExit {
     pub guest_panicked: bool,
 }
 
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "exit status {code}")?,
+            None => f.write_str("killed by a signal")?,
+        }
+        if self.guest_panicked {
+            f.write_str(", the guest kernel panicked")?;
+        }
+        Ok(())
+    }
+}
+
 /// A running VMM child process, in its own process group. Killed and reaped on drop.
 #[derive(Debug)]
 pub struct VmmProcess {
     child: tokio::process::Child,
     pgid: i32,
     console_log: PathBuf,
+    /// The VMM's own stdout and stderr (`qemu.log`, `krun.log`): why a VMM refused to start.
+    vmm_log: PathBuf,
     kind: BackendKind,
     /// Helper processes that serve this VM only (virtiofsd), in their own process groups:
     /// killed and reaped with it.
@@ -175,6 +190,7 @@ impl VmmProcess {
     pub fn new(
         child: tokio::process::Child,
         console_log: PathBuf,
+        vmm_log: PathBuf,
         kind: BackendKind,
     ) -> Result<Self, VmmError> {
         let pgid = child
@@ -185,6 +201,7 @@ impl VmmProcess {
             child,
             pgid,
             console_log,
+            vmm_log,
             kind,
             companions: Vec::new(),
         })
@@ -221,6 +238,11 @@ impl VmmProcess {
     /// The last `lines` lines of the guest console, for error messages.
     pub fn console_tail(&self, lines: usize) -> String {
         console_tail(&self.console_log, lines)
+    }
+
+    /// The last `lines` lines of the VMM's own log, for error messages.
+    pub fn vmm_log_tail(&self, lines: usize) -> String {
+        console_tail(&self.vmm_log, lines)
     }
 
     /// Whether it has exited, without waiting.

@@ -1,7 +1,7 @@
 //! The QEMU backend: `qemu-system-x86_64 -M microvm`, virtio-mmio devices, PVH boot of the
 //! uncompressed kernel. KVM where it can boot a standard guest, TCG (software) otherwise.
 //!
-//! Flags, and why (measured on the development hosts, HOSTS.md):
+//! Flags, and why (measured on the development hosts, docs/HOSTS.md):
 //! - `-M microvm`, `-kernel vmlinux`: PVH boot of the uncompressed kernel, the fastest variant.
 //! - `tsc_early_khz=<host> tsc=reliable`: without them TSC calibration under TCG sometimes
 //!   hangs the guest forever.
@@ -9,6 +9,8 @@
 //! - `-accel tcg,tb-size=64`: a smaller translation cache, less memory per guest.
 //! - `-serial file:`: the console log in the sandbox directory, for error messages.
 //! - `virtserialport name=agent` on a unix socket (`server=on,wait=off`): the agent channel.
+//! - QEMU and virtiofsd run in the sandbox directory and name their sockets relative to it: a
+//!   socket's absolute path may exceed `sun_path`'s 107 bytes (see [`crate::socket_path`]).
 //! - one `virtio-blk-device` per disk with `serial=`: the guest finds disks by serial.
 //! - shares: one `virtiofsd` per share (a companion process of the VM, `--sandbox chroot`,
 //!   `--readonly` when asked) and a `vhost-user-fs-device`; vhost-user needs the guest memory
@@ -88,7 +90,7 @@ impl Qemu {
             "-chardev".into(),
             format!(
                 "socket,id=agent,path={},server=on,wait=off",
-                p(&spec.agent_socket)
+                p(in_dir(spec, &spec.agent_socket))
             ),
             "-device".into(),
             "virtserialport,chardev=agent,name=agent".into(),
@@ -102,10 +104,7 @@ impl Qemu {
         }
         for (i, share) in spec.shares.iter().enumerate() {
             a.push("-chardev".into());
-            a.push(format!(
-                "socket,id=fs{i},path={}",
-                p(&share_socket(spec, i))
-            ));
+            a.push(format!("socket,id=fs{i},path={}", share_socket_name(i)));
             a.push("-device".into());
             a.push(format!(
                 "vhost-user-fs-device,chardev=fs{i},tag={}",
@@ -133,9 +132,15 @@ impl Qemu {
     }
 }
 
-/// The vhost-user socket of share `i`.
-fn share_socket(spec: &VmSpec, i: usize) -> std::path::PathBuf {
-    spec.dir.join(format!("fs{i}.sock"))
+/// The vhost-user socket of share `i`, in the sandbox directory.
+fn share_socket_name(i: usize) -> String {
+    format!("fs{i}.sock")
+}
+
+/// `path` relative to the sandbox directory, the VMM's working directory, when it lies inside
+/// it (sockets: their absolute paths may be too long to bind); else `path` itself.
+fn in_dir<'a>(spec: &VmSpec, path: &'a Path) -> &'a Path {
+    path.strip_prefix(&spec.dir).unwrap_or(path)
 }
 
 /// A log file for a VMM-side process's stdout and stderr.
@@ -169,13 +174,15 @@ fn start_one_virtiofsd(
     children: &mut Vec<std::process::Child>,
 ) -> Result<(), VmmError> {
     let program = std::env::var("MSB_VIRTIOFSD").unwrap_or_else(|_| "virtiofsd".into());
-    let sock = share_socket(spec, i);
+    let name = share_socket_name(i);
+    let sock = spec.dir.join(&name);
     let _ = std::fs::remove_file(&sock);
     let log_path = spec.dir.join(format!("virtiofsd{i}.log"));
     let (out, err) = log_file(&log_path)?;
     let mut cmd = std::process::Command::new(&program);
-    cmd.arg("--socket-path")
-        .arg(&sock)
+    cmd.current_dir(&spec.dir)
+        .arg("--socket-path")
+        .arg(&name)
         .arg("--shared-dir")
         .arg(&share.host_path)
         .args([
@@ -251,11 +258,13 @@ impl Backend for Qemu {
             }
         };
         let args = self.args(spec, &accel, crate::host::tsc_khz())?;
-        let (log, log2) = log_file(&spec.dir.join("qemu.log"))?;
+        let log_path = spec.dir.join("qemu.log");
+        let (log, log2) = log_file(&log_path)?;
         // Last before QEMU, which connects to them: nothing after this may fail without
         // killing them.
         let mut companions = start_virtiofsd(spec)?;
         let child = tokio::process::Command::new(&self.program)
+            .current_dir(&spec.dir)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -275,7 +284,7 @@ impl Backend for Qemu {
                 },
             })?;
         tracing::debug!(sandbox = %spec.id, "qemu {}", args.join(" "));
-        let vmm = VmmProcess::new(child, spec.console_log.clone(), BackendKind::Qemu)
+        let vmm = VmmProcess::new(child, spec.console_log.clone(), log_path, BackendKind::Qemu)
             .inspect_err(|_| kill_all(&mut companions))?;
         Ok(vmm.with_companions(companions))
     }
@@ -298,7 +307,7 @@ mod tests {
              -kernel /a/vmlinux -initrd /a/initramfs.cpio \
              -append console=ttyS0 quiet panic=-1 tsc_early_khz=2596146 tsc=reliable MSB_HOSTNAME=h \
              -serial file:/d/console.log -device virtio-serial-device \
-             -chardev socket,id=agent,path=/d/agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=agent \
+             -chardev socket,id=agent,path=agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=agent \
              -drive file=/d/lower.img,if=none,id=disk0,format=raw,readonly=on -device virtio-blk-device,drive=disk0,serial=lower \
              -drive file=/d/upper.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap -device virtio-blk-device,drive=disk1,serial=upper"
         );
@@ -321,7 +330,7 @@ mod tests {
         assert!(
             a.ends_with(
                 "-object memory-backend-memfd,id=mem,size=256M,share=on \
-                 -chardev socket,id=fs0,path=/d/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=msb_runtime"
+                 -chardev socket,id=fs0,path=fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=msb_runtime"
             ),
             "{a}"
         );

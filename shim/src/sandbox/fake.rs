@@ -230,7 +230,7 @@ impl Sandbox for FakeSandbox {
             source.lowers.len()
         ));
         let upper = state_dir.join("upper.ext4");
-        std::fs::write(&upper, b"").map_err(|e| SandboxError::Rootfs(e.to_string()))?;
+        std::fs::write(&upper, b"").map_err(|e| SandboxError::Rootfs(e.into()))?;
         Ok(PreparedRootfs {
             spec: RootfsSpec {
                 lower: vec![StorageRef::Serial(format!(
@@ -458,7 +458,7 @@ impl SandboxFactory for FakeFactory {
         state_dir: &Path,
     ) -> Result<Arc<dyn Sandbox>, SandboxError> {
         if let Some(m) = self.fail.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(SandboxError::Boot(m));
+            return Err(SandboxError::Boot(m.into()));
         }
         let sb = FakeSandbox::build(id, self.scripted);
         if let Some(m) = self
