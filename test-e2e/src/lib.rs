@@ -1,10 +1,12 @@
-//! End-to-end tests: they start a real containerd 1.6 with a private root and socket, a real
-//! distribution registry on 127.0.0.1 and real guests under QEMU, and drive the shipped binaries.
+//! End-to-end tests: they start a real containerd 1.6 with a private root and socket (images
+//! imported from a tarball built with umoci and skopeo) and real guests under QEMU, and drive the
+//! shipped binaries.
 //!
 //! The harness lives here; the tests live in `tests/`.
 
 pub mod containerd;
 pub mod guest;
+pub mod ids;
 pub mod paths;
 
 /// Says that the running test is skipped and why, where a person sees it: straight to the

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use msb_test_e2e::containerd::{Containerd, BUSYBOX};
 use msb_test_e2e::guest::{assets, kernel_release, GuestSlot};
+use msb_test_e2e::ids::container_id;
 
 const STATE: &str = "/var/lib/microsandbox/shim";
 
@@ -115,6 +116,9 @@ fn state_files(ns: &str) -> Vec<String> {
 fn ctr_run_with_both_runtime_names_and_exact_statuses() {
     let ns = "names";
     let Some(ctrd) = setup(ns) else { return };
+    let n3 = container_id("n3");
+    let n5 = container_id("n5");
+    let n4 = container_id("n4");
     let _slot = GuestSlot::acquire();
     for (i, runtime) in ["io.microsandbox.v1", "io.containerd.microsandbox.v1"]
         .iter()
@@ -128,7 +132,7 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
                 runtime,
                 "--rm",
                 BUSYBOX,
-                &format!("n{i}"),
+                &container_id(&format!("n{i}")),
                 "uname",
                 "-r",
             ],
@@ -141,7 +145,7 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
             ctrd.log()
         );
     }
-    let o = run_msb(&ctrd, ns, &["--rm"], "n3", &["sh", "-c", "exit 3"]);
+    let o = run_msb(&ctrd, ns, &["--rm"], &n3, &["sh", "-c", "exit 3"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 
     // stdin through ctr, byte-exact: ctr sends CloseIO as soon as its own input ends, when its
@@ -165,7 +169,7 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
             "io.microsandbox.v1",
             "--rm",
             BUSYBOX,
-            "n5",
+            &n5,
             "sh",
             "-c",
             "sleep 2; cat > /in && sha256sum < /in && wc -c < /in",
@@ -182,7 +186,7 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
         &ctrd,
         ns,
         &["--rm", "--memory-limit", "33554432"],
-        "n4",
+        &n4,
         &["tail", "/dev/zero"],
     );
     assert_eq!(o.status.code(), Some(137), "{}", text(&o));
@@ -192,6 +196,7 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
 fn host_file_binds_are_copied_into_the_container() {
     let ns = "binds";
     let Some(ctrd) = setup(ns) else { return };
+    let b1 = container_id("b1");
     let _slot = GuestSlot::acquire();
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("hosts");
@@ -204,13 +209,14 @@ fn host_file_binds_are_copied_into_the_container() {
         &ctrd,
         ns,
         &["--rm", "--mount", &mount],
-        "b1",
+        &b1,
         &["sh", "-c", "cat /etc/deep/hosts; hostname"],
     );
-    // The copy, and the VM's hostname (the container id) since ctr sets none.
+    // The copy, and the VM's hostname (the container id, cut to a host name's 63 characters)
+    // since ctr sets none.
     assert_eq!(
         (stdout(&o), o.status.code()),
-        ("10.1.2.3 msb-test\nb1\n".into(), Some(0)),
+        (format!("10.1.2.3 msb-test\n{}\n", &b1[..63]), Some(0)),
         "{}",
         text(&o)
     );
@@ -220,6 +226,8 @@ fn host_file_binds_are_copied_into_the_container() {
 fn handoff_init_makes_the_images_init_pid_1() {
     let ns = "handoff";
     let Some(ctrd) = setup(ns) else { return };
+    let h1 = container_id("h1");
+    let h2 = container_id("h2");
     let _slot = GuestSlot::acquire();
     // The busybox image has its init at /bin/init: a path hands off to it, `auto` finds none.
     let o = run_msb(
@@ -230,21 +238,21 @@ fn handoff_init_makes_the_images_init_pid_1() {
             "--annotation",
             "io.microsandbox.handoff_init=/bin/init",
         ],
-        "h1",
+        &h1,
         &["sleep", "600"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let o = exec_in(&ctrd, ns, "h1", "e", &["cat", "/proc/1/comm"]);
+    let o = exec_in(&ctrd, ns, &h1, "e", &["cat", "/proc/1/comm"]);
     // The name, not the command line: busybox init overwrites its argv with "init" and NULs
     // soon after it starts, so /proc/1/cmdline depends on when it is read.
     assert_eq!(stdout(&o), "init\n", "{}", text(&o));
-    kill_and_remove(&ctrd, ns, "h1");
+    kill_and_remove(&ctrd, ns, &h1);
 
     let o = run_msb(
         &ctrd,
         ns,
         &["--rm", "--annotation", "io.microsandbox.handoff_init=auto"],
-        "h2",
+        &h2,
         &["true"],
     );
     assert_ne!(o.status.code(), Some(0));
@@ -260,16 +268,20 @@ fn handoff_init_makes_the_images_init_pid_1() {
 fn detached_task_verbs() {
     let ns = "verbs";
     let Some(ctrd) = setup(ns) else { return };
+    let v1 = container_id("v1");
+    let v2 = container_id("v2");
+    let v3 = container_id("v3");
+    let e1 = container_id("e1");
     let _slot = GuestSlot::acquire();
     let run = |id: &str, cmd: &[&str]| {
         let o = run_msb(&ctrd, ns, &["-d"], id, cmd);
         assert!(o.status.success(), "{}", text(&o));
     };
     // A light loop, so CPU time shows whether it runs.
-    run("v1", &["sh", "-c", "while :; do usleep 20000; done"]);
-    assert_eq!(task_status(&ctrd, ns, "v1").as_deref(), Some("RUNNING"));
+    run(&v1, &["sh", "-c", "while :; do usleep 20000; done"]);
+    assert_eq!(task_status(&ctrd, ns, &v1).as_deref(), Some("RUNNING"));
 
-    let o = exec_in(&ctrd, ns, "v1", "e1", &["sh", "-c", "echo in-exec; exit 5"]);
+    let o = exec_in(&ctrd, ns, &v1, &e1, &["sh", "-c", "echo in-exec; exit 5"]);
     assert_eq!(
         (stdout(&o), o.status.code()),
         ("in-exec\n".into(), Some(5)),
@@ -284,7 +296,7 @@ fn detached_task_verbs() {
     let sock = ctrd.socket().display().to_string();
     let o = Command::new("timeout")
         .args(["--kill-after=5", "120", "script", "-qec"])
-        .arg(format!("ctr --address {sock} -n {ns} task exec -t --exec-id e2 v1 sh -c 'test -t 0 && echo is-a-tty'"))
+        .arg(format!("ctr --address {sock} -n {ns} task exec -t --exec-id e2 {v1} sh -c 'test -t 0 && echo is-a-tty'"))
         .arg("/dev/null")
         .env("SHELL", "/bin/sh")
         .output()
@@ -296,18 +308,18 @@ fn detached_task_verbs() {
         tail(&ctrd.log(), 80)
     );
 
-    let ps = stdout(&ctrd.ctr(ns, &["task", "ps", "v1"]));
+    let ps = stdout(&ctrd.ctr(ns, &["task", "ps", &v1]));
     assert!(ps.lines().count() >= 2, "task ps lists the init: {ps}");
 
     let cpu = || -> u64 {
-        let m = stdout(&ctrd.ctr(ns, &["task", "metrics", "v1"]));
+        let m = stdout(&ctrd.ctr(ns, &["task", "metrics", &v1]));
         m.lines()
             .find(|l| l.starts_with("cpu.usage_usec"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .expect("cpu.usage_usec")
     };
-    let metrics = stdout(&ctrd.ctr(ns, &["task", "metrics", "v1"]));
+    let metrics = stdout(&ctrd.ctr(ns, &["task", "metrics", &v1]));
     let mem: u64 = metrics
         .lines()
         .find(|l| l.starts_with("memory.usage "))
@@ -316,47 +328,47 @@ fn detached_task_verbs() {
         .expect("memory.usage");
     assert!(mem > 0, "{metrics}");
 
-    assert!(ctrd.ctr(ns, &["task", "pause", "v1"]).status.success());
-    assert_eq!(task_status(&ctrd, ns, "v1").as_deref(), Some("PAUSED"));
+    assert!(ctrd.ctr(ns, &["task", "pause", &v1]).status.success());
+    assert_eq!(task_status(&ctrd, ns, &v1).as_deref(), Some("PAUSED"));
     let before = cpu();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(cpu(), before, "a paused container made progress");
-    assert!(ctrd.ctr(ns, &["task", "resume", "v1"]).status.success());
+    assert!(ctrd.ctr(ns, &["task", "resume", &v1]).status.success());
     assert!(
         eventually(10, || cpu() > before),
         "a resumed container makes progress"
     );
 
     assert!(ctrd
-        .ctr(ns, &["task", "kill", "-s", "SIGKILL", "v1"])
+        .ctr(ns, &["task", "kill", "-s", "SIGKILL", &v1])
         .status
         .success());
-    assert!(eventually(30, || task_status(&ctrd, ns, "v1").as_deref()
+    assert!(eventually(30, || task_status(&ctrd, ns, &v1).as_deref()
         == Some("STOPPED")));
-    let o = ctrd.ctr(ns, &["task", "delete", "v1"]);
+    let o = ctrd.ctr(ns, &["task", "delete", &v1]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("exit code 137"),
         "{}",
         text(&o)
     );
-    assert!(ctrd.ctr(ns, &["container", "rm", "v1"]).status.success());
+    assert!(ctrd.ctr(ns, &["container", "rm", &v1]).status.success());
 
     // kill --all reaches every process of the container.
-    run("v2", &["sh", "-c", "sleep 600 & sleep 600 & wait"]);
+    run(&v2, &["sh", "-c", "sleep 600 & sleep 600 & wait"]);
     assert!(ctrd
-        .ctr(ns, &["task", "kill", "--all", "-s", "SIGKILL", "v2"])
+        .ctr(ns, &["task", "kill", "--all", "-s", "SIGKILL", &v2])
         .status
         .success());
-    assert!(eventually(30, || task_status(&ctrd, ns, "v2").as_deref()
+    assert!(eventually(30, || task_status(&ctrd, ns, &v2).as_deref()
         == Some("STOPPED")));
-    assert!(ctrd.ctr(ns, &["task", "delete", "v2"]).status.success());
-    assert!(ctrd.ctr(ns, &["container", "rm", "v2"]).status.success());
+    assert!(ctrd.ctr(ns, &["task", "delete", &v2]).status.success());
+    assert!(ctrd.ctr(ns, &["container", "rm", &v2]).status.success());
 
     // `ctr run -d` leaves the output FIFOs unread: 3 MB of output must not stall the VM's other
     // sessions (exec, kill), and the writer itself gets to finish.
     run(
-        "v3",
+        &v3,
         &[
             "sh",
             "-c",
@@ -366,7 +378,7 @@ fn detached_task_verbs() {
     let o = exec_in(
         &ctrd,
         ns,
-        "v3",
+        &v3,
         "e3",
         &[
             "sh",
@@ -380,7 +392,7 @@ fn detached_task_verbs() {
         "{}",
         text(&o)
     );
-    kill_and_remove(&ctrd, ns, "v3");
+    kill_and_remove(&ctrd, ns, &v3);
     assert_eq!(vmms_mentioning(&format!("/{ns}/")), 0);
 }
 
@@ -390,7 +402,13 @@ fn twenty_containers_leave_nothing_behind() {
     let Some(ctrd) = setup(ns) else { return };
     let _slot = GuestSlot::acquire();
     for i in 0..20 {
-        let o = run_msb(&ctrd, ns, &["--rm"], &format!("l{i}"), &["true"]);
+        let o = run_msb(
+            &ctrd,
+            ns,
+            &["--rm"],
+            &container_id(&format!("l{i}")),
+            &["true"],
+        );
         assert_eq!(o.status.code(), Some(0), "run {i}: {}", text(&o));
     }
     assert_eq!(vmms_mentioning(&format!("/{ns}/")), 0, "VMM processes left");
@@ -482,6 +500,7 @@ impl Drop for EventStream {
 fn a_killed_shim_is_cleaned_up_by_containerd() {
     let ns = "crash";
     let Some(ctrd) = setup(ns) else { return };
+    let k1 = container_id("k1");
     let _slot = GuestSlot::acquire();
     let o = ctrd.ctr(
         ns,
@@ -491,7 +510,7 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
             "--runtime",
             "io.microsandbox.v1",
             BUSYBOX,
-            "k1",
+            &k1,
             "sleep",
             "600",
         ],
@@ -514,7 +533,9 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     unsafe { libc::kill(shim, libc::SIGKILL) };
     // containerd runs the shim binary's `delete` action and publishes the task's exit.
     let exit = events
-        .wait_for(60, |l| l.contains("/tasks/exit") && l.contains("\"k1\""))
+        .wait_for(60, |l| {
+            l.contains("/tasks/exit") && l.contains(&format!("\"{k1}\""))
+        })
         .expect("no /tasks/exit event for k1 within 60 s");
     assert!(exit.contains("\"exit_status\":137"), "{exit}");
     assert!(
@@ -522,7 +543,7 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
             .is_empty()),
         "task left"
     );
-    assert!(ctrd.ctr(ns, &["container", "rm", "k1"]).status.success());
+    assert!(ctrd.ctr(ns, &["container", "rm", &k1]).status.success());
     assert!(
         eventually(20, || vmms_mentioning(&format!("/{ns}/")) == 0),
         "VMM left after the shim died"
@@ -538,6 +559,10 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
 fn clear_errors() {
     let ns = "errors";
     let Some(ctrd) = setup(ns) else { return };
+    let x1 = container_id("x1");
+    let x2 = container_id("x2");
+    let x3 = container_id("x3");
+    let x4 = container_id("x4");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("shim.toml");
     std::fs::write(&cfg, "kernel = \"/nonexistent/vmlinux\"\n").unwrap();
@@ -545,7 +570,7 @@ fn clear_errors() {
         &ctrd,
         ns,
         &["--runtime-config-path", cfg.to_str().unwrap(), "--rm"],
-        "x1",
+        &x1,
         &["true"],
     );
     assert_eq!(o.status.code(), Some(1));
@@ -554,6 +579,34 @@ fn clear_errors() {
             .contains("guest kernel not found at /nonexistent/vmlinux"),
         "{}",
         text(&o)
+    );
+
+    // A boot the VMM itself refuses: the error names QEMU's own reason, from its log, in what
+    // ctr prints and in containerd's log (it used to say `start the qemu VMM: unknown`).
+    let bogus = dir.path().join("vmlinux");
+    std::fs::write(&bogus, "not a kernel\n").unwrap();
+    std::fs::write(&cfg, format!("kernel = \"{}\"\n", bogus.display())).unwrap();
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &["--runtime-config-path", cfg.to_str().unwrap(), "--rm"],
+        &x4,
+        &["true"],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for want in [
+        "boot sandbox: the guest did not become ready: the VMM exited",
+        "--- VMM log (last lines) ---",
+        "qemu: linux kernel too old to load a ram disk",
+    ] {
+        assert!(stderr.contains(want), "{want:?} missing:\n{}", text(&o));
+    }
+    assert!(
+        ctrd.log()
+            .contains("qemu: linux kernel too old to load a ram disk"),
+        "containerd's log lacks the root cause:\n{}",
+        tail(&ctrd.log(), 40)
     );
 
     let o = ctrd.ctr(
@@ -565,7 +618,7 @@ fn clear_errors() {
             "--rm",
             "--rootfs",
             "/nonexistent",
-            "x2",
+            &x2,
             "true",
         ],
     );
@@ -590,7 +643,7 @@ fn clear_errors() {
             "--rm",
             "--config",
             spec.to_str().unwrap(),
-            "x3",
+            &x3,
         ],
     );
     assert!(
@@ -604,13 +657,16 @@ fn clear_errors() {
 fn containers_of_one_pod_share_one_vm() {
     let ns = "pod";
     let Some(ctrd) = setup(ns) else { return };
+    let p1 = container_id("p1");
+    let p2 = container_id("p2");
+    let pod1 = container_id("pod1");
     let _slot = GuestSlot::acquire();
-    let pod = "io.kubernetes.cri.sandbox-id=pod1";
+    let pod = &format!("io.kubernetes.cri.sandbox-id={pod1}");
     let o = run_msb(
         &ctrd,
         ns,
         &["-d", "--annotation", pod],
-        "p1",
+        &p1,
         &["sh", "-c", "echo first > /mark; exec sleep 600"],
     );
     assert!(o.status.success(), "{}\n{}", text(&o), ctrd.log());
@@ -623,7 +679,7 @@ fn containers_of_one_pod_share_one_vm() {
     let first = boot_id(exec_in(
         &ctrd,
         ns,
-        "p1",
+        &p1,
         "b1",
         &["cat", "/proc/sys/kernel/random/boot_id"],
     ));
@@ -633,7 +689,7 @@ fn containers_of_one_pod_share_one_vm() {
         &ctrd,
         ns,
         &["--rm", "--annotation", pod],
-        "p2",
+        &p2,
         &[
             "sh",
             "-c",
@@ -650,9 +706,9 @@ fn containers_of_one_pod_share_one_vm() {
     assert_eq!(vmms_mentioning(&format!("/{ns}/")), 1, "one VM for the pod");
 
     // The first container still runs and kept its own upper.
-    let o = exec_in(&ctrd, ns, "p1", "b2", &["cat", "/mark"]);
+    let o = exec_in(&ctrd, ns, &p1, "b2", &["cat", "/mark"]);
     assert_eq!(stdout(&o), "first\n", "{}", text(&o));
-    kill_and_remove(&ctrd, ns, "p1");
+    kill_and_remove(&ctrd, ns, &p1);
     assert!(
         eventually(20, || vmms_mentioning(&format!("/{ns}/")) == 0),
         "VMM left after the pod's last container"
@@ -671,4 +727,74 @@ fn containers_of_one_pod_share_one_vm() {
         Vec::<String>::new(),
         "files left in the shim state"
     );
+}
+
+/// The longest namespace name containerd accepts (76 characters).
+const LONG_NS: &str =
+    "a-namespace-whose-name-is-as-long-as-containerd-accepts-0123456789abcdefghij";
+
+/// Ids, namespaces and state directories as long as real clients and users make them: two
+/// containers of a pod (64-hex ids, a 76-character namespace, a configured state directory of
+/// over 100 bytes) boot, run and leave nothing behind, with every socket of their VM (agent,
+/// relay, virtiofsd) at a path far beyond `sun_path`'s 107 bytes.
+#[test]
+fn long_ids_namespaces_and_state_directories() {
+    let ns = LONG_NS;
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    let (pod, c1, c2) = (container_id("pod"), container_id("c1"), container_id("c2"));
+    let state = format!(
+        "/var/lib/microsandbox/{}",
+        "a-state-directory-a-user-configured-".repeat(3)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("shim.toml");
+    std::fs::write(&cfg, format!("state_dir = \"{state}\"\n")).unwrap();
+    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let flags = |more: &'static str| {
+        vec![
+            more,
+            "--runtime-config-path",
+            cfg.to_str().unwrap(),
+            "--annotation",
+            annotation.as_str(),
+        ]
+    };
+    let o = run_msb(&ctrd, ns, &flags("-d"), &c1, &["sleep", "600"]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o),
+        tail(&ctrd.log(), 40)
+    );
+    let o = run_msb(&ctrd, ns, &flags("--rm"), &c2, &["echo", "second"]);
+    assert_eq!(
+        (stdout(&o), o.status.code()),
+        ("second\n".into(), Some(0)),
+        "{}\n{}",
+        text(&o),
+        tail(&ctrd.log(), 40)
+    );
+    let sockets = Command::new("find")
+        .args([&state, "-type", "s"])
+        .output()
+        .unwrap();
+    let sockets = stdout(&sockets);
+    for name in ["agent.sock", "relay.sock", "fs0.sock"] {
+        assert!(
+            sockets.lines().any(|l| l.ends_with(name) && l.len() > 107),
+            "no {name} beyond 107 bytes among:\n{sockets}"
+        );
+    }
+    kill_and_remove(&ctrd, ns, &c1);
+    assert!(
+        eventually(20, || vmms_mentioning(&state) == 0),
+        "VMM left after the pod's last container"
+    );
+    let left = Command::new("find")
+        .args([&state, "-type", "f"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&left), "", "files left in the shim state");
+    let _ = std::fs::remove_dir_all(&state);
 }

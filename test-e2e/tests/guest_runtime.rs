@@ -8,6 +8,7 @@ use msb_protocol::types::*;
 use msb_runtime::vmm::{BackendKind, DiskSpec};
 use msb_runtime::{disks, AgentClient, ExecEvent, Sandbox, SandboxConfig};
 use msb_test_e2e::guest::{assets, busybox_rootfs, GuestSlot};
+use msb_test_e2e::ids::container_id;
 
 fn sh(script: &str) -> ExecRequest {
     ExecRequest {
@@ -25,7 +26,13 @@ async fn one_vm_many_processes() {
     let _slot = GuestSlot::acquire();
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
-    let mut cfg = SandboxConfig::new(format!("rt-{}", std::process::id()));
+    // A 64-hex id in a directory as deep as the shim's: every socket path exceeds `sun_path`.
+    let mut cfg = SandboxConfig::new(container_id("rt"));
+    cfg.dir = msb_runtime::sandbox::run_dir()
+        .join("state-of-a-long-configured-root/k8s.io/sandboxes")
+        .join(&cfg.id)
+        .join("vm");
+    assert!(cfg.dir.join("agent.sock").as_os_str().len() > msb_runtime::socket_path::SUN_PATH_MAX);
     cfg.backend = Some(BackendKind::Qemu);
     let dir = cfg.dir();
     std::fs::create_dir_all(&dir).unwrap();
@@ -196,7 +203,7 @@ async fn one_vm_many_processes() {
 
     // A second host client through the relay: its own ids, its own exec; when it goes away,
     // agentd kills what it started, and the first client is unaffected.
-    let stream = tokio::net::UnixStream::connect(sb.relay().path())
+    let stream = msb_runtime::socket_path::connect(sb.relay().path())
         .await
         .unwrap();
     let (second, ready) = AgentClient::connect_relay(stream, Duration::from_secs(10))
@@ -235,6 +242,7 @@ async fn one_vm_many_processes() {
     let exit = sb.shutdown(Duration::from_secs(20)).await.unwrap();
     assert_eq!((exit.code, exit.guest_panicked), (Some(0), false));
     assert!(!dir.exists(), "sandbox directory left behind");
+    let _ = std::fs::remove_dir_all(dir.ancestors().nth(4).expect("the long root"));
     // SAFETY: probing a pid with signal 0.
     assert_eq!(unsafe { libc::kill(vmm_pid, 0) }, -1, "VMM still running");
     drop(init);

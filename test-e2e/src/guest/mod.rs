@@ -147,14 +147,14 @@ pub fn msbox(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Run {
                 .join("sandboxes")
                 .join(format!("msbox-{pid}"));
             let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-            if let Ok(vmm) = std::fs::read_to_string(dir.join("vmm.pid")) {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe {
-                    libc::kill(
-                        -vmm.trim().parse::<i32>().unwrap_or(0).max(1),
-                        libc::SIGKILL,
-                    )
-                };
+            // msbox's VMM (and its virtiofsd) run in process groups of their own, led by
+            // msbox's children: kill those groups, never anything else.
+            for vmm in children_of(pid) {
+                if vmm > 1 {
+                    // SAFETY: kill has no memory-safety preconditions; `-vmm` names the process
+                    // group of a child of our own msbox, never -1 (every process).
+                    unsafe { libc::kill(-vmm, libc::SIGKILL) };
+                }
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -168,6 +168,23 @@ pub fn msbox(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Run {
         stdout: out_t.join().unwrap(),
         stderr: String::from_utf8_lossy(&err_t.join().unwrap()).into_owned(),
     }
+}
+
+/// The pids whose parent is `parent`, from `/proc/<pid>/stat`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after.split_whitespace().nth(1) == Some(parent.to_string().as_str())
+        })
+        .collect()
 }
 
 /// `Output` helper for host tools.
