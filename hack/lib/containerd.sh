@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # A private containerd (own config, root, state and socket) and a tiny busybox image, for the
-# demo. The e2e harness in test-e2e/ does the same from Rust.
+# demo and for the e2e harness in test-e2e/, which sources this file.
 #
 # Paths stay short: a Unix socket path must fit in 107 bytes.
 

@@ -3,7 +3,7 @@
 
 # Writes the uncompressed ELF kernel inside bzImage $1 to $2, as the kernel's own
 # scripts/extract-vmlinux does: find each compression magic, decompress from there, keep the
-# first result that is an ELF file. HOSTS.md: PVH boot of the vmlinux on -M microvm is fastest.
+# first result that is an ELF file. docs/HOSTS.md: PVH boot of the vmlinux on -M microvm is fastest.
 extract_vmlinux() {
   local bz=$1 out=$2 magic tool off
   local -a pairs=(

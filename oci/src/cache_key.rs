@@ -1,4 +1,5 @@
-//! The key of a layer chain: which cached EROFS lower image a rootfs can reuse.
+//! The key of a layer chain (used by the shim's test double; the real layer cache keys each
+//! layer directory on its own, `shim/src/layer_cache.rs`).
 //!
 //! containerd's overlayfs snapshotter stores each committed layer under
 //! `.../snapshots/<id>/fs`; ids come from a persistent sequence and are not reused while the

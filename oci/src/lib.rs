@@ -2,7 +2,7 @@
 //! the guest protocol (`ContainerCreate` plus the init `ExecRequest`), and maps the rootfs mounts
 //! containerd passes (overlay lowerdirs from the overlayfs snapshotter, a bind of a plain
 //! directory, or the bundle's own `rootfs/`) to an [`OciRootfsSource`]: read-only lower layers,
-//! keyed by their layer chain so the runtime can cache one EROFS image per chain.
+//! each of which the shim turns into one cached read-only EROFS image.
 //!
 //! It knows nothing of ttrpc or of the runtime: containerd's `Mount` arrives as our own
 //! [`RootfsMount`], and the result is plain data plus protocol payloads. Image pulls and layer

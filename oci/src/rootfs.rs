@@ -9,8 +9,8 @@
 //! | native (and others that copy) | one `bind` of a whole directory, `rw` |
 //! | none (`ctr run --rootfs`, hand-made bundles) | no mounts; the bundle's `root.path` |
 //!
-//! We never mount anything on the host: the lowers become one read-only EROFS image (cached by
-//! [`LayerChainKey`]) and the container writes to a fresh ext4 upper image. The snapshotter's
+//! We never mount anything on the host: each lower becomes a read-only EROFS image (cached per
+//! layer directory by the shim) and the container writes to a fresh ext4 upper image. The snapshotter's
 //! own upperdir is reported but not used (a new container's upperdir is empty).
 
 use std::path::{Path, PathBuf};

@@ -47,7 +47,7 @@ pub const MAX_FS_CHUNK: usize = 3 * 1024 * 1024;
 /// Correlation id reserved for connection-level control frames.
 pub const CONTROL_ID: u32 = 0;
 
-/// Host clients the VMM's relay serves at most.
+/// Host clients the relay serves at most.
 pub const RELAY_MAX_CLIENTS: u32 = 128;
 
 /// Width of each relay client's correlation id range.

@@ -1,6 +1,6 @@
-//! Correlation id ranges of the VMM's relay.
+//! Correlation id ranges of the relay.
 //!
-//! The VMM owns the agent port and serves up to [`RELAY_MAX_CLIENTS`] host clients. Client `k`
+//! The relay (a host task of the runtime) owns the agent connection and serves up to [`RELAY_MAX_CLIENTS`] host clients. Client `k`
 //! owns ids `[k*STEP+1, (k+1)*STEP)`; guest-to-host frames route by `id / STEP`. On connect the
 //! relay writes the client's range as two big-endian u32 (the [`RangeHeader`]) and then the
 //! cached `core.ready` frame.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-/// The host's TSC frequency in kHz, for the guest's `tsc_early_khz=` (HOSTS.md: without it,
+/// The host's TSC frequency in kHz, for the guest's `tsc_early_khz=` (docs/HOSTS.md: without it,
 /// TSC calibration under TCG sometimes hangs the guest). Sources, best first: the kernel's
 /// exported figure, its refined calibration in the kernel log, its detected frequency, then
 /// `cpu MHz` of /proc/cpuinfo.

@@ -87,13 +87,13 @@ pub struct ShimConfig {
     pub kernel: Option<PathBuf>,
     /// Initramfs; default `<asset_dir>/initramfs.cpio`.
     pub initramfs: Option<PathBuf>,
-    /// Cache of EROFS lower images, keyed by layer chain.
+    /// Cache of EROFS lower images, one per layer directory.
     pub cache_dir: PathBuf,
     /// Run the image's init system as the container's PID 1 (`auto` or a path).
     pub handoff_init: Option<String>,
-    /// Per-container state (the ext4 upper images), `<state_dir>/<namespace>/<id>/`, and
-    /// per-VM state, `<state_dir>/<namespace>/sandboxes/<sandbox id>/`. On a disk, not tmpfs:
-    /// the uppers hold what containers write.
+    /// Per-container state, `<state_dir>/<namespace>/<id>/`, and per-VM state (the ext4 upper
+    /// images), `<state_dir>/<namespace>/sandboxes/<sandbox id>/vm/`. On a disk, not tmpfs: the
+    /// uppers hold what containers write.
     pub state_dir: PathBuf,
 }
 

@@ -14,7 +14,7 @@ use msb_test_e2e::paths::profile_dir;
 const T: Duration = Duration::from_secs(120);
 
 /// How long a forced krun may take to fail here. libkrun stops with KVM_EXIT_INTERNAL_ERROR
-/// 9-19 s after the start on the PVM hosts (HOSTS.md); the point is "seconds, not a hang".
+/// 9-19 s after the start on the PVM hosts (docs/HOSTS.md); the point is "seconds, not a hang".
 const FAIL_WITHIN: Duration = Duration::from_secs(45);
 
 /// The guest assets, libkrunfw and the VMM program, or a printed reason to skip.
