@@ -8,6 +8,8 @@
 //!   [`vmm::krun`]. The VMM is always a child process in its own process group.
 //! - [`agent`]: the async client of agentd's protocol (sessions, backpressure).
 //! - [`relay`]: serves several host clients over one agent connection.
+//! - [`rootfs`]: containers' roots on the host: the layer image cache and the disk layouts of a
+//!   single container's VM and of a pod's.
 //! - [`sandbox`]: the owned value tying it together; dropping it leaves nothing behind.
 //! - [`socket_path`]: binds and connects Unix sockets whose paths exceed `sun_path`.
 
@@ -16,6 +18,7 @@ pub mod assets;
 pub mod disks;
 pub mod host;
 pub mod relay;
+pub mod rootfs;
 pub mod sandbox;
 pub mod socket_path;
 pub mod vmm;

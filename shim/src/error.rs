@@ -212,7 +212,7 @@ mod tests {
             "boot sandbox: start the krun VMM: bind /run/x/agent.sock: File name too long (os \
              error 36)"
         );
-        let rootfs = SandboxError::Rootfs(Box::new(crate::sandbox::PathError {
+        let rootfs = SandboxError::Rootfs(Box::new(msb_runtime::rootfs::RootfsError::Io {
             what: "create",
             path: "/var/lib/x".into(),
             source: std::io::Error::from_raw_os_error(libc::EACCES),

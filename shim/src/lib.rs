@@ -5,7 +5,6 @@ pub mod cleanup;
 pub mod config;
 pub mod error;
 pub mod events;
-pub mod layer_cache;
 pub mod msbox;
 pub mod output_gate;
 pub mod record;

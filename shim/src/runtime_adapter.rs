@@ -3,15 +3,9 @@
 //!
 //! Disks cannot be added to a running QEMU `microvm` (no hotplug), so a VM boots when its first
 //! container's root is prepared: [`RuntimeFactory::boot`] only records the configuration, and
-//! [`Sandbox::prepare_rootfs`] makes the disks and starts the VM with them. Each image layer
-//! becomes its own read-only EROFS image, cached in `cache_dir` and reused by every container
-//! of the same image; the guest stacks them under the container's fresh ext4 upper with
-//! overlayfs, which understands the snapshotter's whiteouts as they are.
-//!
-//! A pod's VM (bundles naming `io.kubernetes.cri.sandbox-id`) gets its disks differently, because
-//! its later containers arrive after boot: one pod upper disk on which each container's upper is
-//! a directory, and the runtime share (virtio-fs) of a per-pod directory into which each
-//! container's layer images are linked; agentd loop-mounts them from there.
+//! [`Sandbox::prepare_rootfs`] lays out the disks ([`msb_runtime::rootfs`]: a single
+//! container's, or a pod's whose later containers arrive after boot) and starts the VM with
+//! them. Which backend runs the VM is the runtime's business; this file never names one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,26 +16,22 @@ use async_trait::async_trait;
 use msb_oci::OciRootfsSource;
 use msb_protocol::types::{
     ContainerCreate, ContainerStatsReply, ExecRequest, ExecResize, ExecSignal, Resources,
-    RootfsSpec, StorageRef,
+    RootfsSpec,
 };
-use msb_protocol::{DISKS_MOUNT_DIR, RUNTIME_FS_TAG, RUNTIME_MOUNT_POINT};
+use msb_runtime::rootfs::{self, layer_cache, PodRootfs};
 use msb_runtime::vmm::{parse_backend, DiskSpec, ShareSpec};
-use msb_runtime::{disks, AgentClient, ExecEvent, GuestAssets};
+use msb_runtime::{AgentClient, ExecEvent, GuestAssets};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::SandboxConfig;
-use crate::layer_cache;
 use crate::output_gate::OutputGate;
 use crate::sandbox::{
-    ExecSession, Output, PathError, PreparedRootfs, ProcessKey, Sandbox, SandboxError,
-    SandboxEvent, SandboxFactory,
+    ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
+    SandboxFactory,
 };
 
 /// How long a clean guest power-off may take before the VMM is killed (TCG is slow).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serial of a pod's upper disk, which holds one upper directory per container.
-const POD_DISK: &str = "pod";
 
 /// The production factory.
 #[derive(Debug, Default)]
@@ -85,7 +75,7 @@ struct RuntimeSandbox {
     backend: Option<msb_runtime::BackendKind>,
     assets: GuestAssets,
     dir: PathBuf,
-    vm: tokio::sync::Mutex<Option<msb_runtime::Sandbox>>,
+    vm: tokio::sync::Mutex<Option<Booted>>,
     agent: Mutex<Option<AgentClient>>,
     vmm_pid: Mutex<Option<u32>>,
     /// Correlation id of each live process, for signals, resizes and stdin.
@@ -124,25 +114,15 @@ fn vm_hostname(id: &str) -> Option<msb_protocol::boot::Hostname> {
     msb_protocol::boot::Hostname::parse(&name).ok()
 }
 
-/// Whether a pod share can be read-only under `kind`. libkrun serves virtio-fs read-write only;
-/// a writable share must not hold hard links to the host's image cache (the guest could change
-/// every pod's images through them), so krun pods get copies instead.
-fn share_can_be_read_only(kind: msb_runtime::BackendKind) -> bool {
-    kind == msb_runtime::BackendKind::Qemu
+/// A booted VM and, for a pod, where its later containers' layer images go.
+#[derive(Debug)]
+struct Booted {
+    vm: msb_runtime::Sandbox,
+    pod: Option<PodRootfs>,
 }
 
-/// Creates a directory and its parents; the error names it.
-fn mkdir(dir: &Path) -> Result<(), SandboxError> {
-    std::fs::create_dir_all(dir)
-        .map_err(PathError::cause("create", dir))
-        .map_err(SandboxError::Rootfs)
-}
-
-/// Copies under a temporary name and renames, so the guest never sees half an image.
-fn copy_atomically(from: &Path, to: &Path) -> std::io::Result<()> {
-    let tmp = to.with_extension("partial");
-    std::fs::copy(from, &tmp)?;
-    std::fs::rename(&tmp, to)
+fn rootfs_err(e: rootfs::RootfsError) -> SandboxError {
+    SandboxError::Rootfs(e.into())
 }
 
 impl RuntimeSandbox {
@@ -188,72 +168,36 @@ impl RuntimeSandbox {
         Ok(sb)
     }
 
-    /// A pod's container: the first one boots the VM with the pod's upper disk and the runtime
-    /// share (a per-pod directory of hard links to the cached layer images, so a guest sees only
-    /// its own pod's images); every container's layers are linked into the share, where the
-    /// running guest finds them at once, and its upper is its own directory on the pod disk.
+    /// A pod's container: the first one boots the VM with the pod's disk and share; each one's
+    /// layer images go into the share, where the running guest finds them at once.
     async fn prepare_pod_rootfs(
         &self,
-        vm: &mut Option<msb_runtime::Sandbox>,
+        booted: &mut Option<Booted>,
         container: &str,
-        source: &OciRootfsSource,
         images: &[PathBuf],
         upper_size: u64,
-    ) -> Result<PreparedRootfs, SandboxError> {
-        let share = self.dir.join("share");
-        if vm.is_none() {
-            mkdir(&share)?;
-            let upper = self.dir.join("pod-upper.ext4");
-            tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
-                .map_err(|e| SandboxError::Rootfs(e.into()))?;
-            let disks = vec![DiskSpec {
-                serial: POD_DISK.into(),
-                path: upper,
-                read_only: false,
-            }];
+    ) -> Result<RootfsSpec, SandboxError> {
+        if booted.is_none() {
             // Resolved here so that the share's mode and the backend booting it agree.
             let (kind, why) = msb_runtime::vmm::select_backend(self.backend);
             tracing::info!(sandbox = %self.id, "pod backend {kind}: {why}");
-            let shares = vec![ShareSpec {
-                tag: RUNTIME_FS_TAG.into(),
-                host_path: share.clone(),
-                read_only: share_can_be_read_only(kind),
-            }];
-            *vm = Some(self.boot_vm(Some(kind), disks, shares).await?);
+            let (pod, boot) =
+                tokio::task::block_in_place(|| PodRootfs::prepare(&self.dir, kind, upper_size))
+                    .map_err(rootfs_err)?;
+            let vm = self.boot_vm(Some(kind), boot.disks, boot.shares).await?;
+            *booted = Some(Booted { vm, pod: Some(pod) });
         }
-        let read_only = vm
-            .as_ref()
-            .is_some_and(|v| share_can_be_read_only(v.backend()));
-        let mut lower = Vec::new();
-        for image in images {
-            let name = image.file_name().expect("cache images have a file name");
-            let link = share.join(name);
-            if !link.exists() {
-                tokio::task::block_in_place(|| {
-                    let linked = read_only && std::fs::hard_link(image, &link).is_ok();
-                    if linked {
-                        Ok(())
-                    } else {
-                        copy_atomically(image, &link)
-                    }
-                })
-                .map_err(PathError::cause("share a layer image as", &link))
-                .map_err(SandboxError::Rootfs)?;
-            }
-            lower.push(StorageRef::Image(format!(
-                "{RUNTIME_MOUNT_POINT}/{}",
-                name.to_string_lossy()
-            )));
+        match booted.as_ref().and_then(|b| b.pod.as_ref()) {
+            Some(pod) => tokio::task::block_in_place(|| pod.add_container(container, images))
+                .map_err(rootfs_err),
+            None => Err(SandboxError::Rootfs(
+                format!(
+                    "container {container}: VM {} was not booted as a pod",
+                    self.id
+                )
+                .into(),
+            )),
         }
-        Ok(PreparedRootfs {
-            spec: RootfsSpec {
-                lower,
-                upper: StorageRef::Dir(format!("{DISKS_MOUNT_DIR}/{POD_DISK}/c/{container}")),
-                fstype: "ext4".into(),
-                readonly: source.readonly,
-            },
-            owned_files: Vec::new(),
-        })
     }
 
     fn process_id(&self, key: &ProcessKey) -> Result<u32, SandboxError> {
@@ -273,25 +217,26 @@ impl Sandbox for RuntimeSandbox {
         upper_size: u64,
         _state_dir: &Path,
     ) -> Result<PreparedRootfs, SandboxError> {
-        if source.lowers.is_empty() {
-            return Err(SandboxError::Rootfs(
-                format!("container {container}: no root file system layers").into(),
-            ));
-        }
         let images = tokio::task::block_in_place(|| {
             source
                 .lowers
                 .iter()
                 .map(|layer| layer_cache::image_for(&self.config.cache_dir, layer))
                 .collect::<Result<Vec<_>, _>>()
-        })?;
-        let mut vm = self.vm.lock().await;
+        })
+        .map_err(rootfs_err)?;
+        let mut booted = self.vm.lock().await;
         if self.config.pod {
-            return self
-                .prepare_pod_rootfs(&mut vm, container, source, &images, upper_size)
-                .await;
+            let mut spec = self
+                .prepare_pod_rootfs(&mut booted, container, &images, upper_size)
+                .await?;
+            spec.readonly = source.readonly;
+            return Ok(PreparedRootfs {
+                spec,
+                owned_files: Vec::new(),
+            });
         }
-        if vm.is_some() {
+        if booted.is_some() {
             return Err(SandboxError::Rootfs(
                 format!(
                     "container {container}: VM {} already runs a container; only containers of \
@@ -301,35 +246,16 @@ impl Sandbox for RuntimeSandbox {
                 .into(),
             ));
         }
-        mkdir(&self.dir)?;
-        let mut disk_specs = Vec::new();
-        let mut lower = Vec::new();
-        for (i, image) in images.into_iter().enumerate() {
-            let serial = format!("l{i}");
-            disk_specs.push(DiskSpec {
-                serial: serial.clone(),
-                path: image,
-                read_only: true,
-            });
-            lower.push(StorageRef::Serial(serial));
-        }
-        let upper = self.dir.join("upper.ext4");
-        tokio::task::block_in_place(|| disks::make_upper(&upper, upper_size))
-            .map_err(|e| SandboxError::Rootfs(e.into()))?;
-        disk_specs.push(DiskSpec {
-            serial: "upper".into(),
-            path: upper.clone(),
-            read_only: false,
-        });
-        *vm = Some(self.boot_vm(self.backend, disk_specs, Vec::new()).await?);
+        let mut single = tokio::task::block_in_place(|| {
+            rootfs::single(container, &images, &self.dir.join("upper.ext4"), upper_size)
+        })
+        .map_err(rootfs_err)?;
+        let vm = self.boot_vm(self.backend, single.disks, Vec::new()).await?;
+        *booted = Some(Booted { vm, pod: None });
+        single.spec.readonly = source.readonly;
         Ok(PreparedRootfs {
-            spec: RootfsSpec {
-                lower,
-                upper: StorageRef::Serial("upper".into()),
-                fstype: "ext4".into(),
-                readonly: source.readonly,
-            },
-            owned_files: vec![upper],
+            spec: single.spec,
+            owned_files: vec![single.upper],
         })
     }
 
@@ -494,14 +420,15 @@ impl Sandbox for RuntimeSandbox {
 
     async fn shutdown(&self) -> Result<(), SandboxError> {
         lock(&self.agent).take();
-        if let Some(sb) = self.vm.lock().await.take() {
+        if let Some(Booted { vm: sb, .. }) = self.vm.lock().await.take() {
             sb.shutdown(SHUTDOWN_TIMEOUT)
                 .await
                 .map_err(|e| SandboxError::Other(e.into()))?;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // Each VM's end is the moment to drop the images of layers containerd has removed
-        // since: a few stats per cached image, and no image in use can go (see layer_cache).
+        // since: a few stats per cached image, and no image in use can go (see
+        // msb_runtime::rootfs::layer_cache).
         match layer_cache::prune(&self.config.cache_dir) {
             Ok(p) if p.images > 0 => tracing::info!(
                 removed = p.images,

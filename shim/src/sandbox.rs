@@ -30,30 +30,6 @@ pub mod fake;
 /// `ctr`, `crictl` and `docker` show the root cause ([`crate::error::chain`] prints the chain).
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// A file operation of the shim's that failed: what, where, and the OS error as its cause.
-#[derive(Debug, thiserror::Error)]
-#[error("{what} {}", path.display())]
-pub struct PathError {
-    /// What was done (`create`, `rename`, ...).
-    pub what: &'static str,
-    /// The file or directory.
-    pub path: PathBuf,
-    /// The OS error.
-    #[source]
-    pub source: std::io::Error,
-}
-
-impl PathError {
-    /// A `map_err` adapter: `.map_err(PathError::cause("create", &dir))`.
-    pub fn cause(
-        what: &'static str,
-        path: &std::path::Path,
-    ) -> impl FnOnce(std::io::Error) -> Cause {
-        let path = path.to_path_buf();
-        move |source| Box::new(PathError { what, path, source })
-    }
-}
-
 /// Why a sandbox operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

@@ -44,6 +44,18 @@ impl fmt::Display for BackendKind {
     }
 }
 
+impl BackendKind {
+    /// Whether the backend can serve a virtio-fs share read-only, so that the host directory
+    /// behind it is safe from the guest. QEMU's `virtiofsd --readonly` can; libkrun serves
+    /// virtio-fs read-write only.
+    pub fn serves_read_only_shares(self) -> bool {
+        match self {
+            BackendKind::Qemu => true,
+            BackendKind::Krun => false,
+        }
+    }
+}
+
 /// Parses `auto|krun|qemu`; `auto` is `None`.
 pub fn parse_backend(s: &str) -> Result<Option<BackendKind>, String> {
     match s {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use msb_protocol::types::{ContainerCreate, ExecRequest, Resources, RootfsSpec, StorageRef};
-use msb_runtime::disks;
-use msb_runtime::vmm::{parse_backend, DiskSpec};
+use msb_protocol::types::{ContainerCreate, ExecRequest, Resources};
+use msb_runtime::vmm::parse_backend;
+use msb_runtime::{disks, rootfs};
 use msb_runtime::{ExecEvent, Sandbox, SandboxConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -72,31 +72,16 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .keep_upper
         .clone()
         .unwrap_or_else(|| dir.join("upper.ext4"));
+    // Not the layer cache: a directory of the user's may change under the same inode.
     disks::make_lower(&args.rootfs, &lower)?;
-    disks::make_upper(&upper, args.upper_size << 20)?;
-    cfg.disks = vec![
-        DiskSpec {
-            serial: "lower".into(),
-            path: lower,
-            read_only: true,
-        },
-        DiskSpec {
-            serial: "upper".into(),
-            path: upper.clone(),
-            read_only: false,
-        },
-    ];
+    let root = rootfs::single("main", &[lower], &upper, args.upper_size << 20)?;
+    cfg.disks = root.disks;
     let sandbox = Sandbox::start(cfg).await?;
     let agent = sandbox.agent().clone();
     agent
         .container_create(&ContainerCreate {
             id: "main".into(),
-            rootfs: RootfsSpec {
-                lower: vec![StorageRef::Serial("lower".into())],
-                upper: StorageRef::Serial("upper".into()),
-                fstype: "ext4".into(),
-                readonly: false,
-            },
+            rootfs: root.spec,
             mounts: Vec::new(),
             hostname: None,
             namespaces: Default::default(),

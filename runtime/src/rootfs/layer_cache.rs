@@ -16,9 +16,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use msb_runtime::disks;
-
-use crate::sandbox::{PathError, SandboxError};
+use super::RootfsError;
+use crate::disks;
 
 /// A record or temporary file younger than this is never pruned: another shim may be building
 /// that image right now.
@@ -26,29 +25,22 @@ const BUILD_GRACE: Duration = Duration::from_secs(600);
 
 /// The cached EROFS image of `layer`, built on first use. Built under a unique name and renamed,
 /// so concurrent shims never see half an image; the `.src` record is in place before the image.
-pub fn image_for(cache_dir: &Path, layer: &Path) -> Result<PathBuf, SandboxError> {
-    let hash = key_of(layer)
-        .map_err(PathError::cause("read layer", layer))
-        .map_err(SandboxError::Rootfs)?;
+pub fn image_for(cache_dir: &Path, layer: &Path) -> Result<PathBuf, RootfsError> {
+    let hash = key_of(layer).map_err(RootfsError::io("read layer", layer))?;
     let image = cache_dir.join(format!("{hash:016x}.erofs"));
     if image.is_file() {
         return Ok(image);
     }
-    std::fs::create_dir_all(cache_dir)
-        .map_err(PathError::cause("create", cache_dir))
-        .map_err(SandboxError::Rootfs)?;
+    std::fs::create_dir_all(cache_dir).map_err(RootfsError::io("create", cache_dir))?;
     let pid = std::process::id();
     let src_tmp = cache_dir.join(format!(".{pid}.{hash:016x}.src.tmp"));
     let src = cache_dir.join(format!("{hash:016x}.src"));
     std::fs::write(&src_tmp, layer.as_os_str().as_encoded_bytes())
         .and_then(|()| std::fs::rename(&src_tmp, &src))
-        .map_err(PathError::cause("record", &src))
-        .map_err(SandboxError::Rootfs)?;
+        .map_err(RootfsError::io("record", &src))?;
     let tmp = cache_dir.join(format!(".{pid}.{hash:016x}.tmp"));
-    disks::make_lower(layer, &tmp).map_err(|e| SandboxError::Rootfs(e.into()))?;
-    std::fs::rename(&tmp, &image)
-        .map_err(PathError::cause("rename", &tmp))
-        .map_err(SandboxError::Rootfs)?;
+    disks::make_lower(layer, &tmp)?;
+    std::fs::rename(&tmp, &image).map_err(RootfsError::io("rename", &tmp))?;
     Ok(image)
 }
 
