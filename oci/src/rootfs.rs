@@ -10,12 +10,11 @@
 //! | none (`ctr run --rootfs`, hand-made bundles) | no mounts; the bundle's `root.path` |
 //!
 //! We never mount anything on the host: each lower becomes a read-only EROFS image (cached per
-//! layer directory by the shim) and the container writes to a fresh ext4 upper image. The snapshotter's
-//! own upperdir is reported but not used (a new container's upperdir is empty).
+//! layer directory by the runtime) and the container writes to a fresh ext4 upper image. The
+//! snapshotter's own `upperdir` and `workdir` are ignored: a new container's upperdir is empty,
+//! and nothing the guest writes lands on the host.
 
 use std::path::{Path, PathBuf};
-
-use crate::cache_key::LayerChainKey;
 
 /// One rootfs mount as containerd passes it (`containerd.types.Mount`), free of ttrpc types.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -28,32 +27,13 @@ pub struct RootfsMount {
     pub options: Vec<String>,
 }
 
-/// How the root was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RootfsKind {
-    /// An overlay of snapshotter layers.
-    Overlay,
-    /// A bind of one directory.
-    Bind,
-    /// The bundle's own `rootfs/` directory (no mounts).
-    BundleDir,
-}
-
 /// Where a container's root comes from on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OciRootfsSource {
-    /// How containerd gave it.
-    pub kind: RootfsKind,
     /// Read-only layer directories, topmost first.
     pub lowers: Vec<PathBuf>,
-    /// The snapshotter's upperdir (overlay only); not used for the guest's writes.
-    pub upper_dir: Option<PathBuf>,
-    /// The snapshotter's workdir (overlay only).
-    pub work_dir: Option<PathBuf>,
     /// The mounts asked for a read-only root (`ro`).
     pub readonly: bool,
-    /// The key of the lower chain, for the EROFS image cache.
-    pub cache_key: LayerChainKey,
 }
 
 /// Why the rootfs mounts cannot be used.
@@ -119,29 +99,16 @@ impl OciRootfsSource {
                         root: root_path.to_path_buf(),
                     });
                 }
-                Ok(Self::new(
-                    RootfsKind::BundleDir,
-                    vec![root_path.to_path_buf()],
-                    false,
-                ))
+                Ok(Self {
+                    lowers: vec![root_path.to_path_buf()],
+                    readonly: false,
+                })
             }
             [m] => Self::from_one(bundle, m),
             _ => Err(RootfsError::TooManyMounts {
                 bundle: bundle.to_path_buf(),
                 count: mounts.len(),
             }),
-        }
-    }
-
-    fn new(kind: RootfsKind, lowers: Vec<PathBuf>, readonly: bool) -> Self {
-        let cache_key = LayerChainKey::of(&lowers);
-        Self {
-            kind,
-            lowers,
-            upper_dir: None,
-            work_dir: None,
-            readonly,
-            cache_key,
         }
     }
 
@@ -164,8 +131,6 @@ impl OciRootfsSource {
             || m.options.iter().any(|o| o == "bind" || o == "rbind");
         if m.typ == "overlay" {
             let mut lowers = None;
-            let mut upper = None;
-            let mut work = None;
             for opt in &m.options {
                 if let Some(v) = opt.strip_prefix("lowerdir=") {
                     lowers = Some(
@@ -174,10 +139,6 @@ impl OciRootfsSource {
                             .map(|s| abs("lowerdir", s))
                             .collect::<Result<Vec<_>, _>>()?,
                     );
-                } else if let Some(v) = opt.strip_prefix("upperdir=") {
-                    upper = Some(abs("upperdir", v)?);
-                } else if let Some(v) = opt.strip_prefix("workdir=") {
-                    work = Some(abs("workdir", v)?);
                 }
             }
             let lowers =
@@ -186,13 +147,13 @@ impl OciRootfsSource {
                     .ok_or_else(|| RootfsError::NoLowerdir {
                         bundle: bundle.to_path_buf(),
                     })?;
-            let mut src = Self::new(RootfsKind::Overlay, lowers, readonly);
-            src.upper_dir = upper;
-            src.work_dir = work;
-            Ok(src)
+            Ok(Self { lowers, readonly })
         } else if is_bind {
             let dir = abs("bind source", &m.source)?;
-            Ok(Self::new(RootfsKind::Bind, vec![dir], readonly))
+            Ok(Self {
+                lowers: vec![dir],
+                readonly,
+            })
         } else {
             Err(RootfsError::UnsupportedType {
                 bundle: bundle.to_path_buf(),
@@ -225,7 +186,6 @@ mod tests {
         let m = overlay(&["index=off", &work, &upper, &lower]);
         let src =
             OciRootfsSource::from_mounts(Path::new("/b"), &[m], Path::new("/b/rootfs")).unwrap();
-        assert_eq!(src.kind, RootfsKind::Overlay);
         assert_eq!(
             src.lowers,
             vec![
@@ -234,24 +194,7 @@ mod tests {
                 PathBuf::from(format!("{SNAP}/1/fs")),
             ]
         );
-        assert_eq!(src.upper_dir, Some(PathBuf::from(format!("{SNAP}/4/fs"))));
-        assert_eq!(src.work_dir, Some(PathBuf::from(format!("{SNAP}/4/work"))));
         assert!(!src.readonly);
-        assert_eq!(src.cache_key, LayerChainKey::of(&src.lowers));
-    }
-
-    #[test]
-    fn two_containers_of_one_image_share_the_key() {
-        let lower = format!("lowerdir={SNAP}/2/fs:{SNAP}/1/fs");
-        let a = overlay(&[&format!("upperdir={SNAP}/5/fs"), &lower]);
-        let b = overlay(&[&format!("upperdir={SNAP}/6/fs"), &lower]);
-        let ka = OciRootfsSource::from_mounts(Path::new("/a"), &[a], Path::new("/a/rootfs"))
-            .unwrap()
-            .cache_key;
-        let kb = OciRootfsSource::from_mounts(Path::new("/b"), &[b], Path::new("/b/rootfs"))
-            .unwrap()
-            .cache_key;
-        assert_eq!(ka, kb);
     }
 
     #[test]
@@ -263,7 +206,12 @@ mod tests {
         };
         let src = OciRootfsSource::from_mounts(Path::new("/b"), &[native], Path::new("/b/rootfs"))
             .unwrap();
-        assert_eq!(src.kind, RootfsKind::Bind);
+        assert_eq!(
+            src.lowers,
+            vec![PathBuf::from(
+                "/var/lib/containerd/io.containerd.snapshotter.v1.native/snapshots/9"
+            )]
+        );
         assert!(!src.readonly);
         let view = RootfsMount {
             typ: "bind".into(),
@@ -291,7 +239,6 @@ mod tests {
         );
         std::fs::create_dir(&root).unwrap();
         let src = OciRootfsSource::from_mounts(dir.path(), &[], &root).unwrap();
-        assert_eq!(src.kind, RootfsKind::BundleDir);
         assert_eq!(src.lowers, vec![root]);
     }
 

@@ -299,12 +299,14 @@ impl EventSink for RemoteSink {
     }
 }
 
-/// Keeps events in memory (tests, and a shim without containerd).
+/// Keeps events in memory (tests only).
+#[cfg(any(test, feature = "test-utils"))]
 #[derive(Debug, Default)]
 pub struct RecordingSink {
     events: Mutex<Vec<TaskEvent>>,
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl RecordingSink {
     /// Everything published so far.
     pub fn events(&self) -> Vec<TaskEvent> {
@@ -320,6 +322,7 @@ impl RecordingSink {
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 #[async_trait]
 impl EventSink for RecordingSink {
     async fn publish(&self, event: TaskEvent) {

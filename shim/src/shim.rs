@@ -29,6 +29,8 @@ static FACTORY: std::sync::OnceLock<Arc<dyn SandboxFactory>> = std::sync::OnceLo
 
 /// Chooses the sandbox factory for this process, before `containerd_shim::asynchronous::run`
 /// (the contract-check example uses a scripted fake). Returns false if one was set already.
+/// Only in test builds: the shipped shim always runs real VMs.
+#[cfg(any(test, feature = "test-utils"))]
 pub fn set_factory(factory: Arc<dyn SandboxFactory>) -> bool {
     FACTORY.set(factory).is_ok()
 }

@@ -11,7 +11,7 @@ fn private_containerd_runs_busybox_with_runc() {
         .output()
         .is_err()
     {
-        msb_test_e2e::skip("runc is not installed (Debian's containerd package brings it)");
+        msb_test_e2e::require("runc is not installed (Debian's containerd package brings it)");
         return;
     }
     let ctrd = Containerd::start().expect("containerd starts");

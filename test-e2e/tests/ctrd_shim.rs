@@ -182,6 +182,9 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
         "{}",
         text(&o)
     );
+    // An OOM kill: status 137, and containerd hears /tasks/oom before /tasks/exit (a client
+    // that sees the exit first would miss the reason, as CRI's OOMKilled).
+    let events = EventStream::subscribe(&ctrd, ns);
     let o = run_msb(
         &ctrd,
         ns,
@@ -190,6 +193,16 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
         &["tail", "/dev/zero"],
     );
     assert_eq!(o.status.code(), Some(137), "{}", text(&o));
+    let first = events
+        .wait_for(30, |l| {
+            (l.contains("/tasks/oom") || l.contains("/tasks/exit")) && l.contains(&n4)
+        })
+        .expect("no /tasks/oom or /tasks/exit event");
+    assert!(first.contains("/tasks/oom"), "the exit came first: {first}");
+    let exit = events
+        .wait_for(30, |l| l.contains("/tasks/exit") && l.contains(&n4))
+        .expect("no /tasks/exit event after the OOM");
+    assert!(exit.contains("\"exit_status\":137"), "{exit}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ fn krun_prerequisites() -> Option<()> {
     let dir = assets()?;
     let lib = dir.join(msb_runtime::vmm::krun::KRUNFW_NAME);
     if !lib.exists() {
-        msb_test_e2e::skip(format!(
+        msb_test_e2e::require(format!(
             "{} is missing: run hack/libkrunfw (hack/guest-assets does)",
             lib.display()
         ));

@@ -233,10 +233,7 @@ impl Sandbox for FakeSandbox {
         std::fs::write(&upper, b"").map_err(|e| SandboxError::Rootfs(e.into()))?;
         Ok(PreparedRootfs {
             spec: RootfsSpec {
-                lower: vec![StorageRef::Serial(format!(
-                    "lower-{}",
-                    &source.cache_key.as_str()[..8]
-                ))],
+                lower: vec![StorageRef::Serial(format!("lower-{}", source.lowers.len()))],
                 upper: StorageRef::Serial(format!("upper-{container}")),
                 fstype: "ext4".into(),
                 readonly: false,

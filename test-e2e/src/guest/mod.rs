@@ -44,11 +44,11 @@ impl GuestSlot {
 }
 
 /// The guest asset directory when kernel, initramfs and QEMU are present; otherwise prints why
-/// the test is skipped and returns `None`.
+/// the test is skipped and returns `None` (or fails, under `MSB_REQUIRE_GUESTS=1`).
 pub fn assets() -> Option<PathBuf> {
     let a = msb_runtime::GuestAssets::default_location();
     if let Err(e) = a.check() {
-        crate::skip(&e);
+        crate::require(&e);
         return None;
     }
     if Command::new("qemu-system-x86_64")
@@ -56,7 +56,7 @@ pub fn assets() -> Option<PathBuf> {
         .output()
         .is_err()
     {
-        crate::skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)");
+        crate::require("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)");
         return None;
     }
     Some(msb_runtime::GuestAssets::dir())
