@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use msb_runtime::vmm::{select_backend, DiskSpec};
-use msb_runtime::{disks, Sandbox, SandboxConfig};
+use msb_runtime::{disks, Vm, VmConfig};
 use serde::Serialize;
 
 /// One boot.
@@ -79,7 +79,7 @@ pub async fn run(n: usize) -> Result<Report> {
     let mut samples = Vec::new();
     let mut kernel_release = String::new();
     for i in 0..n {
-        let mut cfg = SandboxConfig::new(format!("bench-{}-{i}", std::process::id()));
+        let mut cfg = VmConfig::new(format!("bench-{}-{i}", std::process::id()));
         let dir = cfg.dir();
         std::fs::create_dir_all(&dir)?;
         disks::make_lower(&root, &dir.join("lower.img"))?;
@@ -96,7 +96,7 @@ pub async fn run(n: usize) -> Result<Report> {
                 read_only: false,
             },
         ];
-        let sb = Sandbox::start(cfg).await?;
+        let sb = Vm::start(cfg).await?;
         let r = sb.ready().clone();
         kernel_release = r.kernel_release.clone();
         samples.push(BootSample {

@@ -10,7 +10,7 @@
 //! - [`relay`]: serves several host clients over one agent connection.
 //! - [`rootfs`]: containers' roots on the host: the layer image cache and the disk layouts of a
 //!   single container's VM and of a pod's.
-//! - [`sandbox`]: the owned value tying it together; dropping it leaves nothing behind.
+//! - [`vm`]: the owned value tying it together ([`Vm`]); dropping it leaves nothing behind.
 //! - [`socket_path`]: binds and connects Unix sockets whose paths exceed `sun_path`.
 
 pub mod agent;
@@ -19,11 +19,11 @@ pub mod disks;
 pub mod host;
 pub mod relay;
 pub mod rootfs;
-pub mod sandbox;
 pub mod socket_path;
+pub mod vm;
 pub mod vmm;
 
 pub use agent::{AgentClient, AgentError, ExecEvent, ExecSession, StdinSender};
 pub use assets::GuestAssets;
-pub use sandbox::{Sandbox, SandboxConfig, SandboxError};
+pub use vm::{Vm, VmConfig, VmError};
 pub use vmm::{BackendKind, DiskSpec, VmSpec, VmmError};

@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn root_causes_reach_the_status_text() {
         use msb_runtime::vmm::{BackendKind, VmmError};
-        let missing = msb_runtime::SandboxError::Vmm {
+        let missing = msb_runtime::VmError::Vmm {
             backend: BackendKind::Qemu,
             source: VmmError::MissingProgram {
                 program: "qemu-system-x86_64".into(),
@@ -200,7 +200,7 @@ mod tests {
                     .into()
             )
         );
-        let too_long = msb_runtime::SandboxError::Vmm {
+        let too_long = msb_runtime::VmError::Vmm {
             backend: BackendKind::Krun,
             source: VmmError::Io {
                 what: "bind /run/x/agent.sock".into(),

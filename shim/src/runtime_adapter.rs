@@ -117,7 +117,7 @@ fn vm_hostname(id: &str) -> Option<msb_protocol::boot::Hostname> {
 /// A booted VM and, for a pod, where its later containers' layer images go.
 #[derive(Debug)]
 struct Booted {
-    vm: msb_runtime::Sandbox,
+    vm: msb_runtime::Vm,
     pod: Option<PodRootfs>,
 }
 
@@ -138,8 +138,8 @@ impl RuntimeSandbox {
         backend: Option<msb_runtime::BackendKind>,
         disks: Vec<DiskSpec>,
         shares: Vec<ShareSpec>,
-    ) -> Result<msb_runtime::Sandbox, SandboxError> {
-        let mut cfg = msb_runtime::SandboxConfig::new(&self.id);
+    ) -> Result<msb_runtime::Vm, SandboxError> {
+        let mut cfg = msb_runtime::VmConfig::new(&self.id);
         cfg.dir = self.dir.clone();
         cfg.backend = backend;
         cfg.vcpus = self.config.vcpus.clamp(1, 255) as u8;
@@ -148,7 +148,7 @@ impl RuntimeSandbox {
         cfg.disks = disks;
         cfg.shares = shares;
         cfg.boot_env.hostname = vm_hostname(&self.id);
-        let sb = msb_runtime::Sandbox::start(cfg)
+        let sb = msb_runtime::Vm::start(cfg)
             .await
             .map_err(|e| SandboxError::Boot(e.into()))?;
         let agent = sb.agent().clone();

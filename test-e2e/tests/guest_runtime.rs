@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use msb_protocol::types::*;
 use msb_runtime::vmm::{BackendKind, DiskSpec};
-use msb_runtime::{disks, AgentClient, ExecEvent, Sandbox, SandboxConfig};
+use msb_runtime::{disks, AgentClient, ExecEvent, Vm, VmConfig};
 use msb_test_e2e::guest::{assets, busybox_rootfs, GuestSlot};
 use msb_test_e2e::ids::container_id;
 
@@ -27,8 +27,8 @@ async fn one_vm_many_processes() {
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
     // A 64-hex id in a directory as deep as the shim's: every socket path exceeds `sun_path`.
-    let mut cfg = SandboxConfig::new(container_id("rt"));
-    cfg.dir = msb_runtime::sandbox::run_dir()
+    let mut cfg = VmConfig::new(container_id("rt"));
+    cfg.dir = msb_runtime::vm::run_dir()
         .join("state-of-a-long-configured-root/k8s.io/sandboxes")
         .join(&cfg.id)
         .join("vm");
@@ -50,7 +50,7 @@ async fn one_vm_many_processes() {
             read_only: false,
         },
     ];
-    let sb = Sandbox::start(cfg).await.expect("guest boots");
+    let sb = Vm::start(cfg).await.expect("guest boots");
     let vmm_pid = sb.vmm_pid();
     let agent = sb.agent().clone();
     assert!(sb.ready().ready_time_ns >= sb.ready().init_time_ns);

@@ -11,7 +11,7 @@
 //! virtio-blk with their serials as block ids, the `agent` virtio-console port on a connection
 //! accepted from [`LaunchConfig::agent_socket`] (it listens there, as QEMU does), the guest
 //! console to [`LaunchConfig::console_log`]. When the VM fails, it appends the cause and a
-//! suggestion to that console log, which is what [`crate::Sandbox::start`] shows.
+//! suggestion to that console log, which is what [`crate::Vm::start`] shows.
 //!
 //! Files in the sandbox directory: `krun.log` (the VMM's own log, like `qemu.log`) and
 //! `console.log` (the guest console, plus the VMM's verdict when the VM failed).

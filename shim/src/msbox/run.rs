@@ -8,7 +8,7 @@ use clap::Args;
 use msb_protocol::types::{ContainerCreate, ExecRequest, Resources};
 use msb_runtime::vmm::parse_backend;
 use msb_runtime::{disks, rootfs};
-use msb_runtime::{ExecEvent, Sandbox, SandboxConfig};
+use msb_runtime::{ExecEvent, Vm, VmConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::term;
@@ -60,7 +60,7 @@ pub struct RunArgs {
 /// Runs and returns the command's exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
     let id = format!("msbox-{}", std::process::id());
-    let mut cfg = SandboxConfig::new(&id);
+    let mut cfg = VmConfig::new(&id);
     cfg.backend = parse_backend(&args.backend).map_err(anyhow::Error::msg)?;
     cfg.vcpus = args.vcpus;
     cfg.memory_mib = args.memory;
@@ -76,7 +76,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     disks::make_lower(&args.rootfs, &lower)?;
     let root = rootfs::single("main", &[lower], &upper, args.upper_size << 20)?;
     cfg.disks = root.disks;
-    let sandbox = Sandbox::start(cfg).await?;
+    let sandbox = Vm::start(cfg).await?;
     let agent = sandbox.agent().clone();
     agent
         .container_create(&ContainerCreate {

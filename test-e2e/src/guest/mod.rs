@@ -143,7 +143,7 @@ pub fn msbox(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Run {
             break s;
         }
         if Instant::now() > deadline {
-            let dir = msb_runtime::sandbox::run_dir()
+            let dir = msb_runtime::vm::run_dir()
                 .join("sandboxes")
                 .join(format!("msbox-{pid}"));
             let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();

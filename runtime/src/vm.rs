@@ -1,8 +1,9 @@
-//! A sandbox: one VM, its directory, its VMM process and its agent connection, as one owned
-//! value. [`Sandbox::shutdown`] stops it cleanly; dropping it kills the VMM and removes the
+//! A [`Vm`]: one microVM, its directory, its VMM process and its agent connection, as one
+//! owned value (the whole runtime calls this "the VM"; "sandbox" is the pod's word, one level up
+//! in the shim). [`Vm::shutdown`] stops it cleanly; dropping it kills the VMM and removes the
 //! directory, so an early return cannot leak a process, a socket or a disk image.
 //!
-//! Sandbox directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`, or any
+//! The VM's directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`, or any
 //! directory the caller names, of any path length: see [`crate::socket_path`]): `agent.sock`
 //! (the agent port), `relay.sock` (more host clients), `console.log` (guest console), `qemu.log`
 //! or `krun.log` (VMM output), `virtiofsd<N>.log` and `fs<N>.sock` (QEMU shares), and the disk
@@ -21,8 +22,8 @@ use crate::vmm::{self, BackendKind, DiskSpec, ShareSpec, VmExit, VmSpec, VmmErro
 
 /// What to boot.
 #[derive(Debug, Clone)]
-pub struct SandboxConfig {
-    /// Sandbox id: a directory name.
+pub struct VmConfig {
+    /// Vm id: a directory name.
     pub id: String,
     /// `None` for `auto`.
     pub backend: Option<BackendKind>,
@@ -34,7 +35,7 @@ pub struct SandboxConfig {
     pub assets: GuestAssets,
     /// `MSB_*` settings.
     pub boot_env: BootEnv,
-    /// Disks (images usually inside [`SandboxConfig::dir`]).
+    /// Disks (images usually inside [`VmConfig::dir`]).
     pub disks: Vec<DiskSpec>,
     /// virtio-fs shares of host directories.
     pub shares: Vec<ShareSpec>,
@@ -44,11 +45,11 @@ pub struct SandboxConfig {
     pub dir: PathBuf,
 }
 
-impl SandboxConfig {
+impl VmConfig {
     /// Defaults: auto backend, 1 vCPU, 256 MiB, assets from `$MSB_ASSET_DIR`.
-    pub fn new(id: impl Into<String>) -> SandboxConfig {
+    pub fn new(id: impl Into<String>) -> VmConfig {
         let id = id.into();
-        SandboxConfig {
+        VmConfig {
             dir: run_dir().join("sandboxes").join(&id),
             id,
             backend: None,
@@ -77,7 +78,7 @@ pub fn run_dir() -> PathBuf {
 
 /// Why a sandbox could not start or stop.
 #[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
+pub enum VmError {
     /// Kernel or initramfs missing.
     #[error(transparent)]
     Assets(#[from] MissingAsset),
@@ -117,7 +118,7 @@ pub enum SandboxError {
 
 /// A running sandbox.
 #[derive(Debug)]
-pub struct Sandbox {
+pub struct Vm {
     id: String,
     dir: PathBuf,
     vmm: VmmProcess,
@@ -127,13 +128,13 @@ pub struct Sandbox {
     boot_time: Duration,
 }
 
-impl Sandbox {
+impl Vm {
     /// Creates the directory (if the caller has not) and boots. The caller may put disk images
-    /// into [`SandboxConfig::dir`] first.
-    pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+    /// into [`VmConfig::dir`] first.
+    pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         cfg.assets.check()?;
         let dir = cfg.dir();
-        std::fs::create_dir_all(&dir).map_err(|source| SandboxError::Io {
+        std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
             what: "create",
             path: dir.clone(),
             source,
@@ -154,11 +155,11 @@ impl Sandbox {
             console_log: dir.join("console.log"),
         };
         let started = Instant::now();
-        let backend = vmm::backend(kind).map_err(|source| SandboxError::Vmm {
+        let backend = vmm::backend(kind).map_err(|source| VmError::Vmm {
             backend: kind,
             source,
         })?;
-        let mut vmm = backend.launch(&spec).map_err(|source| SandboxError::Vmm {
+        let mut vmm = backend.launch(&spec).map_err(|source| VmError::Vmm {
             backend: kind,
             source,
         })?;
@@ -227,7 +228,7 @@ impl Sandbox {
             .map_err(|e| not_ready(&vmm, format!("relay client: {e}")))?;
         let boot_time = started.elapsed();
         tracing::info!(sandbox = %cfg.id, "ready in {} ms (guest: boot {} ms, init {} ms, ready {} ms)", boot_time.as_millis(), ready.boot_time_ns / 1_000_000, ready.init_time_ns / 1_000_000, ready.ready_time_ns / 1_000_000);
-        Ok(Sandbox {
+        Ok(Vm {
             id: cfg.id,
             dir,
             vmm,
@@ -281,14 +282,14 @@ impl Sandbox {
 
     /// Asks the guest to power off (containers stopped, disks clean), waits up to `timeout` for
     /// the VMM to exit, kills it otherwise; then removes the directory.
-    pub async fn shutdown(mut self, timeout: Duration) -> Result<VmExit, SandboxError> {
+    pub async fn shutdown(mut self, timeout: Duration) -> Result<VmExit, VmError> {
         // On id 0, which only the relay's owner may send.
         let _ = self.relay.control(&Shutdown).await;
         let exit = self
             .vmm
             .wait_or_kill(timeout)
             .await
-            .map_err(|source| SandboxError::Vmm {
+            .map_err(|source| VmError::Vmm {
                 backend: self.vmm.kind(),
                 source,
             })?;
@@ -297,7 +298,7 @@ impl Sandbox {
     }
 }
 
-impl Drop for Sandbox {
+impl Drop for Vm {
     fn drop(&mut self) {
         self.vmm.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -324,7 +325,7 @@ async fn exit_soon(vmm: &mut VmmProcess) -> Option<VmExit> {
     vmm.try_exit()
 }
 
-fn not_ready(vmm: &VmmProcess, reason: String) -> SandboxError {
+fn not_ready(vmm: &VmmProcess, reason: String) -> VmError {
     let mut logs = String::new();
     for (what, tail) in [
         ("VMM log", vmm.vmm_log_tail(10)),
@@ -337,5 +338,5 @@ fn not_ready(vmm: &VmmProcess, reason: String) -> SandboxError {
             ));
         }
     }
-    SandboxError::NotReady { reason, logs }
+    VmError::NotReady { reason, logs }
 }
