@@ -2,6 +2,7 @@
 //! and the agent connection.
 //!
 //! - [`assets`]: where the guest kernel and initramfs are.
+//! - [`doctor`]: what this host can run, judged per backend (`msbox doctor`).
 //! - [`disks`]: the read-only EROFS lower and the sparse ext4 upper images.
 //! - [`host`]: facts about this host (TSC frequency, whether KVM can boot a standard guest).
 //! - [`vmm`]: the backends behind one trait ([`vmm::Backend`]): [`vmm::qemu`] and
@@ -16,6 +17,7 @@
 pub mod agent;
 pub mod assets;
 pub mod disks;
+pub mod doctor;
 pub mod host;
 pub mod relay;
 pub mod rootfs;

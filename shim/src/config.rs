@@ -193,9 +193,9 @@ impl ShimConfig {
                 reason,
             };
             match name {
-                "backend" => match value.as_str() {
-                    "auto" | "krun" | "qemu" => cfg.backend = value.clone(),
-                    _ => return Err(bad("expected auto, krun or qemu")),
+                "backend" => match msb_runtime::vmm::parse_backend(value) {
+                    Ok(_) => cfg.backend = value.clone(),
+                    Err(_) => return Err(bad("expected auto, krun or qemu")),
                 },
                 "vcpus" => {
                     cfg.vcpus = value
