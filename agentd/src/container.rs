@@ -5,10 +5,12 @@
 //! `/run/msb/c/<id>/`; the namespaces come with the container's first process (its init), whose
 //! child side follows [`Container::root_setup`] and `pivot_root`s into the overlay.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use msb_protocol::types::{ContainerCreate, StorageRef};
 
@@ -59,6 +61,10 @@ pub fn disk_by_serial(serial: &str) -> Result<PathBuf, ContainerError> {
 
 /// Destinations agentd always provides itself; spec mounts there are skipped.
 const PROVIDED: &[&str] = &["/proc", "/dev", "/dev/pts", "/dev/shm", "/sys"];
+
+/// The containers agentd knows, by id: shared by the dispatcher, the exit of each init, the OOM
+/// watcher and shutdown.
+pub type Containers = Arc<Mutex<HashMap<String, Container>>>;
 
 /// A container known to agentd.
 #[derive(Debug)]

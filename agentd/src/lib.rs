@@ -2,8 +2,10 @@
 //!
 //! Boot ([`init`]): mount the kernel file systems, load the initramfs's modules ([`modules`]),
 //! leave the initramfs for a tmpfs root, mount cgroup2, apply the `MSB_*` settings, then open the
-//! `agent` port ([`port`]) and serve the protocol ([`server`]): containers ([`container`],
-//! [`cgroup`]), processes ([`spawn`], [`exec`], [`reaper`]) and shutdown ([`shutdown`]).
+//! `agent` port ([`port`]) and serve the protocol ([`server`], the dispatcher): containers
+//! ([`container`], [`storage`], [`cgroup`], OOM reports in [`oom`]), processes ([`prepare`] turns
+//! a request into a plan, [`spawn`] starts it, [`exec`] runs its session, [`reaper`] reaps),
+//! files ([`fs`]) and shutdown ([`shutdown`]).
 //!
 //! Threads, not async: the dispatcher is the main thread and the only one that spawns; each
 //! process has small threads for its streams and exit; one thread reaps; one writes the port.
@@ -20,7 +22,9 @@ pub mod fs;
 pub mod init;
 pub mod modules;
 pub mod mount_opts;
+pub mod oom;
 pub mod port;
+pub mod prepare;
 pub mod reaper;
 pub mod server;
 pub mod shutdown;
@@ -109,6 +113,12 @@ pub fn run(boot_ns: u64) -> ! {
         fatal(&format!("agentd panicked: {}", what.unwrap_or_default()));
     }
     fatal("the server returned")
+}
+
+/// Locks `m`, also when a thread panicked while holding it: a panic ends that session thread
+/// only (see above), and the state it guarded stays usable for every other session.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Logs and powers off: the only way PID 1 may end.

@@ -5,14 +5,13 @@
 //! unmounted, so the journal needs no recovery), `sync`, power off.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use msb_protocol::SHUTDOWN_GRACE;
 
 use crate::container::Container;
 use crate::exec::Sessions;
-use crate::server::wait_until;
-use crate::sys;
+use crate::{lock, sys};
 
 /// Never returns.
 pub fn run(
@@ -20,21 +19,20 @@ pub fn run(
     sessions: &Sessions,
 ) -> ! {
     tracing::info!("shutdown requested");
-    let lock = || containers.lock().unwrap_or_else(|e| e.into_inner());
-    for c in lock().values() {
+    for c in lock(containers).values() {
         if let (Some(pid), false) = (c.init_pid, c.init_exited) {
             let _ = sys::kill(pid, libc::SIGTERM);
         }
     }
     wait_until(Instant::now() + SHUTDOWN_GRACE, || {
-        lock()
+        lock(containers)
             .values()
             .all(|c| c.init_pid.is_none() || c.init_exited)
     });
-    for s in sessions.lock().unwrap_or_else(|e| e.into_inner()).values() {
+    for s in lock(sessions).values() {
         let _ = sys::kill(s.started.pid, libc::SIGKILL);
     }
-    let mut all: Vec<Container> = lock().drain().map(|(_, c)| c).collect();
+    let mut all: Vec<Container> = lock(containers).drain().map(|(_, c)| c).collect();
     for c in &mut all {
         c.teardown();
     }
@@ -42,4 +40,15 @@ pub fn run(
     sys::sync();
     tracing::info!("powering off");
     sys::power_off()
+}
+
+/// Polls `done` every 10 ms until it holds or `deadline` passes; returns its last answer.
+fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
 }

@@ -14,6 +14,12 @@
 //!
 //! A failure in the child is written as `[step u8][errno i32 LE]` to a close-on-exec pipe; a
 //! successful `execve` closes the pipe, so the parent reads either 5 bytes or EOF.
+//!
+//! A container's terminal is the container's own, as under runc: the child opens it from the
+//! devpts instance mounted at the container's `/dev/pts` once it is inside the container, and
+//! sends the master back on a close-on-exec socket pair (runc's console socket), see
+//! [`ChildStdio::Terminal`]. A terminal agentd opened from the VM's devpts would not exist in the
+//! container's `/dev/pts`, so `ttyname()` and `tty` would fail in it.
 
 use std::ffi::CString;
 use std::io::{self, Read};
@@ -84,15 +90,30 @@ pub enum NsMode {
 
 /// Where the child's standard streams come from.
 #[derive(Debug)]
-pub struct ChildStdio {
-    /// fd 0.
-    pub stdin: OwnedFd,
-    /// fd 1.
-    pub stdout: OwnedFd,
-    /// fd 2.
-    pub stderr: OwnedFd,
-    /// Make fd 0 the controlling terminal.
-    pub tty: bool,
+pub enum ChildStdio {
+    /// Descriptors agentd opened: pipes, `/dev/null`, or the slave of a terminal of the VM.
+    Fds {
+        /// fd 0.
+        stdin: OwnedFd,
+        /// fd 1.
+        stdout: OwnedFd,
+        /// fd 2.
+        stderr: OwnedFd,
+        /// Make fd 0 the controlling terminal.
+        tty: bool,
+    },
+    /// A new terminal, allocated by the child once it is inside its container, from the devpts
+    /// instance the container sees at `/dev/pts` (as runc allocates the console). A terminal of
+    /// the VM's own devpts would not exist in the container's `/dev/pts`, so `ttyname()` (and
+    /// `tty`) would fail there. The slave becomes fds 0, 1, 2 and the controlling terminal, is
+    /// owned by the process's user (runc's `fixStdioPermissions`), and the master comes back to
+    /// agentd over a socket ([`Spawned::terminal`]).
+    Terminal {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
 }
 
 /// Everything the child needs, prepared in the parent.
@@ -140,6 +161,8 @@ pub enum Step {
     User = 6,
     /// execve itself.
     Exec = 7,
+    /// Allocating the container's terminal ([`ChildStdio::Terminal`]).
+    Terminal = 8,
 }
 
 impl Step {
@@ -151,6 +174,7 @@ impl Step {
             4 => Step::Rlimit,
             5 => Step::Cwd,
             6 => Step::User,
+            8 => Step::Terminal,
             _ => Step::Exec,
         }
     }
@@ -172,13 +196,29 @@ pub enum SpawnError {
     },
 }
 
+/// A process that has exec'd.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid, in the VM's PID namespace.
+    pub pid: i32,
+    /// The master of the terminal it allocated ([`ChildStdio::Terminal`]), close-on-exec.
+    pub terminal: Option<OwnedFd>,
+}
+
 /// Starts the process described by `plan`. `register` runs with the child's pid while the
 /// reaper cannot yet have reaped it (it is called before this function returns and before the
 /// child can have been waited for, see [`crate::reaper::Reaper::spawn_guard`]).
 ///
-/// Returns the pid once the child has exec'd.
-pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<i32, SpawnError> {
+/// Returns once the child has exec'd.
+pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<Spawned, SpawnError> {
     let (err_r, err_w) = sys::pipe().map_err(SpawnError::Parent)?;
+    // The child's terminal master comes back on this pair; both ends are close-on-exec, so the
+    // child's end closes at its execve (or exit) and the parent's read can never hang.
+    let terminal_socket = match plan.stdio {
+        ChildStdio::Terminal { .. } => Some(sys::socketpair().map_err(SpawnError::Parent)?),
+        ChildStdio::Fds { .. } => None,
+    };
+    let term_fd = terminal_socket.as_ref().map_or(-1, |(_, c)| c.as_raw_fd());
     let argv: Vec<*const libc::c_char> = plan
         .argv
         .iter()
@@ -215,7 +255,15 @@ pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<i32, SpawnEr
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     if pid == 0 {
         // SAFETY: we are the freshly cloned child; see `child`'s contract.
-        unsafe { child(&plan, argv.as_ptr(), envp.as_ptr(), err_w.as_raw_fd()) }
+        unsafe {
+            child(
+                &plan,
+                argv.as_ptr(),
+                envp.as_ptr(),
+                err_w.as_raw_fd(),
+                term_fd,
+            )
+        }
     }
     let clone_err = io::Error::last_os_error();
     if let Some(own) = restore_pidns {
@@ -233,6 +281,10 @@ pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<i32, SpawnEr
     register(pid);
     drop(err_w);
     drop(plan);
+    let terminal_socket = terminal_socket.map(|(parent, child)| {
+        drop(child);
+        parent
+    });
     let mut buf = [0u8; 5];
     let mut got = 0;
     let mut err_r = std::fs::File::from(err_r);
@@ -245,7 +297,26 @@ pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<i32, SpawnEr
         }
     }
     if got == 0 {
-        return Ok(pid);
+        let Some(sock) = terminal_socket else {
+            return Ok(Spawned {
+                pid,
+                terminal: None,
+            });
+        };
+        // The child sent the master before it exec'd, so it is queued on the socket by now.
+        let why = match sys::recv_fd(&sock) {
+            Ok(Some(master)) => {
+                return Ok(Spawned {
+                    pid,
+                    terminal: Some(master),
+                })
+            }
+            Ok(None) => io::Error::other("the process started without sending its terminal"),
+            Err(e) => io::Error::other(format!("receive the process's terminal: {e}")),
+        };
+        // Nobody could read its output: it must not run on unseen.
+        let _ = sys::kill(pid, libc::SIGKILL);
+        return Err(SpawnError::Parent(why));
     }
     let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
     Err(SpawnError::Child {
@@ -293,6 +364,7 @@ unsafe fn child(
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     err: RawFd,
+    term_sock: RawFd,
 ) -> ! {
     // SAFETY: raw system calls with pointers into `plan`, which the parent built and which this
     // copy of the address space keeps alive until execve; nothing here allocates or locks.
@@ -326,12 +398,23 @@ unsafe fn child(
             );
         }
         try_sys!(libc::setsid(), err, Step::Stdio);
-        let s = &plan.stdio;
-        try_sys!(libc::dup2(s.stdin.as_raw_fd(), 0), err, Step::Stdio);
-        try_sys!(libc::dup2(s.stdout.as_raw_fd(), 1), err, Step::Stdio);
-        try_sys!(libc::dup2(s.stderr.as_raw_fd(), 2), err, Step::Stdio);
-        if s.tty {
-            try_sys!(libc::ioctl(0, libc::TIOCSCTTY, 0), err, Step::Stdio);
+        match &plan.stdio {
+            ChildStdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+                tty,
+            } => {
+                try_sys!(libc::dup2(stdin.as_raw_fd(), 0), err, Step::Stdio);
+                try_sys!(libc::dup2(stdout.as_raw_fd(), 1), err, Step::Stdio);
+                try_sys!(libc::dup2(stderr.as_raw_fd(), 2), err, Step::Stdio);
+                if *tty {
+                    try_sys!(libc::ioctl(0, libc::TIOCSCTTY, 0), err, Step::Stdio);
+                }
+            }
+            ChildStdio::Terminal { rows, cols } => {
+                new_terminal(*rows, *cols, plan.uid, term_sock, err);
+            }
         }
         // Signals: agentd blocks SIGCHLD and Rust ignores SIGPIPE; the new program gets defaults.
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -374,6 +457,105 @@ unsafe fn child(
         try_sys!(libc::chdir(plan.cwd.as_ptr()), err, Step::Cwd);
         libc::execve(plan.path.as_ptr(), argv, envp);
         fail(err, Step::Exec)
+    }
+}
+
+/// Allocates a terminal from the devpts instance mounted at `/dev/pts` in the child's root (the
+/// container's), sends its master to the parent on `sock`, makes the slave fds 0, 1, 2 and the
+/// controlling terminal, and gives it to `uid`. The session must already be new (`setsid`).
+///
+/// # Safety
+/// Child only, as for [`child`].
+unsafe fn new_terminal(rows: u16, cols: u16, uid: libc::uid_t, sock: RawFd, err: RawFd) {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: raw system calls on literals and stack values; nothing allocates or locks.
+    unsafe {
+        // `/dev/pts/ptmx` itself, not the `/dev/ptmx` symlink: the instance must be the one whose
+        // slaves the container sees under `/dev/pts`.
+        let master = libc::open(c"/dev/pts/ptmx".as_ptr(), flags | libc::O_NOFOLLOW);
+        try_sys!(master, err, Step::Terminal);
+        let unlock: libc::c_int = 0;
+        try_sys!(
+            libc::ioctl(master, libc::TIOCSPTLCK, &unlock),
+            err,
+            Step::Terminal
+        );
+        let slave = libc::ioctl(master, libc::TIOCGPTPEER, flags);
+        try_sys!(slave, err, Step::Terminal);
+        let ws = libc::winsize {
+            ws_row: rows.max(1),
+            ws_col: cols.max(1),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        try_sys!(
+            libc::ioctl(master, libc::TIOCSWINSZ, &ws),
+            err,
+            Step::Terminal
+        );
+        try_sys!(send_fd(sock, master), err, Step::Terminal);
+        libc::close(master);
+        // The user may control its terminal (runc's fixStdioPermissions: the uid only, the
+        // group stays the one devpts chose).
+        try_sys!(
+            libc::fchown(slave, uid, libc::gid_t::MAX),
+            err,
+            Step::Terminal
+        );
+        try_sys!(libc::dup2(slave, 0), err, Step::Stdio);
+        try_sys!(libc::dup2(slave, 1), err, Step::Stdio);
+        try_sys!(libc::dup2(slave, 2), err, Step::Stdio);
+        if slave > 2 {
+            libc::close(slave);
+        }
+        try_sys!(libc::ioctl(0, libc::TIOCSCTTY, 0), err, Step::Stdio);
+    }
+}
+
+/// Sends `fd` with `SCM_RIGHTS` (and one byte: a stream of ancillary data alone is not sent).
+/// Returns `-1` with `errno` set on failure.
+///
+/// # Safety
+/// Child only, as for [`child`]: a raw `sendmsg` (musl's wrapper copies through a buffer and is a
+/// cancellation point), every structure on this stack.
+unsafe fn send_fd(sock: RawFd, fd: RawFd) -> libc::c_int {
+    const SPACE: usize = {
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
+    };
+    #[repr(C, align(8))]
+    struct Control([u8; SPACE]);
+    let mut control = Control([0; SPACE]);
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // SAFETY: msghdr is plain data, all zeroes (padding included, as the kernel expects) is a
+    // valid value; the CMSG_* writes stay inside `control`, which has room for one descriptor;
+    // every pointer handed to sendmsg is to this stack frame, alive across the call.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = SPACE as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd);
+        let sent = libc::syscall(
+            libc::SYS_sendmsg,
+            sock,
+            &msg as *const libc::msghdr,
+            libc::MSG_NOSIGNAL,
+        );
+        if sent < 0 {
+            -1
+        } else {
+            0
+        }
     }
 }
 
@@ -465,5 +647,86 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
                 Step::Setup
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn cloexec(fd: &OwnedFd) -> bool {
+        // SAFETY: F_GETFD on an open descriptor.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    #[test]
+    fn a_descriptor_crosses_the_socket_close_on_exec() {
+        let (ours, theirs) = sys::socketpair().unwrap();
+        let (r, w) = sys::pipe().unwrap();
+        // SAFETY: send_fd makes one system call on its own stack data; any process may.
+        assert_eq!(unsafe { send_fd(theirs.as_raw_fd(), w.as_raw_fd()) }, 0);
+        drop(w);
+        let got = sys::recv_fd(&ours).unwrap().expect("a descriptor");
+        assert!(cloexec(&got));
+        std::fs::File::from(got).write_all(b"x").unwrap();
+        let mut buf = [0u8; 1];
+        std::fs::File::from(r).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"x");
+        drop(theirs);
+        assert!(sys::recv_fd(&ours).unwrap().is_none(), "EOF: no descriptor");
+    }
+
+    /// The child allocates the terminal from the devpts at `/dev/pts` (here the host's): its
+    /// name resolves there, it is the controlling terminal, it has the size asked for.
+    #[test]
+    fn a_terminal_allocated_by_the_child_is_named_and_controlling() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || sys::open_ro(std::path::Path::new("/dev/pts/ptmx")).is_err() {
+            let _ = writeln!(
+                io::stderr(),
+                "SKIPPED: needs root and /dev/pts/ptmx (setgroups in the child, the devpts)"
+            );
+            return;
+        }
+        let c = |s: &str| CString::new(s).unwrap();
+        let plan = SpawnPlan {
+            ns: NsMode::Vm,
+            path: c("/bin/sh"),
+            argv: vec![
+                c("sh"),
+                c("-c"),
+                c("tty && echo ctty >/dev/tty && stty size"),
+            ],
+            envp: vec![c("PATH=/usr/bin:/bin")],
+            cwd: c("/"),
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+            rlimits: vec![],
+            cgroup_procs: None,
+            stdio: ChildStdio::Terminal { rows: 5, cols: 7 },
+        };
+        let spawned = spawn(plan, |_| {}).unwrap();
+        let master = spawned.terminal.expect("the master came back");
+        assert!(cloexec(&master));
+        let mut out = Vec::new();
+        // EIO once the last holder of the slave is gone.
+        let _ = std::fs::File::from(master).read_to_end(&mut out);
+        let mut status = 0;
+        // SAFETY: waitpid writes into a valid local.
+        let waited = unsafe { libc::waitpid(spawned.pid, &mut status, 0) };
+        assert_eq!(waited, spawned.pid);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let n = out
+            .strip_prefix("/dev/pts/")
+            .and_then(|r| r.strip_suffix("\r\nctty\r\n5 7\r\n"))
+            .unwrap_or_default();
+        assert!(
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
+            "{out:?}"
+        );
+        assert_eq!(crate::reaper::exit_code(status), 0, "{out:?}");
     }
 }

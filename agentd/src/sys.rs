@@ -100,6 +100,29 @@ pub fn setrlimit(resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()> 
     check(unsafe { libc::setrlimit(resource as _, &lim) }).map(drop)
 }
 
+/// The `RLIMIT_*` number of a resource.
+pub fn rlimit_number(r: msb_protocol::boot::RlimitResource) -> libc::c_int {
+    use msb_protocol::boot::RlimitResource;
+    (match r {
+        RlimitResource::Cpu => libc::RLIMIT_CPU,
+        RlimitResource::Fsize => libc::RLIMIT_FSIZE,
+        RlimitResource::Data => libc::RLIMIT_DATA,
+        RlimitResource::Stack => libc::RLIMIT_STACK,
+        RlimitResource::Core => libc::RLIMIT_CORE,
+        RlimitResource::Rss => libc::RLIMIT_RSS,
+        RlimitResource::Nproc => libc::RLIMIT_NPROC,
+        RlimitResource::Nofile => libc::RLIMIT_NOFILE,
+        RlimitResource::Memlock => libc::RLIMIT_MEMLOCK,
+        RlimitResource::As => libc::RLIMIT_AS,
+        RlimitResource::Locks => libc::RLIMIT_LOCKS,
+        RlimitResource::Sigpending => libc::RLIMIT_SIGPENDING,
+        RlimitResource::Msgqueue => libc::RLIMIT_MSGQUEUE,
+        RlimitResource::Nice => libc::RLIMIT_NICE,
+        RlimitResource::Rtprio => libc::RLIMIT_RTPRIO,
+        RlimitResource::Rttime => libc::RLIMIT_RTTIME,
+    }) as libc::c_int
+}
+
 /// CLOCK_BOOTTIME in nanoseconds.
 pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -139,7 +162,9 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// A pseudo-terminal pair (master, slave), both close-on-exec, with the given size.
+/// A pseudo-terminal pair (master, slave) of the VM's devpts, both close-on-exec, with the given
+/// size: for processes in the VM (a container's come from its own devpts, see
+/// [`crate::spawn::ChildStdio::Terminal`]).
 ///
 /// Opened close-on-exec from the start (`/dev/ptmx`, then `TIOCGPTPEER`): `openpty(3)` opens both
 /// ends inheritable, and a session spawned by another thread before they were marked would keep
@@ -159,6 +184,74 @@ pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     set_winsize(master.as_raw_fd(), rows, cols)?;
     Ok((master, slave))
+}
+
+/// A connected pair of `AF_UNIX` sequenced-packet sockets, both close-on-exec.
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    let kind = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC;
+    // SAFETY: `fds` has room for the two descriptors.
+    check(unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) })?;
+    // SAFETY: socketpair succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Receives one descriptor passed with `SCM_RIGHTS` on `sock`, close-on-exec from the start.
+/// `None` when the peer closed its end without sending one.
+pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    const SPACE: usize = {
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
+    };
+    #[repr(C, align(8))]
+    struct Control([u8; SPACE]);
+    let mut control = Control([0; SPACE]);
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // SAFETY: msghdr is plain data; all zeroes is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = SPACE as _;
+    let n = loop {
+        // SAFETY: `msg` points to a valid iovec and control buffer, both alive across the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match n {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            -1 => return Err(io::Error::last_os_error()),
+            n => break n,
+        }
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
+    // control messages; the CMSG_* walk stays inside that buffer.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                // The kernel installed this descriptor for us; nobody else owns it.
+                let owned = OwnedFd::from_raw_fd(raw);
+                if fd.is_none() {
+                    fd = Some(owned);
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 && fd.is_none() {
+        return Err(io::Error::other(
+            "the descriptor did not fit the control buffer",
+        ));
+    }
+    Ok(fd)
 }
 
 /// Sets a terminal's size.

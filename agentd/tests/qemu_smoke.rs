@@ -451,6 +451,18 @@ fn terminals_limits_signals_and_stats() {
         ..sh("c2", "stty size")
     });
     assert_eq!((out.as_str(), code.unwrap()), ("33 101\r\n", 0));
+    // The terminal of a process joining the container is the container's own (named in its
+    // /dev/pts, as under runc) and its controlling terminal.
+    let (out, _, code) = g.exec(ExecRequest {
+        tty: true,
+        ..sh("c2", "tty && echo ctty >/dev/tty")
+    });
+    let name = out.strip_suffix("\r\nctty\r\n").unwrap_or_default();
+    let n = name.strip_prefix("/dev/pts/").unwrap_or_default();
+    assert!(
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && code == Ok(0),
+        "{out:?} {code:?}"
+    );
     let tty = g.id();
     g.send(
         tty,

@@ -210,3 +210,31 @@ fn writes_land_in_the_upper_disk_only() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// `/dev/pts/N` followed by the terminal's line end, N a number.
+fn is_pts_line(out: &str) -> bool {
+    out.strip_prefix("/dev/pts/")
+        .and_then(|rest| rest.strip_suffix("\r\n"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[test]
+fn a_terminal_is_the_containers_own() {
+    let Some(_) = assets() else { return };
+    let root = rootfs();
+    // As under runc, the terminal comes from the container's own devpts instance, so its name
+    // resolves inside the container (`ttyname()`); a terminal of the VM's devpts printed
+    // "not a tty" with status 1.
+    let r = msbox(
+        &["run", "-t", root.path().to_str().unwrap(), "--", "tty"],
+        None,
+        T,
+    );
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(
+        is_pts_line(&out) && r.code == 0,
+        "tty printed {out:?} with status {}: {}",
+        r.code,
+        r.stderr
+    );
+}
