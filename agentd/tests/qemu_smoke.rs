@@ -6,7 +6,7 @@
 //! Needs `hack/guest-assets` to have built the kernel and an initramfs of the current agentd
 //! (`./hack/test` does); skipped with a printed reason otherwise.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,8 +25,7 @@ fn assets() -> Option<PathBuf> {
         .output()
         .is_ok();
     if !ok || !qemu {
-        // Straight to stderr: libtest would swallow eprintln! of a passing test.
-        let _ = writeln!(std::io::stderr(), "SKIPPED: needs qemu-system-x86_64 and {}/{{vmlinux,initramfs.cpio}} (run ./hack/test or hack/guest-assets)", dir.display());
+        msb_test_e2e::require(format!("needs qemu-system-x86_64 and {}/{{vmlinux,initramfs.cpio}} (run ./hack/test or hack/guest-assets)", dir.display()));
         return None;
     }
     Some(dir)

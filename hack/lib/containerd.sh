@@ -6,13 +6,31 @@
 
 MSB_CTRD_DIR="${MSB_CTRD_DIR:-/run/msb-ctrd}"
 MSB_CTRD_SOCK="$MSB_CTRD_DIR/containerd.sock"
+# The directory holding the `containerd` and `ctr` to run (an unpacked newer version, see
+# hack/lib/ctrd-versions.sh); empty: the ones on PATH (Debian 12's containerd 1.6).
+MSB_CTRD_BIN="${MSB_CTRD_BIN:-}"
+MSB_CONTAINERD="${MSB_CTRD_BIN:+$MSB_CTRD_BIN/}containerd"
+MSB_CTR="${MSB_CTRD_BIN:+$MSB_CTRD_BIN/}ctr"
 
-# Writes the config and starts containerd unless one answers on our socket already.
-# $1: directory whose bin/ is put on containerd's PATH (where the shim binary is linked).
-ctrd_start() {
-  local optdir=$1
-  mkdir -p "$MSB_CTRD_DIR" "$optdir/bin"
-  cat >"$MSB_CTRD_DIR/config.toml" <<TOML
+# The major.minor version of $MSB_CONTAINERD ("1.6", "2.1"), from `containerd --version`
+# ("containerd github.com/containerd/containerd/v2 2.1.9+unknown").
+ctrd_version() {
+  "$MSB_CONTAINERD" --version | awk '{ split($3, v, "."); print v[1] "." v[2] }'
+}
+
+# Writes the config for containerd $1 (major.minor) to stdout. $2: the opt directory.
+# 1.6 and 1.7 read version 2; 2.x reads version 3 (it would migrate a version 2 file at every
+# start), where the CRI plugin's runtime settings moved to io.containerd.cri.v1.runtime and
+# NRI is on by default, listening on one host-wide socket (/var/run/nri/nri.sock): private
+# instances turn it off so that they never meet each other or the host's containerd (1.7 has it
+# off unless configured).
+# $3 = "cri": also what a CRI client (the conformance suite, test-e2e/tests/cri.rs) needs, see
+# _ctrd_cri_config; without it the output is the plain config above.
+ctrd_config() {
+  local version=$1 optdir=$2 cri=${3:-}
+  case $version in
+    1.6 | 1.7)
+      cat <<TOML
 version = 2
 root = "$MSB_CTRD_DIR/root"
 state = "$MSB_CTRD_DIR/state"
@@ -28,14 +46,120 @@ state = "$MSB_CTRD_DIR/state"
   disable_tcp_service = true
   restrict_oom_score_adj = true
 TOML
-  if ctr --address "$MSB_CTRD_SOCK" version >/dev/null 2>&1; then
+      [ "$cri" != cri ] || _ctrd_cri_config "$version"
+      ;;
+    2.*)
+      cat <<TOML
+version = 3
+root = "$MSB_CTRD_DIR/root"
+state = "$MSB_CTRD_DIR/state"
+[grpc]
+  address = "$MSB_CTRD_SOCK"
+[ttrpc]
+  address = "$MSB_CTRD_SOCK.ttrpc"
+[debug]
+  level = "info"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$optdir"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+TOML
+      [ "$cri" != cri ] || _ctrd_cri_config "$version"
+      ;;
+    *)
+      echo "containerd $version: no config known for it (hack/lib/containerd.sh)" >&2
+      return 1
+      ;;
+  esac
+}
+
+# The pause image of CRI pods (`sandbox_image`): ctrd_import_busybox makes it when asked, the
+# busybox layer with entrypoint `sleep infinity`, so no registry is ever asked for it.
+MSB_CTRD_PAUSE="${MSB_CTRD_PAUSE:-docker.io/library/msb-pause:latest}"
+# CRI runtime handlers: `runc` (the reference) and `microsandbox` (our shim).
+MSB_CTRD_RUNTIME_TYPE="${MSB_CTRD_RUNTIME_TYPE:-io.containerd.microsandbox.v1}"
+
+# The CRI part of ctrd_config, appended to its output (the CRI plugin's table is still open for
+# version 2, so its keys come first): runtime handlers `runc` and `microsandbox`, the local pause
+# image, and pod networks from a private CNI directory ($MSB_CTRD_DIR/cni, written by ctrd_start)
+# instead of the host's /etc/cni/net.d, with network namespaces under the private state.
+_ctrd_cri_config() {
+  local version=$1
+  case $version in
+    1.6 | 1.7)
+      cat <<TOML
+  sandbox_image = "$MSB_CTRD_PAUSE"
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$MSB_CTRD_DIR/cni"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.microsandbox]
+    runtime_type = "$MSB_CTRD_RUNTIME_TYPE"
+TOML
+      ;;
+    2.*)
+      cat <<TOML
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$MSB_CTRD_DIR/cni"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.microsandbox]
+    runtime_type = "$MSB_CTRD_RUNTIME_TYPE"
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "$MSB_CTRD_PAUSE"
+TOML
+      ;;
+  esac
+}
+
+# The CNI network of CRI pods, in $1: no interface beyond the pod's `lo` (which the CRI plugin
+# brings up itself with the `loopback` plugin) and nothing on the host. The CRI plugin insists on
+# an address for the pod's eth0; `static` hands it 127.0.0.1 without creating anything, so the
+# pod reports 127.0.0.1, which is all it has. Debian's plugins (containernetworking-plugins).
+_ctrd_cni_config() {
+  mkdir -p "$1" || return 1
+  cat >"$1/10-msb-lo.conflist" <<'JSON'
+{
+  "cniVersion": "1.0.0",
+  "name": "msb-lo",
+  "plugins": [
+    { "type": "static", "ipam": { "type": "static", "addresses": [{ "address": "127.0.0.1/8" }] } }
+  ]
+}
+JSON
+}
+
+# Writes the config and starts containerd unless one answers on our socket already.
+# $1: directory whose bin/ is put on containerd's PATH (where the shim binary is linked).
+# $2 = "cri": with the CRI settings of ctrd_config and the CNI network they name.
+ctrd_start() {
+  local optdir=$1 cri=${2:-} version
+  mkdir -p "$MSB_CTRD_DIR" "$optdir/bin"
+  version=$(ctrd_version) || return 1
+  ctrd_config "$version" "$optdir" "$cri" >"$MSB_CTRD_DIR/config.toml" || return 1
+  if [ "$cri" = cri ]; then
+    _ctrd_cni_config "$MSB_CTRD_DIR/cni" || return 1
+  fi
+  if "$MSB_CTR" --address "$MSB_CTRD_SOCK" version >/dev/null 2>&1; then
     return 0
   fi
-  containerd --config "$MSB_CTRD_DIR/config.toml" >"$MSB_CTRD_DIR/containerd.log" 2>&1 &
+  "$MSB_CONTAINERD" --config "$MSB_CTRD_DIR/config.toml" >"$MSB_CTRD_DIR/containerd.log" 2>&1 &
   echo $! >"$MSB_CTRD_DIR/containerd.pid"
 
   for _ in $(seq 1 100); do
-    ctr --address "$MSB_CTRD_SOCK" version >/dev/null 2>&1 && return 0
+    "$MSB_CTR" --address "$MSB_CTRD_SOCK" version >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   echo "containerd did not start; its log: $MSB_CTRD_DIR/containerd.log" >&2
@@ -62,7 +186,7 @@ ctrd_stop() {
 # busybox-static, umoci and skopeo are Debian packages.
 ctrd_import_busybox() {
   local ns=$1 ref=$2 work
-  if ctr --address "$MSB_CTRD_SOCK" -n "$ns" image ls -q | grep -qx "$ref"; then
+  if "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$ns" image ls -q | grep -qx "$ref"; then
     return 0
   fi
   work=$(mktemp -d)
@@ -84,9 +208,9 @@ ctrd_import_busybox() {
   umoci config --image "$work/oci:img" --config.cmd /bin/sh \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin >/dev/null
   skopeo copy --quiet "oci:$work/oci:img" "oci-archive:$work/img.tar:$ref"
-  ctr --address "$MSB_CTRD_SOCK" -n "$ns" image import "$work/img.tar" >/dev/null
+  "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$ns" image import "$work/img.tar" >/dev/null
   rm -rf "$work"
-  ctr --address "$MSB_CTRD_SOCK" -n "$ns" image ls -q | grep -qx "$ref" || {
+  "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$ns" image ls -q | grep -qx "$ref" || {
     echo "image $ref was not imported" >&2
     return 1
   }

@@ -3,113 +3,19 @@
 //!
 //! Each test uses its own containerd namespace so that leak checks see only their own state.
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use msb_test_e2e::containerd::{Containerd, BUSYBOX};
+use msb_test_e2e::ctr::*;
 use msb_test_e2e::guest::{assets, kernel_release, GuestSlot};
 use msb_test_e2e::ids::container_id;
-
-const STATE: &str = "/var/lib/microsandbox/shim";
 
 fn setup(ns: &str) -> Option<Containerd> {
     assets()?;
     let ctrd = Containerd::start_with_shim().expect("containerd starts");
     ctrd.import_busybox(ns).expect("image imports");
     Some(ctrd)
-}
-
-/// `ctr run --runtime io.microsandbox.v1 FLAGS... BUSYBOX ID CMD...` in namespace `ns`.
-fn run_msb(ctrd: &Containerd, ns: &str, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
-    let mut args = vec!["run", "--runtime", "io.microsandbox.v1"];
-    args.extend(flags);
-    args.extend([BUSYBOX, id]);
-    args.extend(cmd);
-    ctrd.ctr(ns, &args)
-}
-
-/// `ctr task exec --exec-id EXEC_ID ID CMD...` in namespace `ns`.
-fn exec_in(ctrd: &Containerd, ns: &str, id: &str, exec_id: &str, cmd: &[&str]) -> Output {
-    let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
-    args.extend(cmd);
-    ctrd.ctr(ns, &args)
-}
-
-/// SIGKILLs a detached container's task, waits until it stopped, deletes task and container.
-fn kill_and_remove(ctrd: &Containerd, ns: &str, id: &str) {
-    let o = ctrd.ctr(ns, &["task", "kill", "-s", "SIGKILL", id]);
-    assert!(o.status.success(), "kill {id}: {}", text(&o));
-    assert!(
-        eventually(30, || task_status(ctrd, ns, id).as_deref()
-            == Some("STOPPED")),
-        "{id} did not stop"
-    );
-    let o = ctrd.ctr(ns, &["task", "delete", id]);
-    assert!(o.status.success(), "delete {id}: {}", text(&o));
-    let o = ctrd.ctr(ns, &["container", "rm", id]);
-    assert!(o.status.success(), "rm {id}: {}", text(&o));
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// The last `n` lines of `s`.
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Polls `f` every 100 ms until it holds or `secs` pass.
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
-fn task_status(ctrd: &Containerd, ns: &str, id: &str) -> Option<String> {
-    let ls = stdout(&ctrd.ctr(ns, &["task", "ls"]));
-    ls.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .map(str::to_owned)
-}
-
-/// VMM processes whose command line mentions `needle`.
-fn vmms_mentioning(needle: &str) -> usize {
-    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .filter(|l| l.starts_with("qemu-system") && l.contains(needle))
-        .count()
-}
-
-/// Files (not directories) under a namespace's shim state.
-fn state_files(ns: &str) -> Vec<String> {
-    let out = Command::new("find")
-        .arg(Path::new(STATE).join(ns))
-        .args(["-type", "f"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

@@ -1,0 +1,127 @@
+//! What the containerd tests check with, shared by every suite that drives `ctr`: the shim's
+//! runtime name, `ctr` verbs with our runtime, and the leak checks (no VMM, no state file).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::containerd::{Containerd, BUSYBOX};
+
+/// The shim's state root (the default `state_dir`).
+pub const STATE: &str = "/var/lib/microsandbox/shim";
+
+/// The runtime name Docker and nerdctl use (containerd maps it to our binary, as it does
+/// `io.microsandbox.v1`).
+pub const RUNTIME: &str = "io.containerd.microsandbox.v1";
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` every 100 ms until it holds or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// VMM processes whose command line mentions `needle`.
+pub fn vmms_mentioning(needle: &str) -> usize {
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.starts_with("qemu-system") && l.contains(needle))
+        .count()
+}
+
+/// Files (not directories) under a namespace's shim state.
+pub fn state_files(ns: &str) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(Path::new(STATE).join(ns))
+        .args(["-type", "f"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// No VMM of namespace `ns` is left (within 20 s) and no file in its shim state.
+pub fn assert_nothing_left(ns: &str, log: impl Fn() -> String) {
+    assert!(
+        eventually(20, || vmms_mentioning(&format!("/{ns}/")) == 0),
+        "VMM left in namespace {ns}\n{}",
+        tail(&log(), 40)
+    );
+    assert_eq!(
+        state_files(ns),
+        Vec::<String>::new(),
+        "files left in the shim state"
+    );
+}
+
+pub fn task_status(ctrd: &Containerd, ns: &str, id: &str) -> Option<String> {
+    let ls = stdout(&ctrd.ctr(ns, &["task", "ls"]));
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_owned)
+}
+
+/// `ctr task exec --exec-id EXEC_ID ID CMD...`.
+pub fn exec_in(ctrd: &Containerd, ns: &str, id: &str, exec_id: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+    args.extend(cmd);
+    ctrd.ctr(ns, &args)
+}
+
+/// SIGKILLs a detached container, waits until it stopped, checks that `ctr task delete` reports
+/// 137, removes the container.
+pub fn kill_and_remove(ctrd: &Containerd, ns: &str, id: &str) {
+    let o = ctrd.ctr(ns, &["task", "kill", "-s", "SIGKILL", id]);
+    assert!(o.status.success(), "kill {id}: {}", text(&o));
+    assert!(
+        eventually(30, || task_status(ctrd, ns, id).as_deref()
+            == Some("STOPPED")),
+        "{id} did not stop"
+    );
+    let o = ctrd.ctr(ns, &["task", "delete", id]);
+    assert!(o.status.success(), "delete {id}: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("exit code 137"),
+        "ctr task delete {id} does not report 137: {}",
+        text(&o)
+    );
+    let o = ctrd.ctr(ns, &["container", "rm", id]);
+    assert!(o.status.success(), "rm {id}: {}", text(&o));
+}
+
+/// `ctr run --runtime io.containerd.microsandbox.v1 FLAGS... BUSYBOX ID CMD...` in namespace `ns`.
+pub fn run_msb(ctrd: &Containerd, ns: &str, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["run", "--runtime", RUNTIME];
+    args.extend(flags);
+    args.extend([BUSYBOX, id]);
+    args.extend(cmd);
+    ctrd.ctr(ns, &args)
+}
