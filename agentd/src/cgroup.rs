@@ -128,7 +128,10 @@ impl Cgroup {
             return Ok(());
         }
         for pid in self.pids()? {
-            crate::sys::kill(pid as i32, sig)?;
+            // A pid above i32::MAX is no process (the kernel's pid_max is at most 2^22).
+            if let Ok(pid) = i32::try_from(pid) {
+                crate::sys::kill(pid, sig)?;
+            }
         }
         Ok(())
     }

@@ -356,7 +356,7 @@ mod tests {
             stderr: None,
         };
         let started = Started {
-            pid: pid as i32,
+            pid: i32::try_from(pid).unwrap_or(-1),
             container: None,
             is_init: false,
             tty: None,

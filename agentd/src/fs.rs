@@ -29,7 +29,9 @@ const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 
 fn openat2(dir: RawFd, path: &CString, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
+        // open(2) flags are non-negative bits.
+        flags: u64::try_from(flags | libc::O_CLOEXEC)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
         mode: u64::from(mode),
         resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
     };
@@ -47,8 +49,9 @@ fn openat2(dir: RawFd, path: &CString, flags: i32, mode: u32) -> io::Result<Owne
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: the kernel returned a fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Opens `path` (absolute, inside `root`) for writing, truncated, created with `mode` if new;

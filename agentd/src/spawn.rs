@@ -277,6 +277,8 @@ pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<Spawned, Spa
     if pid < 0 {
         return Err(SpawnError::Parent(clone_err));
     }
+    // clone returns a pid, which the kernel keeps below 2^22.
+    #[allow(clippy::cast_possible_truncation)]
     let pid = pid as i32;
     register(pid);
     drop(err_w);
@@ -392,7 +394,7 @@ unsafe fn child(
         }
         if let Some(fd) = &plan.cgroup_procs {
             try_sys!(
-                libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) as libc::c_int,
+                libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1),
                 err,
                 Step::Cgroup
             );
@@ -433,27 +435,18 @@ unsafe fn child(
                     *res,
                     lim,
                     std::ptr::null_mut::<libc::rlimit>()
-                ) as libc::c_int,
+                ),
                 err,
                 Step::Rlimit
             );
         }
         try_sys!(
-            libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr())
-                as libc::c_int,
+            libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()),
             err,
             Step::User
         );
-        try_sys!(
-            libc::syscall(libc::SYS_setgid, plan.gid) as libc::c_int,
-            err,
-            Step::User
-        );
-        try_sys!(
-            libc::syscall(libc::SYS_setuid, plan.uid) as libc::c_int,
-            err,
-            Step::User
-        );
+        try_sys!(libc::syscall(libc::SYS_setgid, plan.gid), err, Step::User);
+        try_sys!(libc::syscall(libc::SYS_setuid, plan.uid), err, Step::User);
         try_sys!(libc::chdir(plan.cwd.as_ptr()), err, Step::Cwd);
         libc::execve(plan.path.as_ptr(), argv, envp);
         fail(err, Step::Exec)
@@ -521,7 +514,7 @@ unsafe fn new_terminal(rows: u16, cols: u16, uid: libc::uid_t, sock: RawFd, err:
 unsafe fn send_fd(sock: RawFd, fd: RawFd) -> libc::c_int {
     const SPACE: usize = {
         // SAFETY: CMSG_SPACE is arithmetic on its argument.
-        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
+        unsafe { libc::CMSG_SPACE(sys::C_INT_LEN) as usize }
     };
     #[repr(C, align(8))]
     struct Control([u8; SPACE]);
@@ -543,7 +536,7 @@ unsafe fn send_fd(sock: RawFd, fd: RawFd) -> libc::c_int {
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        (*c).cmsg_len = libc::CMSG_LEN(sys::C_INT_LEN) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd);
         let sent = libc::syscall(
             libc::SYS_sendmsg,
@@ -624,7 +617,7 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
         }
         try_sys!(libc::chdir(root.rootfs.as_ptr()), err, Step::Setup);
         try_sys!(
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
             err,
             Step::Setup
         );
@@ -684,9 +677,8 @@ mod tests {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if !root || sys::open_ro(std::path::Path::new("/dev/pts/ptmx")).is_err() {
-            let _ = writeln!(
-                io::stderr(),
-                "SKIPPED: needs root and /dev/pts/ptmx (setgroups in the child, the devpts)"
+            msb_test_e2e::require(
+                "needs root and /dev/pts/ptmx (setgroups in the child, the devpts)",
             );
             return;
         }

@@ -172,7 +172,8 @@ pub fn loop_attach(image: &Path) -> Result<LoopDevice, ContainerError> {
             .open(&dev)
             .map_err(io_err(format!("open {}", dev.display())))?;
         let mut config = LoopConfig {
-            fd: file.as_raw_fd() as u32,
+            // An open descriptor is not negative (u32::MAX would make the ioctl fail, EBADF).
+            fd: u32::try_from(file.as_raw_fd()).unwrap_or(u32::MAX),
             block_size: 0,
             // SAFETY: all-zero is a valid loop_info64 (plain integers and byte arrays).
             info: unsafe { std::mem::zeroed() },

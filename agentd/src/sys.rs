@@ -90,7 +90,13 @@ pub fn sethostname(name: &str) -> io::Result<()> {
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
 }
 
+/// `sizeof(int)`, as the `CMSG_*` macros take it (4).
+#[allow(clippy::cast_possible_truncation)]
+pub const C_INT_LEN: u32 = std::mem::size_of::<libc::c_int>() as u32;
+
 /// setrlimit(2) for a resource number.
+// RLIMIT_* are small non-negative numbers, typed c_uint by glibc and c_int by musl.
+#[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 pub fn setrlimit(resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()> {
     let lim = libc::rlimit {
         rlim_cur: soft,
@@ -101,6 +107,8 @@ pub fn setrlimit(resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()> 
 }
 
 /// The `RLIMIT_*` number of a resource.
+// RLIMIT_* are small non-negative numbers, typed c_uint by glibc and c_int by musl.
+#[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 pub fn rlimit_number(r: msb_protocol::boot::RlimitResource) -> libc::c_int {
     use msb_protocol::boot::RlimitResource;
     (match r {
@@ -131,14 +139,18 @@ pub fn boottime_ns() -> u64 {
     };
     // SAFETY: `ts` is a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // CLOCK_BOOTTIME is never negative.
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs * 1_000_000_000 + nanos
 }
 
 /// Sets CLOCK_REALTIME.
 pub fn set_realtime(unix_nanos: u64) -> io::Result<()> {
+    let invalid = |_| io::Error::from_raw_os_error(libc::EINVAL);
     let ts = libc::timespec {
-        tv_sec: (unix_nanos / 1_000_000_000) as _,
-        tv_nsec: (unix_nanos % 1_000_000_000) as libc::c_long,
+        tv_sec: libc::time_t::try_from(unix_nanos / 1_000_000_000).map_err(invalid)?,
+        tv_nsec: libc::c_long::try_from(unix_nanos % 1_000_000_000).map_err(invalid)?,
     };
     // SAFETY: `ts` is a valid timespec.
     check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(drop)
@@ -201,7 +213,7 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     const SPACE: usize = {
         // SAFETY: CMSG_SPACE is arithmetic on its argument.
-        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
+        unsafe { libc::CMSG_SPACE(C_INT_LEN) as usize }
     };
     #[repr(C, align(8))]
     struct Control([u8; SPACE]);

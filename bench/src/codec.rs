@@ -49,7 +49,9 @@ fn one_round(data: &[u8], buf: &mut BytesMut) -> Result<usize> {
 pub fn run(per_size: Duration) -> Result<Report> {
     let mut results = Vec::new();
     for size in [4 * 1024, 64 * 1024, 1024 * 1024] {
-        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let data: Vec<u8> = (0..size)
+            .map(|i| u8::try_from(i * 31 % 251).expect("below 251"))
+            .collect();
         let mut buf = BytesMut::with_capacity(size + 64);
         ensure!(one_round(&data, &mut buf)? == size, "round trip lost bytes");
         let start = Instant::now();

@@ -72,7 +72,7 @@ mod tests {
             assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
             assert_eq!(
                 libc::write(p[1], data.as_ptr().cast(), data.len()),
-                data.len() as isize
+                isize::try_from(data.len()).unwrap()
             );
             libc::close(p[1]);
             assert_eq!(libc::dup2(p[0], fd), fd);
@@ -96,7 +96,7 @@ mod tests {
         use std::io::Write;
         use std::os::fd::AsRawFd;
         let mut f = tempfile::tempfile().unwrap();
-        f.write_all(&vec![b' '; MAX_CONFIG_BYTES as usize + 1])
+        f.write_all(&vec![b' '; usize::try_from(MAX_CONFIG_BYTES).unwrap() + 1])
             .unwrap();
         // SAFETY: lseek and dup2 on a descriptor we own; the results are checked.
         unsafe {

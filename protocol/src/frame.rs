@@ -93,11 +93,11 @@ impl Frame {
 
     /// The `len` field for this frame, or an error when the body is too big to send.
     fn len_field(&self) -> Result<u32, FrameError> {
-        let len = (FRAME_HEADER_SIZE + self.body.len()) as u64;
+        let len = u64::try_from(FRAME_HEADER_SIZE + self.body.len()).unwrap_or(u64::MAX);
         if len > u64::from(MAX_FRAME_LEN) {
             return Err(FrameError::LengthTooLong { len });
         }
-        Ok(len as u32)
+        u32::try_from(len).map_err(|_| FrameError::LengthTooLong { len })
     }
 
     /// Appends the encoded frame to `dst`.

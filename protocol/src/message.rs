@@ -243,11 +243,16 @@ impl Message {
             envelope::BytesMutWriter(dst),
         );
         let len = dst.len() - start - crate::consts::LEN_PREFIX_SIZE;
-        if len > crate::consts::MAX_FRAME_LEN as usize {
+        let Some(len32) = u32::try_from(len)
+            .ok()
+            .filter(|l| *l <= crate::consts::MAX_FRAME_LEN)
+        else {
             dst.truncate(start);
-            return Err(crate::FrameError::LengthTooLong { len: len as u64 });
-        }
-        dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+            return Err(crate::FrameError::LengthTooLong {
+                len: u64::try_from(len).unwrap_or(u64::MAX),
+            });
+        };
+        dst[start..start + 4].copy_from_slice(&len32.to_be_bytes());
         Ok(())
     }
 }

@@ -16,11 +16,11 @@ fn envelope(t: &str, p: &[u8]) -> Vec<u8> {
     // {"v": 7, "t": t, "p": p} written by hand so the test does not depend on the encoder.
     let mut b = vec![0xa3, 0x61, b'v', 0x07, 0x61, b't'];
     assert!(t.len() < 24);
-    b.push(0x60 | t.len() as u8);
+    b.push(0x60 | u8::try_from(t.len()).unwrap());
     b.extend_from_slice(t.as_bytes());
     b.extend_from_slice(&[0x61, b'p']);
     assert!(p.len() < 24);
-    b.push(0x40 | p.len() as u8);
+    b.push(0x40 | u8::try_from(p.len()).unwrap());
     b.extend_from_slice(p);
     b
 }
@@ -63,8 +63,13 @@ fn len_above_four_mib() {
 #[test]
 fn undefined_flags_byte() {
     let body = envelope("core.ping", &[0xa0]);
-    let err =
-        decode_message_exact(&frame_bytes(5 + body.len() as u32, 3, 0x10, &body)).unwrap_err();
+    let err = decode_message_exact(&frame_bytes(
+        5 + u32::try_from(body.len()).unwrap(),
+        3,
+        0x10,
+        &body,
+    ))
+    .unwrap_err();
     assert!(matches!(
         err,
         ProtocolError::Frame(FrameError::UndefinedFlags { id: 3, bits: 0x10 })
@@ -79,8 +84,13 @@ fn flags_that_do_not_match_the_type() {
         "core.exec.exited",
         &[0xa1, 0x64, b'c', b'o', b'd', b'e', 0x07],
     );
-    let err =
-        decode_message_exact(&frame_bytes(5 + body.len() as u32, 9, 0x02, &body)).unwrap_err();
+    let err = decode_message_exact(&frame_bytes(
+        5 + u32::try_from(body.len()).unwrap(),
+        9,
+        0x02,
+        &body,
+    ))
+    .unwrap_err();
     let ProtocolError::Message(m) = &err else {
         panic!("{err}")
     };
@@ -103,8 +113,13 @@ fn body_that_is_not_a_map() {
         &[0x83, 0x01, 0x02, 0x03][..],
         &b"\x65hello"[..],
     ] {
-        let err =
-            decode_message_exact(&frame_bytes(5 + body.len() as u32, 2, 0, body)).unwrap_err();
+        let err = decode_message_exact(&frame_bytes(
+            5 + u32::try_from(body.len()).unwrap(),
+            2,
+            0,
+            body,
+        ))
+        .unwrap_err();
         let ProtocolError::Message(m) = &err else {
             panic!("{err}")
         };
@@ -125,7 +140,7 @@ fn body_that_is_not_a_map() {
 #[test]
 fn truncated_frame() {
     let body = envelope("core.ping", &[0xa0]);
-    let full = frame_bytes(5 + body.len() as u32, 1, 0, &body);
+    let full = frame_bytes(5 + u32::try_from(body.len()).unwrap(), 1, 0, &body);
     let err = decode_message_exact(&full[..full.len() - 3]).unwrap_err();
     assert!(matches!(
         err,
@@ -138,7 +153,13 @@ fn truncated_payload() {
     // A well-framed envelope whose payload is a map cut short after its first key.
     let payload = [0xa1, 0x64, b'c', b'o', b'd', b'e'];
     let body = envelope("core.exec.exited", &payload);
-    let msg = decode_message_exact(&frame_bytes(5 + body.len() as u32, 4, 0x01, &body)).unwrap();
+    let msg = decode_message_exact(&frame_bytes(
+        5 + u32::try_from(body.len()).unwrap(),
+        4,
+        0x01,
+        &body,
+    ))
+    .unwrap();
     let err = msg.decode::<ExecExited>().unwrap_err();
     assert!(
         matches!(err, MessageError::InvalidPayload { id: 4, .. }),
@@ -253,7 +274,13 @@ fn golden_ready_round_trip_ignores_unknown_fields() {
 #[test]
 fn unknown_type_passes_framing_and_is_left_to_the_receiver() {
     let body = envelope("core.future", &[0xa0]);
-    let msg = decode_message_exact(&frame_bytes(5 + body.len() as u32, 5, 0x07, &body)).unwrap();
+    let msg = decode_message_exact(&frame_bytes(
+        5 + u32::try_from(body.len()).unwrap(),
+        5,
+        0x07,
+        &body,
+    ))
+    .unwrap();
     assert_eq!(msg.kind, "core.future");
     let err = msg.decode::<ExecExited>().unwrap_err();
     assert_eq!(

@@ -63,7 +63,10 @@ fn lying_frame(claim: u32, kind: u8) -> Vec<u8> {
     }
     body.extend_from_slice(&claim.to_be_bytes());
     body.extend_from_slice(&[0; 16]);
-    let mut v = ((body.len() + 5) as u32).to_be_bytes().to_vec();
+    let mut v = u32::try_from(body.len() + 5)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
     v.extend_from_slice(&[0, 0, 0, 1, 0]);
     v.extend_from_slice(&body);
     v
@@ -82,7 +85,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bodies_in_valid_frames_never_panic(id: u32, flags in 0u8..8, body in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let mut v = ((body.len() + 5) as u32).to_be_bytes().to_vec();
+        let mut v = u32::try_from(body.len() + 5).unwrap().to_be_bytes().to_vec();
         v.extend_from_slice(&id.to_be_bytes());
         v.push(flags);
         v.extend_from_slice(&body);

@@ -26,7 +26,14 @@ pub fn tsc_khz() -> Option<u64> {
                 .and_then(|l| l.split(':').nth(1))
                 .and_then(|v| v.trim().parse().ok())
         })?;
-    Some((mhz * 1000.0) as u64)
+    let khz = (mhz * 1000.0).round();
+    if !(1.0..9.0e15).contains(&khz) {
+        return None; // NaN, infinite, zero or negative: no reading
+    }
+    // A whole number in [1, 2^53) converts exactly.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let khz = khz as u64;
+    Some(khz)
 }
 
 fn mhz_after(log: &str, marker: &str) -> Option<f64> {

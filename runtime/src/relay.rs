@@ -515,7 +515,7 @@ async fn route(shared: &Shared, frame: Frame) {
             .slots()
             .iter()
             .enumerate()
-            .filter_map(|(k, e)| Some((k as u32, e.clone()?)))
+            .filter_map(|(k, e)| Some((u32::try_from(k).ok()?, e.clone()?)))
             .collect();
         for (slot, entry) in targets {
             deliver(shared, slot, &entry, frame.clone()).await;
@@ -590,8 +590,9 @@ fn admit(shared: &Arc<Shared>, stream: UnixStream, owner: bool) -> Option<u32> {
     let slot = {
         let mut slots = shared.slots();
         let free = slots.iter().position(Option::is_none)?;
+        let slot = u32::try_from(free).ok()?;
         slots[free] = Some(entry.clone());
-        free as u32
+        slot
     };
     let span = tracing::info_span!(parent: &shared.span, "relay_client", slot);
     tokio::spawn(serve_client(shared.clone(), slot, stream, entry, rx).instrument(span));

@@ -152,7 +152,7 @@ impl RuntimeSandbox {
             .await
             .map_err(|e| SandboxError::Boot(e.into()))?;
         let agent = sb.agent().clone();
-        *lock(&self.vmm_pid) = Some(sb.vmm_pid() as u32);
+        *lock(&self.vmm_pid) = u32::try_from(sb.vmm_pid()).ok();
         *lock(&self.agent) = Some(agent.clone());
         let (mut guest_events, events) = (agent.events(), self.events.clone());
         tokio::spawn(async move {

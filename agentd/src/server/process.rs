@@ -82,7 +82,11 @@ impl Server {
                 c.init_pid = Some(pid);
             }
         }
-        self.out.send(id, &ExecStarted { pid: pid as u32 });
+        // A pid is positive.
+        let started = ExecStarted {
+            pid: u32::try_from(pid).unwrap_or_default(),
+        };
+        self.out.send(id, &started);
         let (containers, out, cid) = (
             self.containers.clone(),
             self.out.clone(),

@@ -207,8 +207,8 @@ impl VmmProcess {
     ) -> Result<Self, VmmError> {
         let pgid = child
             .id()
-            .ok_or_else(|| VmmError::Failed("the VMM exited at once".into()))?
-            as i32;
+            .and_then(|pid| i32::try_from(pid).ok())
+            .ok_or_else(|| VmmError::Failed("the VMM exited at once".into()))?;
         Ok(VmmProcess {
             child,
             pgid,
@@ -228,9 +228,11 @@ impl VmmProcess {
     fn stop_companions(&mut self) {
         for c in &mut self.companions {
             if matches!(c.try_wait(), Ok(None)) {
-                // SAFETY: kill has no memory-safety preconditions; the negative pid is the
-                // process group of our own, not yet reaped, child.
-                unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+                if let Ok(pgid) = i32::try_from(c.id()) {
+                    // SAFETY: kill has no memory-safety preconditions; the negative pid is the
+                    // process group of our own, not yet reaped, child (a pid is positive).
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                }
                 let _ = c.wait();
             }
         }
