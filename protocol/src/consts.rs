@@ -56,8 +56,10 @@ pub const RELAY_ID_STEP: u32 = u32::MAX / RELAY_MAX_CLIENTS;
 /// How long agentd lets container inits handle SIGTERM on `core.shutdown` before SIGKILL.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
-/// How long the host waits for the VMM to exit after `core.shutdown` before killing it.
-pub const SHUTDOWN_HOST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the host waits for the VMM to exit after `core.shutdown` before killing it: the
+/// guest's [`SHUTDOWN_GRACE`], then syncing and unmounting its disks, which under TCG takes
+/// seconds.
+pub const SHUTDOWN_HOST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Exit code reported for a process killed by the OOM killer (`128 + SIGKILL`).
 pub const OOM_EXIT_CODE: i32 = 137;

@@ -28,6 +28,17 @@
 //! (id ranges of the VMM's multi-client relay) and [`consts`].
 //!
 //! This crate does no I/O of its own beyond the `Read`/`Write`/codec adapters.
+//!
+//! # What is live
+//!
+//! The crate follows microsandbox's protocol, so it defines a few things our host and agentd do
+//! not use (yet); they stay for compatibility and for the issues that will use them, and
+//! `docs/PROTOCOL.md` marks each one. Not sent by our host: `core.init.ack`, `core.clock.sync`
+//! (agentd applies it; VM templates will need it), `core.fs.request` ops other than `write`
+//! (agentd answers them as unsupported); not sent by agentd: `core.init.resolved`. Boot settings
+//! our host never sets: `MSB_TMPFS` and `MSB_RLIMITS` (agentd applies them), `MSB_NET`,
+//! `MSB_NET_IPV4`, `MSB_NET_IPV6` (parsed, reserved for pod networking), `MSB_USER`,
+//! `MSB_DIR_MOUNTS`, `MSB_FILE_MOUNTS` (parsed only). Everything else is used on both sides.
 
 pub mod boot;
 #[cfg(feature = "tokio")]

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use msb_oci::OciRootfsSource;
@@ -29,9 +28,6 @@ use crate::sandbox::{
     ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
     SandboxFactory,
 };
-
-/// How long a clean guest power-off may take before the VMM is killed (TCG is slow).
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The production factory.
 #[derive(Debug, Default)]
@@ -421,7 +417,7 @@ impl Sandbox for RuntimeSandbox {
     async fn shutdown(&self) -> Result<(), SandboxError> {
         lock(&self.agent).take();
         if let Some(Booted { vm: sb, .. }) = self.vm.lock().await.take() {
-            sb.shutdown(SHUTDOWN_TIMEOUT)
+            sb.shutdown(msb_protocol::SHUTDOWN_HOST_TIMEOUT)
                 .await
                 .map_err(|e| SandboxError::Other(e.into()))?;
         }

@@ -1,7 +1,6 @@
 //! `msbox run`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -131,7 +130,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     };
     let code = pump(&mut exec, args.interactive, args.tty).await?;
     drop(_raw);
-    let exit = sandbox.shutdown(Duration::from_secs(10)).await?;
+    let exit = sandbox
+        .shutdown(msb_protocol::SHUTDOWN_HOST_TIMEOUT)
+        .await?;
     tracing::debug!("vm exit {exit:?}");
     Ok(code)
 }
