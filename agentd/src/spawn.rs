@@ -646,12 +646,8 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::cloexec;
     use std::io::Write;
-
-    fn cloexec(fd: &OwnedFd) -> bool {
-        // SAFETY: F_GETFD on an open descriptor.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
-    }
 
     #[test]
     fn a_descriptor_crosses_the_socket_close_on_exec() {

@@ -358,15 +358,17 @@ pub fn power_off() -> ! {
     }
 }
 
+/// Whether `fd` is close-on-exec (tests of the modules that promise it).
+#[cfg(test)]
+pub(crate) fn cloexec(fd: &OwnedFd) -> bool {
+    // SAFETY: F_GETFD on an open descriptor.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-
-    fn cloexec(fd: &OwnedFd) -> bool {
-        // SAFETY: F_GETFD on an open descriptor.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
-    }
 
     #[test]
     fn openpty_gives_a_sized_close_on_exec_pair() {
