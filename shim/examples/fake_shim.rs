@@ -7,7 +7,7 @@
 //! ctr run --runtime io.containerd.msbfake.v1 --rm IMAGE c1 echo hello   # prints hello
 //! ```
 
-use msb_shim::sandbox::fake::FakeFactory;
+use msb_shim::pod_vm::fake::FakeFactory;
 use msb_shim::shim::{set_factory, MicrosandboxShim};
 
 #[tokio::main]

@@ -116,7 +116,7 @@ impl Default for ShimConfig {
 
 /// What one VM is booted with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxConfig {
+pub struct VmSettings {
     /// VMM backend.
     pub backend: String,
     /// vCPUs.
@@ -140,7 +140,7 @@ pub struct SandboxConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerConfig {
     /// For the VM, when this container boots it.
-    pub sandbox: SandboxConfig,
+    pub vm: VmSettings,
     /// Its writable upper, bytes.
     pub upper_size: u64,
     /// Init system hand-off.
@@ -224,7 +224,7 @@ impl ShimConfig {
             }
         }
         Ok(ContainerConfig {
-            sandbox: SandboxConfig {
+            vm: VmSettings {
                 backend: cfg.backend,
                 vcpus: cfg.vcpus,
                 memory_mib: cfg.memory_mib,
@@ -322,11 +322,8 @@ mod tests {
         assert_eq!(cfg.vcpus, 2);
         assert_eq!(cfg.memory_mib, 512);
         let c = cfg.for_container(&HashMap::new()).unwrap();
-        assert_eq!(c.sandbox.kernel, PathBuf::from("/opt/msb/vmlinux"));
-        assert_eq!(
-            c.sandbox.initramfs,
-            PathBuf::from("/opt/msb/initramfs.cpio")
-        );
+        assert_eq!(c.vm.kernel, PathBuf::from("/opt/msb/vmlinux"));
+        assert_eq!(c.vm.initramfs, PathBuf::from("/opt/msb/initramfs.cpio"));
         assert_eq!(c.upper_size, 4 << 30);
         std::fs::write(&p, "vcpu = 2\n").unwrap();
         let err = ShimConfig::load(&p).unwrap_err();
@@ -346,9 +343,9 @@ mod tests {
                 ("io.kubernetes.cri.sandbox-id", "p"),
             ]))
             .unwrap();
-        assert_eq!(c.sandbox.backend, "qemu");
-        assert_eq!(c.sandbox.vcpus, 4);
-        assert_eq!(c.sandbox.memory_mib, 2048);
+        assert_eq!(c.vm.backend, "qemu");
+        assert_eq!(c.vm.vcpus, 4);
+        assert_eq!(c.vm.memory_mib, 2048);
         assert_eq!(c.upper_size, 1 << 30);
         assert_eq!(c.handoff_init.as_deref(), Some("auto"));
     }

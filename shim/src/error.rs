@@ -4,7 +4,7 @@
 use containerd_shim::protos::ttrpc;
 
 use crate::config::ConfigError;
-use crate::sandbox::SandboxError;
+use crate::pod_vm::PodVmError;
 use crate::task::state::StateError;
 
 /// Everything a task RPC can fail with.
@@ -39,7 +39,7 @@ pub enum ShimError {
     Config(#[from] ConfigError),
     /// The VM failed.
     #[error(transparent)]
-    Sandbox(#[from] SandboxError),
+    Vm(#[from] PodVmError),
     /// Host I/O failed (FIFOs, state files).
     #[error("{context}")]
     Io {
@@ -56,9 +56,7 @@ impl ShimError {
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {
-            ShimError::NotFound(_) | ShimError::Sandbox(SandboxError::NotFound(_)) => {
-                Code::NOT_FOUND
-            }
+            ShimError::NotFound(_) | ShimError::Vm(PodVmError::NotFound(_)) => Code::NOT_FOUND,
             ShimError::AlreadyExists(_) => Code::ALREADY_EXISTS,
             ShimError::State(_) => Code::FAILED_PRECONDITION,
             ShimError::InvalidArgument(_)
@@ -67,8 +65,8 @@ impl ShimError {
             | ShimError::Process(_)
             | ShimError::Config(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
-            ShimError::Sandbox(SandboxError::Gone(_)) => Code::UNAVAILABLE,
-            ShimError::Sandbox(_) | ShimError::Io { .. } => Code::INTERNAL,
+            ShimError::Vm(PodVmError::Gone(_)) => Code::UNAVAILABLE,
+            ShimError::Vm(_) | ShimError::Io { .. } => Code::INTERNAL,
         }
     }
 }
@@ -111,7 +109,7 @@ mod tests {
             (Code::NOT_FOUND, "container c1 not found".into())
         );
         assert_eq!(
-            status(SandboxError::NotFound("exec 7".into()).into()).0,
+            status(PodVmError::NotFound("exec 7".into()).into()).0,
             Code::NOT_FOUND
         );
     }
@@ -170,11 +168,11 @@ mod tests {
     #[test]
     fn sandbox_failures() {
         assert_eq!(
-            status(SandboxError::Gone("vmm exited".into()).into()),
+            status(PodVmError::Gone("vmm exited".into()).into()),
             (Code::UNAVAILABLE, "sandbox is gone: vmm exited".into())
         );
         assert_eq!(
-            status(SandboxError::Boot("no kernel".into()).into()),
+            status(PodVmError::Boot("no kernel".into()).into()),
             (Code::INTERNAL, "boot sandbox: no kernel".into())
         );
     }
@@ -192,7 +190,7 @@ mod tests {
             },
         };
         assert_eq!(
-            status(SandboxError::Boot(missing.into()).into()),
+            status(PodVmError::Boot(missing.into()).into()),
             (
                 Code::INTERNAL,
                 "boot sandbox: start the qemu VMM: qemu-system-x86_64 not found: install the \
@@ -208,11 +206,11 @@ mod tests {
             },
         };
         assert_eq!(
-            status(SandboxError::Boot(too_long.into()).into()).1,
+            status(PodVmError::Boot(too_long.into()).into()).1,
             "boot sandbox: start the krun VMM: bind /run/x/agent.sock: File name too long (os \
              error 36)"
         );
-        let rootfs = SandboxError::Rootfs(Box::new(msb_runtime::rootfs::RootfsError::Io {
+        let rootfs = PodVmError::Rootfs(Box::new(msb_runtime::rootfs::RootfsError::Io {
             what: "create",
             path: "/var/lib/x".into(),
             source: std::io::Error::from_raw_os_error(libc::EACCES),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 
-use crate::sandbox::Output;
+use crate::pod_vm::Output;
 
 /// How long output may wait for room before the FIFO counts as unread.
 pub const STUCK_GRACE: Duration = Duration::from_secs(5);

@@ -1,9 +1,9 @@
-//! The adapter from [`crate::sandbox`] to the runtime crate (`msb_runtime`): the shim's VMs are
+//! The adapter from [`crate::pod_vm`] to the runtime crate (`msb_runtime`): the shim's VMs are
 //! real microVMs.
 //!
 //! Disks cannot be added to a running QEMU `microvm` (no hotplug), so a VM boots when its first
 //! container's root is prepared: [`RuntimeFactory::boot`] only records the configuration, and
-//! [`Sandbox::prepare_rootfs`] lays out the disks ([`msb_runtime::rootfs`]: a single
+//! [`PodVm::prepare_rootfs`] lays out the disks ([`msb_runtime::rootfs`]: a single
 //! container's, or a pod's whose later containers arrive after boot) and starts the VM with
 //! them. Which backend runs the VM is the runtime's business; this file never names one.
 
@@ -22,11 +22,10 @@ use msb_runtime::vmm::{parse_backend, DiskSpec, ShareSpec};
 use msb_runtime::{AgentClient, ExecEvent, GuestAssets};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::config::SandboxConfig;
+use crate::config::VmSettings;
 use crate::output_gate::OutputGate;
-use crate::sandbox::{
-    ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
-    SandboxFactory,
+use crate::pod_vm::{
+    GuestProcess, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory, PreparedRootfs, ProcessKey,
 };
 
 /// The production factory.
@@ -34,21 +33,21 @@ use crate::sandbox::{
 pub struct RuntimeFactory;
 
 #[async_trait]
-impl SandboxFactory for RuntimeFactory {
+impl PodVmFactory for RuntimeFactory {
     async fn boot(
         &self,
         id: &str,
-        config: &SandboxConfig,
+        config: &VmSettings,
         state_dir: &Path,
-    ) -> Result<Arc<dyn Sandbox>, SandboxError> {
-        let backend = parse_backend(&config.backend).map_err(|e| SandboxError::Boot(e.into()))?;
+    ) -> Result<Arc<dyn PodVm>, PodVmError> {
+        let backend = parse_backend(&config.backend).map_err(|e| PodVmError::Boot(e.into()))?;
         let assets = GuestAssets {
             kernel: config.kernel.clone(),
             initramfs: config.initramfs.clone(),
         };
-        assets.check().map_err(|e| SandboxError::Boot(e.into()))?;
+        assets.check().map_err(|e| PodVmError::Boot(e.into()))?;
         let (events, _) = broadcast::channel(64);
-        Ok(Arc::new(RuntimeSandbox {
+        Ok(Arc::new(RuntimePodVm {
             id: id.to_owned(),
             config: config.clone(),
             backend,
@@ -65,9 +64,9 @@ impl SandboxFactory for RuntimeFactory {
 
 /// One VM of the shim.
 #[derive(Debug)]
-struct RuntimeSandbox {
+struct RuntimePodVm {
     id: String,
-    config: SandboxConfig,
+    config: VmSettings,
     backend: Option<msb_runtime::BackendKind>,
     assets: GuestAssets,
     dir: PathBuf,
@@ -76,20 +75,18 @@ struct RuntimeSandbox {
     vmm_pid: Mutex<Option<u32>>,
     /// Correlation id of each live process, for signals, resizes and stdin.
     processes: Mutex<HashMap<ProcessKey, u32>>,
-    events: broadcast::Sender<SandboxEvent>,
+    events: broadcast::Sender<PodVmEvent>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn agent_err(e: msb_runtime::AgentError) -> SandboxError {
+fn agent_err(e: msb_runtime::AgentError) -> PodVmError {
     match e {
-        msb_runtime::AgentError::Closed(r) => SandboxError::Gone(r),
-        msb_runtime::AgentError::Container { id, message } => {
-            SandboxError::Container { id, message }
-        }
-        other => SandboxError::Other(other.into()),
+        msb_runtime::AgentError::Closed(r) => PodVmError::Gone(r),
+        msb_runtime::AgentError::Container { id, message } => PodVmError::Container { id, message },
+        other => PodVmError::Other(other.into()),
     }
 }
 
@@ -117,15 +114,15 @@ struct Booted {
     pod: Option<PodRootfs>,
 }
 
-fn rootfs_err(e: rootfs::RootfsError) -> SandboxError {
-    SandboxError::Rootfs(e.into())
+fn rootfs_err(e: rootfs::RootfsError) -> PodVmError {
+    PodVmError::Rootfs(e.into())
 }
 
-impl RuntimeSandbox {
-    fn agent(&self) -> Result<AgentClient, SandboxError> {
-        lock(&self.agent).clone().ok_or_else(|| {
-            SandboxError::Other(format!("sandbox {} has not booted", self.id).into())
-        })
+impl RuntimePodVm {
+    fn agent(&self) -> Result<AgentClient, PodVmError> {
+        lock(&self.agent)
+            .clone()
+            .ok_or_else(|| PodVmError::Other(format!("sandbox {} has not booted", self.id).into()))
     }
 
     /// Boots the VM with these disks and shares and starts forwarding its events.
@@ -134,7 +131,7 @@ impl RuntimeSandbox {
         backend: Option<msb_runtime::BackendKind>,
         disks: Vec<DiskSpec>,
         shares: Vec<ShareSpec>,
-    ) -> Result<msb_runtime::Vm, SandboxError> {
+    ) -> Result<msb_runtime::Vm, PodVmError> {
         let mut cfg = msb_runtime::VmConfig::new(&self.id);
         cfg.dir = self.dir.clone();
         cfg.backend = backend;
@@ -146,7 +143,7 @@ impl RuntimeSandbox {
         cfg.boot_env.hostname = vm_hostname(&self.id);
         let sb = msb_runtime::Vm::start(cfg)
             .await
-            .map_err(|e| SandboxError::Boot(e.into()))?;
+            .map_err(|e| PodVmError::Boot(e.into()))?;
         let agent = sb.agent().clone();
         *lock(&self.vmm_pid) = u32::try_from(sb.vmm_pid()).ok();
         *lock(&self.agent) = Some(agent.clone());
@@ -154,10 +151,10 @@ impl RuntimeSandbox {
         tokio::spawn(async move {
             while let Ok(m) = guest_events.recv().await {
                 if let Ok(oom) = m.decode::<msb_protocol::types::ContainerOom>() {
-                    let _ = events.send(SandboxEvent::Oom { container: oom.id });
+                    let _ = events.send(PodVmEvent::Oom { container: oom.id });
                 }
             }
-            let _ = events.send(SandboxEvent::Died {
+            let _ = events.send(PodVmEvent::Died {
                 reason: "the agent connection closed".into(),
             });
         });
@@ -172,7 +169,7 @@ impl RuntimeSandbox {
         container: &str,
         images: &[PathBuf],
         upper_size: u64,
-    ) -> Result<RootfsSpec, SandboxError> {
+    ) -> Result<RootfsSpec, PodVmError> {
         if booted.is_none() {
             // Resolved here so that the share's mode and the backend booting it agree.
             let (kind, why) = msb_runtime::vmm::select_backend(self.backend);
@@ -186,7 +183,7 @@ impl RuntimeSandbox {
         match booted.as_ref().and_then(|b| b.pod.as_ref()) {
             Some(pod) => tokio::task::block_in_place(|| pod.add_container(container, images))
                 .map_err(rootfs_err),
-            None => Err(SandboxError::Rootfs(
+            None => Err(PodVmError::Rootfs(
                 format!(
                     "container {container}: VM {} was not booted as a pod",
                     self.id
@@ -196,23 +193,23 @@ impl RuntimeSandbox {
         }
     }
 
-    fn process_id(&self, key: &ProcessKey) -> Result<u32, SandboxError> {
+    fn process_id(&self, key: &ProcessKey) -> Result<u32, PodVmError> {
         lock(&self.processes)
             .get(key)
             .copied()
-            .ok_or_else(|| SandboxError::NotFound(format!("{key:?}")))
+            .ok_or_else(|| PodVmError::NotFound(format!("{key:?}")))
     }
 }
 
 #[async_trait]
-impl Sandbox for RuntimeSandbox {
+impl PodVm for RuntimePodVm {
     async fn prepare_rootfs(
         &self,
         container: &str,
         source: &OciRootfsSource,
         upper_size: u64,
         _state_dir: &Path,
-    ) -> Result<PreparedRootfs, SandboxError> {
+    ) -> Result<PreparedRootfs, PodVmError> {
         let images = tokio::task::block_in_place(|| {
             source
                 .lowers
@@ -233,7 +230,7 @@ impl Sandbox for RuntimeSandbox {
             });
         }
         if booted.is_some() {
-            return Err(SandboxError::Rootfs(
+            return Err(PodVmError::Rootfs(
                 format!(
                     "container {container}: VM {} already runs a container; only containers of \
                      one pod (annotation io.kubernetes.cri.sandbox-id) share a VM",
@@ -255,7 +252,7 @@ impl Sandbox for RuntimeSandbox {
         })
     }
 
-    async fn create_container(&self, create: ContainerCreate) -> Result<(), SandboxError> {
+    async fn create_container(&self, create: ContainerCreate) -> Result<(), PodVmError> {
         self.agent()?
             .container_create(&create)
             .await
@@ -268,12 +265,12 @@ impl Sandbox for RuntimeSandbox {
         path: &str,
         data: Vec<u8>,
         mode: u32,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<(), PodVmError> {
         self.agent()?
             .write_file(Some(container), path, mode, &data)
             .await
             .map_err(|e| match e {
-                msb_runtime::AgentError::Fs { path, message } => SandboxError::Container {
+                msb_runtime::AgentError::Fs { path, message } => PodVmError::Container {
                     id: container.to_owned(),
                     message: format!("copy of the host file for {path}: {message}"),
                 },
@@ -281,7 +278,7 @@ impl Sandbox for RuntimeSandbox {
             })
     }
 
-    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError> {
+    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<GuestProcess, PodVmError> {
         let agent = self.agent()?;
         let has_stdin = req.stdin;
         let mut session = agent.exec(&req).await.map_err(agent_err)?;
@@ -289,13 +286,13 @@ impl Sandbox for RuntimeSandbox {
         let pid = match session.next().await.map_err(agent_err)? {
             ExecEvent::Started(pid) => pid,
             ExecEvent::Failed(f) => {
-                return Err(SandboxError::ExecFailed {
+                return Err(PodVmError::ExecFailed {
                     kind: f.kind,
                     message: f.message,
                 })
             }
             other => {
-                return Err(SandboxError::Other(
+                return Err(PodVmError::Other(
                     format!("unexpected first exec event {other:?}").into(),
                 ))
             }
@@ -347,7 +344,7 @@ impl Sandbox for RuntimeSandbox {
             });
             tx
         });
-        Ok(ExecSession {
+        Ok(GuestProcess {
             pid,
             stdin,
             output: out_rx,
@@ -355,7 +352,7 @@ impl Sandbox for RuntimeSandbox {
         })
     }
 
-    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), SandboxError> {
+    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), PodVmError> {
         let id = self.process_id(key)?;
         self.agent()?
             .send(id, &ExecSignal { signal, all })
@@ -363,7 +360,7 @@ impl Sandbox for RuntimeSandbox {
             .map_err(agent_err)
     }
 
-    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), SandboxError> {
+    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), PodVmError> {
         let id = self.process_id(key)?;
         self.agent()?
             .send(id, &ExecResize { rows, cols })
@@ -371,42 +368,42 @@ impl Sandbox for RuntimeSandbox {
             .map_err(agent_err)
     }
 
-    async fn pause(&self, container: &str) -> Result<(), SandboxError> {
+    async fn pause(&self, container: &str) -> Result<(), PodVmError> {
         self.agent()?
             .container_pause(container)
             .await
             .map_err(agent_err)
     }
 
-    async fn resume(&self, container: &str) -> Result<(), SandboxError> {
+    async fn resume(&self, container: &str) -> Result<(), PodVmError> {
         self.agent()?
             .container_resume(container)
             .await
             .map_err(agent_err)
     }
 
-    async fn update(&self, container: &str, resources: Resources) -> Result<(), SandboxError> {
+    async fn update(&self, container: &str, resources: Resources) -> Result<(), PodVmError> {
         self.agent()?
             .container_update(container, resources)
             .await
             .map_err(agent_err)
     }
 
-    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, SandboxError> {
+    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, PodVmError> {
         self.agent()?
             .container_stats(container)
             .await
             .map_err(agent_err)
     }
 
-    async fn pids(&self, container: &str) -> Result<Vec<u32>, SandboxError> {
+    async fn pids(&self, container: &str) -> Result<Vec<u32>, PodVmError> {
         self.agent()?
             .container_pids(container)
             .await
             .map_err(agent_err)
     }
 
-    async fn delete_container(&self, container: &str) -> Result<(), SandboxError> {
+    async fn delete_container(&self, container: &str) -> Result<(), PodVmError> {
         lock(&self.processes).retain(|k, _| k.container != container);
         match self.agent() {
             Ok(agent) => agent.container_delete(container).await.map_err(agent_err),
@@ -414,12 +411,12 @@ impl Sandbox for RuntimeSandbox {
         }
     }
 
-    async fn shutdown(&self) -> Result<(), SandboxError> {
+    async fn shutdown(&self) -> Result<(), PodVmError> {
         lock(&self.agent).take();
         if let Some(Booted { vm: sb, .. }) = self.vm.lock().await.take() {
             sb.shutdown(msb_protocol::SHUTDOWN_HOST_TIMEOUT)
                 .await
-                .map_err(|e| SandboxError::Other(e.into()))?;
+                .map_err(|e| PodVmError::Other(e.into()))?;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // Each VM's end is the moment to drop the images of layers containerd has removed
@@ -444,7 +441,7 @@ impl Sandbox for RuntimeSandbox {
         *lock(&self.vmm_pid)
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<SandboxEvent> {
+    fn subscribe(&self) -> broadcast::Receiver<PodVmEvent> {
         self.events.subscribe()
     }
 }

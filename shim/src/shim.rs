@@ -21,17 +21,17 @@ use containerd_shim::{Config, Flags, StartOpts};
 
 use crate::config::SANDBOX_ID_ANNOTATION;
 use crate::events::RemoteSink;
-use crate::sandbox::SandboxFactory;
+use crate::pod_vm::PodVmFactory;
 use crate::task::TaskService;
 
 /// The factory `Shim::new` uses; the real runtime unless [`set_factory`] chose another.
-static FACTORY: std::sync::OnceLock<Arc<dyn SandboxFactory>> = std::sync::OnceLock::new();
+static FACTORY: std::sync::OnceLock<Arc<dyn PodVmFactory>> = std::sync::OnceLock::new();
 
 /// Chooses the sandbox factory for this process, before `containerd_shim::asynchronous::run`
 /// (the contract-check example uses a scripted fake). Returns false if one was set already.
 /// Only in test builds: the shipped shim always runs real VMs.
 #[cfg(any(test, feature = "test-utils"))]
-pub fn set_factory(factory: Arc<dyn SandboxFactory>) -> bool {
+pub fn set_factory(factory: Arc<dyn PodVmFactory>) -> bool {
     FACTORY.set(factory).is_ok()
 }
 
@@ -43,7 +43,7 @@ pub struct MicrosandboxShim {
     namespace: String,
     bundle: PathBuf,
     exit: Arc<ExitSignal>,
-    factory: Arc<dyn SandboxFactory>,
+    factory: Arc<dyn PodVmFactory>,
 }
 
 impl std::fmt::Debug for MicrosandboxShim {

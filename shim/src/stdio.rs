@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::ShimError;
-use crate::sandbox::Output;
+use crate::pod_vm::Output;
 
 /// How long an exit waits for the process's output to drain before it is reported anyway.
 pub const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

@@ -17,8 +17,8 @@ use containerd_shim::protos::types::mount::Mount;
 use msb_shim::config::ShimConfig;
 use msb_shim::error::ShimError;
 use msb_shim::events::{RecordingSink, TaskEvent};
-use msb_shim::sandbox::fake::{FakeFactory, FakeSandbox};
-use msb_shim::sandbox::{Output, ProcessKey};
+use msb_shim::pod_vm::fake::{FakeFactory, FakePodVm};
+use msb_shim::pod_vm::{Output, ProcessKey};
 use msb_shim::task::TaskService;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -106,7 +106,7 @@ impl Harness {
         self.svc.create(self.create_req(id, &bundle, "")).await
     }
 
-    fn vm(&self, i: usize) -> Arc<FakeSandbox> {
+    fn vm(&self, i: usize) -> Arc<FakePodVm> {
         self.factory.sandboxes()[i].clone()
     }
 
@@ -698,11 +698,7 @@ async fn close_stdin(h: &Harness, id: &str) {
 }
 
 /// The chunks `id`'s init receives on stdin until `done` holds for them (10 s at most).
-async fn stdin_until(
-    vm: &FakeSandbox,
-    id: &str,
-    done: impl Fn(&[Vec<u8>]) -> bool,
-) -> Vec<Vec<u8>> {
+async fn stdin_until(vm: &FakePodVm, id: &str, done: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut got = Vec::new();
     while !done(&got) && tokio::time::Instant::now() < deadline {

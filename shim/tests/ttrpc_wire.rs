@@ -12,8 +12,8 @@ use containerd_shim::protos::ttrpc::r#async::{Client, Server};
 use containerd_shim::protos::ttrpc::{Code, Error};
 use msb_shim::config::ShimConfig;
 use msb_shim::events::RecordingSink;
-use msb_shim::sandbox::fake::FakeFactory;
-use msb_shim::sandbox::ProcessKey;
+use msb_shim::pod_vm::fake::FakeFactory;
+use msb_shim::pod_vm::ProcessKey;
 use msb_shim::task::TaskService;
 
 fn code_of(e: Error) -> (Code, String) {

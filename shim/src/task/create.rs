@@ -12,8 +12,8 @@ use super::{Container, Pod, Process, TaskService};
 use crate::config::{runtime_options_config_path, ShimConfig, SANDBOX_ID_ANNOTATION};
 use crate::error::ShimError;
 use crate::events::{EventMount, TaskEvent, TaskIo};
+use crate::pod_vm::{PodVm, ProcessKey};
 use crate::record::BundleRecord;
-use crate::sandbox::{ProcessKey, Sandbox};
 
 impl TaskService {
     /// Handles `Create`.
@@ -69,7 +69,7 @@ impl TaskService {
         })?;
 
         let (sandbox, booted) = match self
-            .sandbox_for(&sandbox_id, &cconfig.sandbox, &config.state_dir)
+            .vm_for(&sandbox_id, &cconfig.vm, &config.state_dir)
             .await
         {
             Ok(ok) => ok,
@@ -165,17 +165,17 @@ impl TaskService {
     }
 
     /// The pod's VM, booting it when this is its first container.
-    async fn sandbox_for(
+    async fn vm_for(
         &self,
         sandbox_id: &str,
-        config: &crate::config::SandboxConfig,
+        config: &crate::config::VmSettings,
         state_root: &Path,
-    ) -> Result<(Arc<dyn Sandbox>, bool), ShimError> {
+    ) -> Result<(Arc<dyn PodVm>, bool), ShimError> {
         // Boots are serialized (so two containers of one pod cannot boot two VMs) without
         // holding the tables, so requests for running containers go on during a boot.
         let _boot = self.inner.boot_lock.lock().await;
         if let Some(pod) = self.inner.tables.lock().await.pods.get(sandbox_id) {
-            return Ok((pod.sandbox.clone(), false));
+            return Ok((pod.vm.clone(), false));
         }
         let dir: PathBuf = state_root
             .join(&self.inner.namespace)
@@ -194,11 +194,11 @@ impl TaskService {
                 return Err(e.into());
             }
         };
-        let (watcher, exits) = self.watch_sandbox(&sandbox);
+        let (watcher, exits) = self.watch_vm(&sandbox);
         self.inner.tables.lock().await.pods.insert(
             sandbox_id.to_owned(),
             Pod {
-                sandbox: sandbox.clone(),
+                vm: sandbox.clone(),
                 dir,
                 containers: HashSet::new(),
                 watcher,
@@ -213,7 +213,7 @@ impl TaskService {
         &self,
         id: &str,
         sandbox_id: &str,
-        sandbox: &Arc<dyn Sandbox>,
+        sandbox: &Arc<dyn PodVm>,
         booted: bool,
         state_dir: &Path,
     ) {

@@ -29,7 +29,7 @@ impl TaskService {
                 .init
                 .status
                 .apply(Transition::Delete)?;
-            tables.sandbox_of(&req.id)?
+            tables.vm_of(&req.id)?
         };
         if let Err(e) = sandbox.delete_container(&req.id).await {
             // The VM may be gone already; the host side is cleaned up regardless.
@@ -57,7 +57,7 @@ impl TaskService {
         };
         if let Some(pod) = last_in_pod {
             tracing::info!(sandbox = %container.sandbox_id, "last container deleted; stopping VM");
-            if let Err(e) = pod.sandbox.shutdown().await {
+            if let Err(e) = pod.vm.shutdown().await {
                 tracing::warn!(sandbox = %container.sandbox_id, error = %e, "shut down VM");
             }
             pod.watcher.abort();

@@ -7,7 +7,7 @@ use super::state::Transition;
 use super::{Process, TaskService};
 use crate::error::ShimError;
 use crate::events::{TaskEvent, TaskIo};
-use crate::sandbox::ProcessKey;
+use crate::pod_vm::ProcessKey;
 
 impl TaskService {
     /// Handles `Exec`.

@@ -21,7 +21,7 @@ impl TaskService {
             let tables = self.inner.tables.lock().await;
             let c = tables.container(&req.id)?;
             let p = c.process(&req.exec_id)?;
-            (tables.sandbox_of(&req.id)?, p.key.clone(), p.status, p.pid)
+            (tables.vm_of(&req.id)?, p.key.clone(), p.status, p.pid)
         };
         match status {
             Status::Stopped | Status::Deleted => Err(ShimError::NotFound(format!(

@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use crate::config::ShimConfig;
 use crate::error::ShimError;
 use crate::events::{EventSink, TaskEvent, TaskIo};
-use crate::sandbox::{ExecSession, ProcessKey, Sandbox, SandboxEvent, SandboxFactory};
+use crate::pod_vm::{GuestProcess, PodVm, PodVmEvent, PodVmFactory, ProcessKey};
 use crate::stdio;
 use state::{Status, Transition};
 
@@ -166,7 +166,7 @@ pub(crate) struct ExitNote {
 /// One VM and the containers in it.
 #[derive(Debug)]
 pub(crate) struct Pod {
-    pub(crate) sandbox: Arc<dyn Sandbox>,
+    pub(crate) vm: Arc<dyn PodVm>,
     /// The VM's state directory, removed with the VM.
     pub(crate) dir: PathBuf,
     pub(crate) containers: HashSet<String>,
@@ -201,11 +201,11 @@ impl Tables {
             .ok_or_else(|| ShimError::NotFound(format!("sandbox {}", c.sandbox_id)))
     }
 
-    pub(crate) fn sandbox_of(&self, id: &str) -> Result<Arc<dyn Sandbox>, ShimError> {
+    pub(crate) fn vm_of(&self, id: &str) -> Result<Arc<dyn PodVm>, ShimError> {
         let c = self.container(id)?;
         self.pods
             .get(&c.sandbox_id)
-            .map(|p| p.sandbox.clone())
+            .map(|p| p.vm.clone())
             .ok_or_else(|| ShimError::NotFound(format!("sandbox {}", c.sandbox_id)))
     }
 }
@@ -213,7 +213,7 @@ impl Tables {
 pub(crate) struct Inner {
     pub(crate) namespace: String,
     pub(crate) config_override: Option<ShimConfig>,
-    pub(crate) factory: Arc<dyn SandboxFactory>,
+    pub(crate) factory: Arc<dyn PodVmFactory>,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) tables: Mutex<Tables>,
     pub(crate) boot_lock: Mutex<()>,
@@ -241,7 +241,7 @@ impl TaskService {
     /// shutdown. `config` replaces the discovered configuration file (tests, embedding).
     pub fn new(
         namespace: impl Into<String>,
-        factory: Arc<dyn SandboxFactory>,
+        factory: Arc<dyn PodVmFactory>,
         events: Arc<dyn EventSink>,
         exit: Arc<ExitSignal>,
         config: Option<ShimConfig>,
@@ -268,11 +268,11 @@ impl TaskService {
     pub(crate) fn watch_process(
         &self,
         key: ProcessKey,
-        session: ExecSession,
+        session: GuestProcess,
         fifos: OutputFifos,
         exits: mpsc::UnboundedSender<ExitNote>,
     ) {
-        let ExecSession {
+        let GuestProcess {
             pid, output, exit, ..
         } = session;
         let OutputFifos { stdout, stderr } = fifos;
@@ -329,9 +329,9 @@ impl TaskService {
     /// the guest reported them. The guest sends `core.container.oom` before the killed process's
     /// exit and the adapter forwards both in that order; preferring the event stream (`biased`)
     /// therefore publishes `TaskOOM` before that `TaskExit`, which is what the CRI expects.
-    pub(crate) fn watch_sandbox(
+    pub(crate) fn watch_vm(
         &self,
-        sandbox: &Arc<dyn Sandbox>,
+        sandbox: &Arc<dyn PodVm>,
     ) -> (JoinHandle<()>, mpsc::UnboundedSender<ExitNote>) {
         let mut events = sandbox.subscribe();
         let (exits_tx, mut exits) = mpsc::unbounded_channel::<ExitNote>();
@@ -342,14 +342,14 @@ impl TaskService {
                 tokio::select! {
                     biased;
                     ev = events.recv(), if events_open => match ev {
-                        Ok(SandboxEvent::Oom { container }) => {
+                        Ok(PodVmEvent::Oom { container }) => {
                             tracing::warn!(container = %container, "OOM kill");
                             svc.publish(TaskEvent::Oom {
                                 container_id: container,
                             })
                             .await;
                         }
-                        Ok(SandboxEvent::Died { reason }) => {
+                        Ok(PodVmEvent::Died { reason }) => {
                             tracing::error!(reason = %reason, "sandbox died");
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -371,11 +371,11 @@ impl TaskService {
     /// VM and connects its stdin; returns its pid, the session and the output FIFOs.
     pub(crate) async fn launch(
         &self,
-        sandbox: &Arc<dyn Sandbox>,
+        sandbox: &Arc<dyn PodVm>,
         key: &ProcessKey,
         request: ExecRequest,
         io: &TaskIo,
-    ) -> Result<(u32, ExecSession, OutputFifos), ShimError> {
+    ) -> Result<(u32, GuestProcess, OutputFifos), ShimError> {
         let stdin_fifo = stdio::open_input(&io.stdin)?;
         let fifos = OutputFifos {
             stdout: stdio::open_output("stdout", &io.stdout)?,

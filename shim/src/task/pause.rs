@@ -17,7 +17,7 @@ impl TaskService {
                 .init
                 .status
                 .apply(Transition::Pause)?;
-            tables.sandbox_of(&req.id)?
+            tables.vm_of(&req.id)?
         };
         sandbox.pause(&req.id).await?;
         self.inner
@@ -43,7 +43,7 @@ impl TaskService {
                 .init
                 .status
                 .apply(Transition::Resume)?;
-            tables.sandbox_of(&req.id)?
+            tables.vm_of(&req.id)?
         };
         sandbox.resume(&req.id).await?;
         self.inner

@@ -25,7 +25,7 @@ impl TaskService {
                 .filter(|(_, p)| p.pid != 0)
                 .map(|(id, p)| (p.pid, id.clone()))
                 .collect();
-            (tables.sandbox_of(&req.id)?, execs)
+            (tables.vm_of(&req.id)?, execs)
         };
         let pids = sandbox.pids(&req.id).await?;
         let processes = pids

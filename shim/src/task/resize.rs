@@ -8,7 +8,7 @@ use containerd_shim::api::{Empty, ResizePtyRequest};
 use super::state::Status;
 use super::TaskService;
 use crate::error::ShimError;
-use crate::sandbox::SandboxError;
+use crate::pod_vm::PodVmError;
 
 impl TaskService {
     /// Handles `ResizePty`.
@@ -33,14 +33,14 @@ impl TaskService {
                     .into())
                 }
             }
-            (tables.sandbox_of(&req.id)?, p.key.clone())
+            (tables.vm_of(&req.id)?, p.key.clone())
         };
         let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
         match sandbox
             .resize(&key, clamp(req.height), clamp(req.width))
             .await
         {
-            Ok(()) | Err(SandboxError::NotFound(_)) => Ok(Empty::default()),
+            Ok(()) | Err(PodVmError::NotFound(_)) => Ok(Empty::default()),
             Err(e) => Err(e.into()),
         }
     }

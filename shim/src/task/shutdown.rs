@@ -17,7 +17,7 @@ impl TaskService {
             );
             return Ok(Empty::default());
         }
-        let pods: Vec<_> = tables.pods.values().map(|p| p.sandbox.clone()).collect();
+        let pods: Vec<_> = tables.pods.values().map(|p| p.vm.clone()).collect();
         drop(tables);
         for sandbox in pods {
             if let Err(e) = sandbox.shutdown().await {

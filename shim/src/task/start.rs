@@ -6,7 +6,7 @@ use super::state::Transition;
 use super::TaskService;
 use crate::error::ShimError;
 use crate::events::TaskEvent;
-use crate::sandbox::SandboxError;
+use crate::pod_vm::PodVmError;
 
 impl TaskService {
     /// Handles `Start`.
@@ -21,7 +21,7 @@ impl TaskService {
             let p = c.process(&req.exec_id)?;
             p.status.apply(Transition::Start)?;
             (
-                tables.sandbox_of(&req.id)?,
+                tables.vm_of(&req.id)?,
                 p.key.clone(),
                 p.request.clone(),
                 p.io.clone(),
@@ -32,7 +32,7 @@ impl TaskService {
             Err(e) => {
                 // The process never ran: it is stopped with the status a shell would report.
                 let status = match &e {
-                    ShimError::Sandbox(SandboxError::ExecFailed { kind, .. }) => kind.exit_code(),
+                    ShimError::Vm(PodVmError::ExecFailed { kind, .. }) => kind.exit_code(),
                     _ => 128,
                 };
                 let mut tables = self.inner.tables.lock().await;

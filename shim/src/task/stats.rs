@@ -18,7 +18,7 @@ pub const METRICS_V2_TYPE: &str = "io.containerd.cgroups.v2.Metrics";
 impl TaskService {
     /// Handles `Stats`.
     pub async fn stats(&self, req: StatsRequest) -> Result<StatsResponse, ShimError> {
-        let sandbox = self.inner.tables.lock().await.sandbox_of(&req.id)?;
+        let sandbox = self.inner.tables.lock().await.vm_of(&req.id)?;
         let reply = sandbox.stats(&req.id).await?;
         let value = metrics_from_stats(&reply)
             .write_to_bytes()

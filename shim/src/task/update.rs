@@ -26,7 +26,7 @@ impl TaskService {
                 }
                 .into());
             }
-            tables.sandbox_of(&req.id)?
+            tables.vm_of(&req.id)?
         };
         sandbox.update(&req.id, resources).await?;
         Ok(Empty::default())

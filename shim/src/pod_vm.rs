@@ -1,14 +1,16 @@
-//! What a task needs from a VM, as a narrow trait the task service is written against.
+//! The shim's view of a VM, a [`PodVm`]: the narrow trait the task service is written against.
 //!
-//! The shim depends on this trait only, so the whole task service is testable with
-//! `fake::FakeSandbox` (feature `test-utils`) and the real runtime plugs in through one thin
+//! Vocabulary: a *sandbox* is the pod (CRI's word; `sandbox_id` names it), a [`PodVm`] is the
+//! one VM that runs a sandbox's containers, as the shim sees it, and `msb_runtime::Vm` is that
+//! VM in the runtime. The shim depends on this trait only, so the whole task service is testable
+//! with `fake::FakePodVm` (feature `test-utils`) and the real runtime plugs in through one thin
 //! adapter ([`crate::runtime_adapter`]).
 //!
-//! A [`SandboxFactory`] boots one VM per pod (or per container when there is no pod); a
-//! [`Sandbox`] runs containers and processes in it. Each process comes back as an
-//! [`ExecSession`]: its pid, a stdin sender, an output receiver and a one-shot exit status, so the
-//! shim can drain the output before it reports the exit. OOM kills and the death of the VM arrive
-//! on the sandbox's event stream ([`Sandbox::subscribe`]).
+//! A [`PodVmFactory`] boots one VM per pod (or per container when there is no pod); a
+//! [`PodVm`] runs containers and processes in it. Each process comes back as a
+//! [`GuestProcess`]: its pid, a stdin sender, an output receiver and a one-shot exit status, so
+//! the shim can drain the output before it reports the exit. OOM kills and the death of the VM
+//! arrive on the VM's event stream ([`PodVm::subscribe`]).
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -20,19 +22,19 @@ use msb_protocol::types::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::config::SandboxConfig;
+use crate::config::VmSettings;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 
-/// The cause of a [`SandboxError`]: the runtime's typed error, whose own causes follow it, or a
+/// The cause of a [`PodVmError`]: the runtime's typed error, whose own causes follow it, or a
 /// message where the shim itself found the problem. Kept whole so that containerd's log and
 /// `ctr`, `crictl` and `docker` show the root cause ([`crate::error::chain`] prints the chain).
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Why a sandbox operation failed.
+/// Why an operation on a pod's VM failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
+pub enum PodVmError {
     /// The VM could not be started.
     #[error("boot sandbox")]
     Boot(#[source] Cause),
@@ -86,7 +88,7 @@ pub enum Output {
 
 /// A running process in the guest.
 #[derive(Debug)]
-pub struct ExecSession {
+pub struct GuestProcess {
     /// Its pid in the VM.
     pub pid: u32,
     /// Bytes for its stdin; an empty chunk is EOF. `None` when it has no stdin.
@@ -97,9 +99,9 @@ pub struct ExecSession {
     pub exit: oneshot::Receiver<i32>,
 }
 
-/// Something the sandbox reports on its own.
+/// Something the VM reports on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SandboxEvent {
+pub enum PodVmEvent {
     /// A container's memory cgroup recorded an OOM kill.
     Oom {
         /// Container id.
@@ -123,7 +125,7 @@ pub struct PreparedRootfs {
 
 /// One VM.
 #[async_trait]
-pub trait Sandbox: Send + Sync + Debug {
+pub trait PodVm: Send + Sync + Debug {
     /// Turns a rootfs source into disks attached to this VM: the lowers as a cached read-only
     /// EROFS image, a fresh ext4 upper of `upper_size` bytes in `state_dir`.
     async fn prepare_rootfs(
@@ -132,9 +134,9 @@ pub trait Sandbox: Send + Sync + Debug {
         source: &OciRootfsSource,
         upper_size: u64,
         state_dir: &std::path::Path,
-    ) -> Result<PreparedRootfs, SandboxError>;
+    ) -> Result<PreparedRootfs, PodVmError>;
     /// Prepares the container's root and namespaces.
-    async fn create_container(&self, create: ContainerCreate) -> Result<(), SandboxError>;
+    async fn create_container(&self, create: ContainerCreate) -> Result<(), PodVmError>;
     /// Writes a small file into a created container's root (host file binds such as the CRI's
     /// `/etc/hosts`, copied at create time).
     async fn write_file(
@@ -143,41 +145,41 @@ pub trait Sandbox: Send + Sync + Debug {
         path: &str,
         data: Vec<u8>,
         mode: u32,
-    ) -> Result<(), SandboxError>;
+    ) -> Result<(), PodVmError>;
     /// Starts a process (the init when `key.exec_id` is `None`).
-    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError>;
+    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<GuestProcess, PodVmError>;
     /// Delivers a signal to a process, or with `all` to every process of its container.
-    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), SandboxError>;
+    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), PodVmError>;
     /// Resizes a process's terminal.
-    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), SandboxError>;
+    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), PodVmError>;
     /// Freezes a container.
-    async fn pause(&self, container: &str) -> Result<(), SandboxError>;
+    async fn pause(&self, container: &str) -> Result<(), PodVmError>;
     /// Thaws a container.
-    async fn resume(&self, container: &str) -> Result<(), SandboxError>;
+    async fn resume(&self, container: &str) -> Result<(), PodVmError>;
     /// Changes a container's limits.
-    async fn update(&self, container: &str, resources: Resources) -> Result<(), SandboxError>;
+    async fn update(&self, container: &str, resources: Resources) -> Result<(), PodVmError>;
     /// Reads a container's cgroup figures.
-    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, SandboxError>;
+    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, PodVmError>;
     /// Lists a container's pids.
-    async fn pids(&self, container: &str) -> Result<Vec<u32>, SandboxError>;
+    async fn pids(&self, container: &str) -> Result<Vec<u32>, PodVmError>;
     /// Kills what is left of a container and forgets it.
-    async fn delete_container(&self, container: &str) -> Result<(), SandboxError>;
+    async fn delete_container(&self, container: &str) -> Result<(), PodVmError>;
     /// Stops the VM (clean guest shutdown, then the VMM).
-    async fn shutdown(&self) -> Result<(), SandboxError>;
+    async fn shutdown(&self) -> Result<(), PodVmError>;
     /// The pid of the VMM process on the host (recorded for cleanup after a shim crash).
     fn vmm_pid(&self) -> Option<u32>;
     /// OOM kills and VM death.
-    fn subscribe(&self) -> broadcast::Receiver<SandboxEvent>;
+    fn subscribe(&self) -> broadcast::Receiver<PodVmEvent>;
 }
 
 /// Boots sandboxes.
 #[async_trait]
-pub trait SandboxFactory: Send + Sync + Debug {
+pub trait PodVmFactory: Send + Sync + Debug {
     /// Boots a VM for sandbox `id` with `config`, keeping its files under `state_dir`.
     async fn boot(
         &self,
         id: &str,
-        config: &SandboxConfig,
+        config: &VmSettings,
         state_dir: &std::path::Path,
-    ) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError>;
+    ) -> Result<std::sync::Arc<dyn PodVm>, PodVmError>;
 }

@@ -2,7 +2,7 @@
 //! Never a product backend: it runs nothing.
 //!
 //! Every call is recorded as a line (`create_container c1`, `signal c1/- 15 all=false`). A process
-//! stays running until the test ends it ([`FakeSandbox::exit`]) or a signal with a default fatal
+//! stays running until the test ends it ([`FakePodVm::exit`]) or a signal with a default fatal
 //! action arrives (SIGKILL, SIGTERM, SIGINT, SIGHUP: it exits with 128+signal, as agentd would
 //! report). `cmd = "missing"` fails to start with `NotFound` (exit 127).
 
@@ -19,10 +19,9 @@ use msb_protocol::types::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    ExecSession, Output, PreparedRootfs, ProcessKey, Sandbox, SandboxError, SandboxEvent,
-    SandboxFactory,
+    GuestProcess, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory, PreparedRootfs, ProcessKey,
 };
-use crate::config::SandboxConfig;
+use crate::config::VmSettings;
 
 /// The guest side of one fake process.
 #[derive(Debug)]
@@ -45,13 +44,13 @@ struct FakeState {
 
 /// A fake VM.
 #[derive(Debug)]
-pub struct FakeSandbox {
+pub struct FakePodVm {
     id: String,
-    /// Run the tiny script language of [`FakeSandbox::scripted`].
+    /// Run the tiny script language of [`FakePodVm::scripted`].
     scripted: bool,
-    me: std::sync::Weak<FakeSandbox>,
+    me: std::sync::Weak<FakePodVm>,
     state: Mutex<FakeState>,
-    events: broadcast::Sender<SandboxEvent>,
+    events: broadcast::Sender<PodVmEvent>,
 }
 
 fn key_str(key: &ProcessKey) -> String {
@@ -62,7 +61,7 @@ fn key_str(key: &ProcessKey) -> String {
     )
 }
 
-impl FakeSandbox {
+impl FakePodVm {
     /// A fake VM named `id`.
     pub fn new(id: &str) -> Arc<Self> {
         Self::build(id, false)
@@ -138,7 +137,7 @@ impl FakeSandbox {
 
     /// Reports an OOM kill of `container`: the event, then its init exits with 137.
     pub fn oom(&self, container: &str) {
-        let _ = self.events.send(SandboxEvent::Oom {
+        let _ = self.events.send(PodVmEvent::Oom {
             container: container.to_owned(),
         });
         self.exit(
@@ -157,7 +156,7 @@ impl FakeSandbox {
             p.output = None;
             p.exit = None;
         }
-        let _ = self.events.send(SandboxEvent::Died {
+        let _ = self.events.send(PodVmEvent::Died {
             reason: "fake VMM killed".into(),
         });
     }
@@ -217,20 +216,20 @@ impl FakeSandbox {
 }
 
 #[async_trait]
-impl Sandbox for FakeSandbox {
+impl PodVm for FakePodVm {
     async fn prepare_rootfs(
         &self,
         container: &str,
         source: &OciRootfsSource,
         upper_size: u64,
         state_dir: &Path,
-    ) -> Result<PreparedRootfs, SandboxError> {
+    ) -> Result<PreparedRootfs, PodVmError> {
         self.record(format!(
             "prepare_rootfs {container} lowers={} upper_size={upper_size}",
             source.lowers.len()
         ));
         let upper = state_dir.join("upper.ext4");
-        std::fs::write(&upper, b"").map_err(|e| SandboxError::Rootfs(e.into()))?;
+        std::fs::write(&upper, b"").map_err(|e| PodVmError::Rootfs(e.into()))?;
         Ok(PreparedRootfs {
             spec: RootfsSpec {
                 lower: vec![StorageRef::Serial(format!("lower-{}", source.lowers.len()))],
@@ -242,11 +241,11 @@ impl Sandbox for FakeSandbox {
         })
     }
 
-    async fn create_container(&self, create: ContainerCreate) -> Result<(), SandboxError> {
+    async fn create_container(&self, create: ContainerCreate) -> Result<(), PodVmError> {
         self.record(format!("create_container {}", create.id));
         let mut st = self.st();
         if let Some(message) = st.fail_create.take() {
-            return Err(SandboxError::Container {
+            return Err(PodVmError::Container {
                 id: create.id,
                 message,
             });
@@ -261,7 +260,7 @@ impl Sandbox for FakeSandbox {
         path: &str,
         data: Vec<u8>,
         mode: u32,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<(), PodVmError> {
         self.record(format!(
             "write_file {container} {path} {:?} {mode:o}",
             String::from_utf8_lossy(&data)
@@ -269,10 +268,10 @@ impl Sandbox for FakeSandbox {
         Ok(())
     }
 
-    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<ExecSession, SandboxError> {
+    async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<GuestProcess, PodVmError> {
         self.record(format!("exec {} {}", key_str(key), req.cmd));
         if req.cmd == "missing" {
-            return Err(SandboxError::ExecFailed {
+            return Err(PodVmError::ExecFailed {
                 kind: ExecFailureKind::NotFound,
                 message: "missing: no such file or directory".into(),
             });
@@ -297,7 +296,7 @@ impl Sandbox for FakeSandbox {
         if self.scripted {
             self.run_script(key.clone(), &req);
         }
-        Ok(ExecSession {
+        Ok(GuestProcess {
             pid,
             stdin: req.stdin.then_some(in_tx),
             output: out_rx,
@@ -305,10 +304,10 @@ impl Sandbox for FakeSandbox {
         })
     }
 
-    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), SandboxError> {
+    async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), PodVmError> {
         self.record(format!("signal {} {signal} all={all}", key_str(key)));
         if !self.st().processes.contains_key(key) {
-            return Err(SandboxError::NotFound(key_str(key)));
+            return Err(PodVmError::NotFound(key_str(key)));
         }
         if matches!(signal, 1 | 2 | 9 | 15) {
             let keys: Vec<ProcessKey> = if all {
@@ -328,22 +327,22 @@ impl Sandbox for FakeSandbox {
         Ok(())
     }
 
-    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), SandboxError> {
+    async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), PodVmError> {
         self.record(format!("resize {} {rows}x{cols}", key_str(key)));
         Ok(())
     }
 
-    async fn pause(&self, container: &str) -> Result<(), SandboxError> {
+    async fn pause(&self, container: &str) -> Result<(), PodVmError> {
         self.record(format!("pause {container}"));
         Ok(())
     }
 
-    async fn resume(&self, container: &str) -> Result<(), SandboxError> {
+    async fn resume(&self, container: &str) -> Result<(), PodVmError> {
         self.record(format!("resume {container}"));
         Ok(())
     }
 
-    async fn update(&self, container: &str, resources: Resources) -> Result<(), SandboxError> {
+    async fn update(&self, container: &str, resources: Resources) -> Result<(), PodVmError> {
         self.record(format!(
             "update {container} memory={:?} pids={:?}",
             resources.memory_limit, resources.pids_limit
@@ -351,7 +350,7 @@ impl Sandbox for FakeSandbox {
         Ok(())
     }
 
-    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, SandboxError> {
+    async fn stats(&self, container: &str) -> Result<ContainerStatsReply, PodVmError> {
         self.record(format!("stats {container}"));
         let mut reply = ContainerStatsReply::default();
         reply.memory.usage = 4096;
@@ -359,7 +358,7 @@ impl Sandbox for FakeSandbox {
         Ok(reply)
     }
 
-    async fn pids(&self, container: &str) -> Result<Vec<u32>, SandboxError> {
+    async fn pids(&self, container: &str) -> Result<Vec<u32>, PodVmError> {
         self.record(format!("pids {container}"));
         let st = self.st();
         let mut pids: Vec<u32> = st
@@ -372,13 +371,13 @@ impl Sandbox for FakeSandbox {
         Ok(pids)
     }
 
-    async fn delete_container(&self, container: &str) -> Result<(), SandboxError> {
+    async fn delete_container(&self, container: &str) -> Result<(), PodVmError> {
         self.record(format!("delete_container {container}"));
         self.st().processes.retain(|k, _| k.container != container);
         Ok(())
     }
 
-    async fn shutdown(&self) -> Result<(), SandboxError> {
+    async fn shutdown(&self) -> Result<(), PodVmError> {
         self.record("shutdown".into());
         Ok(())
     }
@@ -387,15 +386,15 @@ impl Sandbox for FakeSandbox {
         None
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<SandboxEvent> {
+    fn subscribe(&self) -> broadcast::Receiver<PodVmEvent> {
         self.events.subscribe()
     }
 }
 
 /// One VM a [`FakeFactory`] booted: id, config, state dir, the VM.
-type Booted = (String, SandboxConfig, PathBuf, Arc<FakeSandbox>);
+type Booted = (String, VmSettings, PathBuf, Arc<FakePodVm>);
 
-/// Boots [`FakeSandbox`]es and keeps them for the test to drive.
+/// Boots [`FakePodVm`]es and keeps them for the test to drive.
 #[derive(Debug, Default)]
 pub struct FakeFactory {
     scripted: bool,
@@ -410,7 +409,7 @@ impl FakeFactory {
         Arc::new(Self::default())
     }
 
-    /// A factory of [`FakeSandbox::scripted`] VMs.
+    /// A factory of [`FakePodVm::scripted`] VMs.
     pub fn scripted() -> Arc<Self> {
         Arc::new(Self {
             scripted: true,
@@ -419,12 +418,12 @@ impl FakeFactory {
     }
 
     /// The VMs booted so far, in order.
-    pub fn sandboxes(&self) -> Vec<Arc<FakeSandbox>> {
+    pub fn sandboxes(&self) -> Vec<Arc<FakePodVm>> {
         self.lock().iter().map(|(_, _, _, s)| s.clone()).collect()
     }
 
     /// The configs VMs were booted with, in order.
-    pub fn configs(&self) -> Vec<(String, SandboxConfig)> {
+    pub fn configs(&self) -> Vec<(String, VmSettings)> {
         self.lock()
             .iter()
             .map(|(id, c, _, _)| (id.clone(), c.clone()))
@@ -447,17 +446,17 @@ impl FakeFactory {
 }
 
 #[async_trait]
-impl SandboxFactory for FakeFactory {
+impl PodVmFactory for FakeFactory {
     async fn boot(
         &self,
         id: &str,
-        config: &SandboxConfig,
+        config: &VmSettings,
         state_dir: &Path,
-    ) -> Result<Arc<dyn Sandbox>, SandboxError> {
+    ) -> Result<Arc<dyn PodVm>, PodVmError> {
         if let Some(m) = self.fail.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(SandboxError::Boot(m.into()));
+            return Err(PodVmError::Boot(m.into()));
         }
-        let sb = FakeSandbox::build(id, self.scripted);
+        let sb = FakePodVm::build(id, self.scripted);
         if let Some(m) = self
             .fail_create
             .lock()
