@@ -45,14 +45,11 @@ fn cleanup_record(bundle: &Path, rec: &BundleRecord) {
     for f in &rec.owned_files {
         let _ = std::fs::remove_file(f);
     }
-    if let Err(e) = std::fs::remove_dir_all(&rec.state_dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %rec.state_dir.display(), error = %e, "remove state directory");
-        }
-    }
     if rec.sandbox_id == rec.container_id {
-        if let Some(ns_dir) = rec.state_dir.parent() {
-            let _ = std::fs::remove_dir_all(ns_dir.join("sandboxes").join(&rec.sandbox_id));
+        if let Err(e) = std::fs::remove_dir_all(&rec.vm_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %rec.vm_dir.display(), error = %e, "remove VM directory");
+            }
         }
     }
     let _ = std::fs::remove_file(bundle.join(RECORD_FILE));
@@ -67,11 +64,9 @@ mod tests {
     fn cleanup_kills_the_recorded_vmm_and_removes_state() {
         let bundle = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        let state_dir = state.path().join("default/c1");
         let sandbox_dir = state.path().join("default/sandboxes/c1");
-        std::fs::create_dir_all(&state_dir).unwrap();
-        std::fs::create_dir_all(&sandbox_dir).unwrap();
-        let upper = state_dir.join("upper.ext4");
+        std::fs::create_dir_all(sandbox_dir.join("vm")).unwrap();
+        let upper = sandbox_dir.join("vm/upper.ext4");
         std::fs::write(&upper, b"x").unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
@@ -81,7 +76,7 @@ mod tests {
             namespace: "default".into(),
             container_id: "c1".into(),
             sandbox_id: "c1".into(),
-            state_dir: state_dir.clone(),
+            vm_dir: sandbox_dir.clone(),
             owned_files: vec![upper.clone()],
             vmm: VmmRecord::of_pid(child.id()),
         };
@@ -94,7 +89,7 @@ mod tests {
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(9)
         );
-        assert!(!state_dir.exists());
+        assert!(!upper.exists());
         assert!(!sandbox_dir.exists());
         assert!(!bundle.path().join(RECORD_FILE).exists());
     }

@@ -91,9 +91,9 @@ pub struct ShimConfig {
     pub cache_dir: PathBuf,
     /// Run the image's init system as the container's PID 1 (`auto` or a path).
     pub handoff_init: Option<String>,
-    /// Per-container state, `<state_dir>/<namespace>/<id>/`, and per-VM state (the ext4 upper
-    /// images), `<state_dir>/<namespace>/sandboxes/<sandbox id>/vm/`. On a disk, not tmpfs: the
-    /// uppers hold what containers write.
+    /// Per-VM state (sockets, logs, the ext4 upper images),
+    /// `<state_dir>/<namespace>/sandboxes/<sandbox id>/vm/`. On a disk, not tmpfs: the uppers hold
+    /// what containers write.
     pub state_dir: PathBuf,
 }
 

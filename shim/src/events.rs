@@ -2,6 +2,7 @@
 //! values; [`RemoteSink`] turns them into containerd's protobuf events on the right topics.
 
 use std::fmt::Debug;
+#[cfg(any(test, feature = "test-utils"))]
 use std::sync::Mutex;
 use std::time::SystemTime;
 

@@ -123,18 +123,23 @@ pub struct PreparedRootfs {
     pub owned_files: Vec<PathBuf>,
 }
 
+/// A container's root, to be prepared in its VM.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerRoot<'a> {
+    /// The container's id.
+    pub container: &'a str,
+    /// Its layers (and whether the mounts asked for a read-only root).
+    pub source: &'a OciRootfsSource,
+    /// Size of its writable upper, bytes (sparse).
+    pub upper_size: u64,
+}
+
 /// One VM.
 #[async_trait]
 pub trait PodVm: Send + Sync + Debug {
-    /// Turns a rootfs source into disks attached to this VM: the lowers as a cached read-only
-    /// EROFS image, a fresh ext4 upper of `upper_size` bytes in `state_dir`.
-    async fn prepare_rootfs(
-        &self,
-        container: &str,
-        source: &OciRootfsSource,
-        upper_size: u64,
-        state_dir: &std::path::Path,
-    ) -> Result<PreparedRootfs, PodVmError>;
+    /// Prepares the root of a further container of this pod in the running VM (the first
+    /// container's root comes with [`PodVmFactory::boot`]).
+    async fn add_rootfs(&self, root: &ContainerRoot<'_>) -> Result<PreparedRootfs, PodVmError>;
     /// Prepares the container's root and namespaces.
     async fn create_container(&self, create: ContainerCreate) -> Result<(), PodVmError>;
     /// Writes a small file into a created container's root (host file binds such as the CRI's
@@ -172,14 +177,17 @@ pub trait PodVm: Send + Sync + Debug {
     fn subscribe(&self) -> broadcast::Receiver<PodVmEvent>;
 }
 
-/// Boots sandboxes.
+/// Boots sandboxes' VMs.
 #[async_trait]
 pub trait PodVmFactory: Send + Sync + Debug {
-    /// Boots a VM for sandbox `id` with `config`, keeping its files under `state_dir`.
+    /// Boots the VM of sandbox `id` with `settings`, its files under `dir`, with the root of its
+    /// first container (a VM takes no disk after boot). When it returns the VM runs and that
+    /// root is prepared.
     async fn boot(
         &self,
         id: &str,
-        config: &VmSettings,
-        state_dir: &std::path::Path,
-    ) -> Result<std::sync::Arc<dyn PodVm>, PodVmError>;
+        settings: &VmSettings,
+        dir: &std::path::Path,
+        first: &ContainerRoot<'_>,
+    ) -> Result<(std::sync::Arc<dyn PodVm>, PreparedRootfs), PodVmError>;
 }

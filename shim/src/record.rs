@@ -51,8 +51,10 @@ pub struct BundleRecord {
     pub container_id: String,
     /// Its pod's sandbox id.
     pub sandbox_id: String,
-    /// Its state directory (removed at cleanup).
-    pub state_dir: PathBuf,
+    /// Its VM's directory, `<state_dir>/<namespace>/sandboxes/<sandbox id>` (removed at cleanup
+    /// of the container that is its own sandbox: the pod's sandbox container, or a container
+    /// outside a pod).
+    pub vm_dir: PathBuf,
     /// Files it owns outside the state directory.
     pub owned_files: Vec<PathBuf>,
     /// The VM's VMM process.
@@ -107,7 +109,7 @@ mod tests {
             namespace: "default".into(),
             container_id: "c1".into(),
             sandbox_id: "c1".into(),
-            state_dir: "/var/lib/microsandbox/shim/default/c1".into(),
+            vm_dir: "/var/lib/microsandbox/shim/default/sandboxes/c1".into(),
             owned_files: vec!["/x/upper.ext4".into()],
             vmm: Some(VmmRecord {
                 pid: 1,

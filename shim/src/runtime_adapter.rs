@@ -1,21 +1,19 @@
 //! The adapter from [`crate::pod_vm`] to the runtime crate (`msb_runtime`): the shim's VMs are
 //! real microVMs.
 //!
-//! Disks cannot be added to a running QEMU `microvm` (no hotplug), so a VM boots when its first
-//! container's root is prepared: [`RuntimeFactory::boot`] only records the configuration, and
-//! [`PodVm::prepare_rootfs`] lays out the disks ([`msb_runtime::rootfs`]: a single
-//! container's, or a pod's whose later containers arrive after boot) and starts the VM with
-//! them. Which backend runs the VM is the runtime's business; this file never names one.
+//! Disks cannot be added to a running QEMU `microvm` (no hotplug), so a VM boots with its first
+//! container's root: [`RuntimeFactory::boot`] lays out the disks ([`msb_runtime::rootfs`]: a
+//! single container's, or a pod's, whose later containers arrive after boot and get their roots
+//! through [`PodVm::add_rootfs`]) and starts the VM with them. Which backend runs the VM is the
+//! runtime's business; this file never names one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use msb_oci::OciRootfsSource;
 use msb_protocol::types::{
     ContainerCreate, ContainerStatsReply, ExecRequest, ExecResize, ExecSignal, Resources,
-    RootfsSpec,
 };
 use msb_runtime::rootfs::{self, layer_cache, PodRootfs};
 use msb_runtime::vmm::{parse_backend, DiskSpec, ShareSpec};
@@ -25,7 +23,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::config::VmSettings;
 use crate::output_gate::OutputGate;
 use crate::pod_vm::{
-    GuestProcess, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory, PreparedRootfs, ProcessKey,
+    ContainerRoot, GuestProcess, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory,
+    PreparedRootfs, ProcessKey,
 };
 
 /// The production factory.
@@ -37,28 +36,32 @@ impl PodVmFactory for RuntimeFactory {
     async fn boot(
         &self,
         id: &str,
-        config: &VmSettings,
-        state_dir: &Path,
-    ) -> Result<Arc<dyn PodVm>, PodVmError> {
-        let backend = parse_backend(&config.backend).map_err(|e| PodVmError::Boot(e.into()))?;
+        settings: &VmSettings,
+        dir: &Path,
+        first: &ContainerRoot<'_>,
+    ) -> Result<(Arc<dyn PodVm>, PreparedRootfs), PodVmError> {
+        let backend = parse_backend(&settings.backend).map_err(|e| PodVmError::Boot(e.into()))?;
         let assets = GuestAssets {
-            kernel: config.kernel.clone(),
-            initramfs: config.initramfs.clone(),
+            kernel: settings.kernel.clone(),
+            initramfs: settings.initramfs.clone(),
         };
         assets.check().map_err(|e| PodVmError::Boot(e.into()))?;
         let (events, _) = broadcast::channel(64);
-        Ok(Arc::new(RuntimePodVm {
+        let vm = Arc::new(RuntimePodVm {
             id: id.to_owned(),
-            config: config.clone(),
+            config: settings.clone(),
             backend,
             assets,
-            dir: state_dir.join("vm"),
+            dir: dir.join("vm"),
             vm: tokio::sync::Mutex::new(None),
             agent: Mutex::new(None),
             vmm_pid: Mutex::new(None),
             processes: Mutex::default(),
             events,
-        }))
+        });
+        // On failure `vm` is dropped here, and with it a VM that did start (its VMM killed).
+        let prepared = vm.boot_with(first).await?;
+        Ok((vm, prepared))
     }
 }
 
@@ -161,36 +164,53 @@ impl RuntimePodVm {
         Ok(sb)
     }
 
-    /// A pod's container: the first one boots the VM with the pod's disk and share; each one's
-    /// layer images go into the share, where the running guest finds them at once.
-    async fn prepare_pod_rootfs(
-        &self,
-        booted: &mut Option<Booted>,
-        container: &str,
-        images: &[PathBuf],
-        upper_size: u64,
-    ) -> Result<RootfsSpec, PodVmError> {
-        if booted.is_none() {
+    /// The cached layer images of a container's root (built on first use).
+    fn layer_images(&self, root: &ContainerRoot<'_>) -> Result<Vec<PathBuf>, PodVmError> {
+        tokio::task::block_in_place(|| {
+            root.source
+                .lowers
+                .iter()
+                .map(|layer| layer_cache::image_for(&self.config.cache_dir, layer))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(rootfs_err)
+    }
+
+    /// Boots the VM with its first container's root: a pod's VM with the pod disk and the
+    /// runtime share (the first container's images then go into the share, as every later
+    /// one's), a single container's with its layers and upper as disks.
+    async fn boot_with(&self, first: &ContainerRoot<'_>) -> Result<PreparedRootfs, PodVmError> {
+        let images = self.layer_images(first)?;
+        let mut booted = self.vm.lock().await;
+        if self.config.pod {
             // Resolved here so that the share's mode and the backend booting it agree.
             let (kind, why) = msb_runtime::vmm::select_backend(self.backend);
             tracing::info!(sandbox = %self.id, "pod backend {kind}: {why}");
-            let (pod, boot) =
-                tokio::task::block_in_place(|| PodRootfs::prepare(&self.dir, kind, upper_size))
-                    .map_err(rootfs_err)?;
+            let (pod, boot) = tokio::task::block_in_place(|| {
+                PodRootfs::prepare(&self.dir, kind, first.upper_size)
+            })
+            .map_err(rootfs_err)?;
             let vm = self.boot_vm(Some(kind), boot.disks, boot.shares).await?;
             *booted = Some(Booted { vm, pod: Some(pod) });
+            drop(booted);
+            return self.add_rootfs(first).await;
         }
-        match booted.as_ref().and_then(|b| b.pod.as_ref()) {
-            Some(pod) => tokio::task::block_in_place(|| pod.add_container(container, images))
-                .map_err(rootfs_err),
-            None => Err(PodVmError::Rootfs(
-                format!(
-                    "container {container}: VM {} was not booted as a pod",
-                    self.id
-                )
-                .into(),
-            )),
-        }
+        let mut single = tokio::task::block_in_place(|| {
+            rootfs::single(
+                first.container,
+                &images,
+                &self.dir.join("upper.ext4"),
+                first.upper_size,
+            )
+        })
+        .map_err(rootfs_err)?;
+        let vm = self.boot_vm(self.backend, single.disks, Vec::new()).await?;
+        *booted = Some(Booted { vm, pod: None });
+        single.spec.readonly = first.source.readonly;
+        Ok(PreparedRootfs {
+            spec: single.spec,
+            owned_files: vec![single.upper],
+        })
     }
 
     fn process_id(&self, key: &ProcessKey) -> Result<u32, PodVmError> {
@@ -203,52 +223,25 @@ impl RuntimePodVm {
 
 #[async_trait]
 impl PodVm for RuntimePodVm {
-    async fn prepare_rootfs(
-        &self,
-        container: &str,
-        source: &OciRootfsSource,
-        upper_size: u64,
-        _state_dir: &Path,
-    ) -> Result<PreparedRootfs, PodVmError> {
-        let images = tokio::task::block_in_place(|| {
-            source
-                .lowers
-                .iter()
-                .map(|layer| layer_cache::image_for(&self.config.cache_dir, layer))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(rootfs_err)?;
-        let mut booted = self.vm.lock().await;
-        if self.config.pod {
-            let mut spec = self
-                .prepare_pod_rootfs(&mut booted, container, &images, upper_size)
-                .await?;
-            spec.readonly = source.readonly;
-            return Ok(PreparedRootfs {
-                spec,
-                owned_files: Vec::new(),
-            });
-        }
-        if booted.is_some() {
+    async fn add_rootfs(&self, root: &ContainerRoot<'_>) -> Result<PreparedRootfs, PodVmError> {
+        let images = self.layer_images(root)?;
+        let booted = self.vm.lock().await;
+        let Some(pod) = booted.as_ref().and_then(|b| b.pod.as_ref()) else {
             return Err(PodVmError::Rootfs(
                 format!(
-                    "container {container}: VM {} already runs a container; only containers of \
-                     one pod (annotation io.kubernetes.cri.sandbox-id) share a VM",
-                    self.id
+                    "container {}: VM {} already runs a container; only containers of one pod \
+                     (annotation io.kubernetes.cri.sandbox-id) share a VM",
+                    root.container, self.id
                 )
                 .into(),
             ));
-        }
-        let mut single = tokio::task::block_in_place(|| {
-            rootfs::single(container, &images, &self.dir.join("upper.ext4"), upper_size)
-        })
-        .map_err(rootfs_err)?;
-        let vm = self.boot_vm(self.backend, single.disks, Vec::new()).await?;
-        *booted = Some(Booted { vm, pod: None });
-        single.spec.readonly = source.readonly;
+        };
+        let mut spec = tokio::task::block_in_place(|| pod.add_container(root.container, &images))
+            .map_err(rootfs_err)?;
+        spec.readonly = root.source.readonly;
         Ok(PreparedRootfs {
-            spec: single.spec,
-            owned_files: vec![single.upper],
+            spec,
+            owned_files: Vec::new(),
         })
     }
 

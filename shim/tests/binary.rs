@@ -45,16 +45,16 @@ fn bundle(dir: &Path) -> std::path::PathBuf {
 fn delete_action_cleans_up_after_a_dead_shim() {
     let tmp = tempfile::tempdir().unwrap();
     let b = bundle(tmp.path());
-    let state = tmp.path().join("state/msb-test/c1");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("upper.ext4"), b"").unwrap();
+    let state = tmp.path().join("state/msb-test/sandboxes/c1");
+    std::fs::create_dir_all(state.join("vm")).unwrap();
+    std::fs::write(state.join("vm/upper.ext4"), b"").unwrap();
     let mut vmm = Command::new("sleep").arg("60").spawn().unwrap();
     BundleRecord {
         namespace: "msb-test".into(),
         container_id: "c1".into(),
         sandbox_id: "c1".into(),
-        state_dir: state.clone(),
-        owned_files: vec![],
+        vm_dir: state.clone(),
+        owned_files: vec![state.join("vm/upper.ext4")],
         vmm: VmmRecord::of_pid(vmm.id()),
     }
     .write(&b)

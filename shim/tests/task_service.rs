@@ -271,7 +271,10 @@ async fn ctr_run_lifecycle_with_output_and_exact_events() {
     let create = &vm.creates()[0];
     assert_eq!(create.id, "demo");
     assert_eq!(create.mounts.len(), 7);
-    let upper = h.tmp.path().join("state/default/demo/upper.ext4");
+    let upper = h
+        .tmp
+        .path()
+        .join("state/default/sandboxes/demo/upper-demo.ext4");
     assert!(upper.exists());
     assert!(bundle.join("microsandbox.json").exists());
 
@@ -818,7 +821,7 @@ async fn failed_create_leaves_nothing_behind() {
     h.factory.fail_next_boot("no kernel at /x/vmlinux");
     let err = h.create("c", "ctr-run.json").await.unwrap_err();
     assert_eq!(code(err), Code::INTERNAL);
-    assert!(!h.tmp.path().join("state/default/c").exists());
+    assert!(!h.tmp.path().join("state/default/sandboxes/c").exists());
 
     // A guest-side failure shuts down the VM this create booted.
     h.factory
@@ -834,7 +837,6 @@ async fn failed_create_leaves_nothing_behind() {
             "shutdown"
         ]
     );
-    assert!(!h.tmp.path().join("state/default/c").exists());
     assert!(!h.tmp.path().join("state/default/sandboxes/c").exists());
     // The id is free again, in a new VM.
     h.create("c", "ctr-run.json").await.unwrap();
@@ -857,7 +859,13 @@ async fn guest_create_failure_shuts_the_vm_and_frees_the_id() {
     h.vm(0).fail_next_create("mount upper: bad superblock");
     let err = h.svc.create(h.create_req("c", &b, "")).await.unwrap_err();
     assert_eq!(code(err), Code::INTERNAL);
-    assert!(!h.tmp.path().join("state/default/c").exists());
+    assert!(
+        !h.tmp
+            .path()
+            .join("state/default/sandboxes/p/upper-c.ext4")
+            .exists(),
+        "the failed container's upper is left"
+    );
     // The pod's VM stays for its other container; the id is free again.
     assert!(!h.vm(0).calls().contains(&"shutdown".to_string()));
     h.svc.create(h.create_req("c", &b, "")).await.unwrap();

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use msb_oci::OciRootfsSource;
 use msb_protocol::types::{
     ContainerCreate, ContainerStatsReply, ExecFailureKind, ExecRequest, Resources, RootfsSpec,
     StorageRef,
@@ -19,7 +18,8 @@ use msb_protocol::types::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    GuestProcess, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory, PreparedRootfs, ProcessKey,
+    ContainerRoot, GuestProcess, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory,
+    PreparedRootfs, ProcessKey,
 };
 use crate::config::VmSettings;
 
@@ -46,6 +46,8 @@ struct FakeState {
 #[derive(Debug)]
 pub struct FakePodVm {
     id: String,
+    /// Its directory, where the fake "upper images" go (so Delete's cleanup is exercised).
+    dir: PathBuf,
     /// Run the tiny script language of [`FakePodVm::scripted`].
     scripted: bool,
     me: std::sync::Weak<FakePodVm>,
@@ -62,21 +64,22 @@ fn key_str(key: &ProcessKey) -> String {
 }
 
 impl FakePodVm {
-    /// A fake VM named `id`.
-    pub fn new(id: &str) -> Arc<Self> {
-        Self::build(id, false)
+    /// A fake VM named `id`, its files in `dir`.
+    pub fn new(id: &str, dir: &Path) -> Arc<Self> {
+        Self::build(id, dir, false)
     }
 
     /// A fake VM whose processes act by themselves, for contract checks with a real containerd
     /// (`examples/fake_shim.rs`): `echo ARGS` prints them and exits 0, `exit N` exits N, `cat`
     /// copies stdin to stdout until EOF, anything else runs until a fatal signal.
-    pub fn scripted(id: &str) -> Arc<Self> {
-        Self::build(id, true)
+    pub fn scripted(id: &str, dir: &Path) -> Arc<Self> {
+        Self::build(id, dir, true)
     }
 
-    fn build(id: &str, scripted: bool) -> Arc<Self> {
+    fn build(id: &str, dir: &Path, scripted: bool) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             id: id.to_owned(),
+            dir: dir.to_path_buf(),
             scripted,
             me: me.clone(),
             state: Mutex::new(FakeState {
@@ -217,22 +220,20 @@ impl FakePodVm {
 
 #[async_trait]
 impl PodVm for FakePodVm {
-    async fn prepare_rootfs(
-        &self,
-        container: &str,
-        source: &OciRootfsSource,
-        upper_size: u64,
-        state_dir: &Path,
-    ) -> Result<PreparedRootfs, PodVmError> {
+    async fn add_rootfs(&self, root: &ContainerRoot<'_>) -> Result<PreparedRootfs, PodVmError> {
+        let (container, upper_size) = (root.container, root.upper_size);
         self.record(format!(
             "prepare_rootfs {container} lowers={} upper_size={upper_size}",
-            source.lowers.len()
+            root.source.lowers.len()
         ));
-        let upper = state_dir.join("upper.ext4");
+        let upper = self.dir.join(format!("upper-{container}.ext4"));
         std::fs::write(&upper, b"").map_err(|e| PodVmError::Rootfs(e.into()))?;
         Ok(PreparedRootfs {
             spec: RootfsSpec {
-                lower: vec![StorageRef::Serial(format!("lower-{}", source.lowers.len()))],
+                lower: vec![StorageRef::Serial(format!(
+                    "lower-{}",
+                    root.source.lowers.len()
+                ))],
                 upper: StorageRef::Serial(format!("upper-{container}")),
                 fstype: "ext4".into(),
                 readonly: false,
@@ -391,7 +392,7 @@ impl PodVm for FakePodVm {
     }
 }
 
-/// One VM a [`FakeFactory`] booted: id, config, state dir, the VM.
+/// One VM a [`FakeFactory`] booted: id, settings, directory, the VM.
 type Booted = (String, VmSettings, PathBuf, Arc<FakePodVm>);
 
 /// Boots [`FakePodVm`]es and keeps them for the test to drive.
@@ -451,12 +452,13 @@ impl PodVmFactory for FakeFactory {
         &self,
         id: &str,
         config: &VmSettings,
-        state_dir: &Path,
-    ) -> Result<Arc<dyn PodVm>, PodVmError> {
+        dir: &Path,
+        first: &ContainerRoot<'_>,
+    ) -> Result<(Arc<dyn PodVm>, PreparedRootfs), PodVmError> {
         if let Some(m) = self.fail.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(PodVmError::Boot(m.into()));
         }
-        let sb = FakePodVm::build(id, self.scripted);
+        let sb = FakePodVm::build(id, dir, self.scripted);
         if let Some(m) = self
             .fail_create
             .lock()
@@ -465,12 +467,9 @@ impl PodVmFactory for FakeFactory {
         {
             sb.fail_next_create(&m);
         }
-        self.lock().push((
-            id.to_owned(),
-            config.clone(),
-            state_dir.to_path_buf(),
-            sb.clone(),
-        ));
-        Ok(sb)
+        self.lock()
+            .push((id.to_owned(), config.clone(), dir.to_path_buf(), sb.clone()));
+        let prepared = sb.add_rootfs(first).await?;
+        Ok((sb, prepared))
     }
 }

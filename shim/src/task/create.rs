@@ -12,7 +12,7 @@ use super::{Container, Pod, Process, TaskService};
 use crate::config::{runtime_options_config_path, ShimConfig, SANDBOX_ID_ANNOTATION};
 use crate::error::ShimError;
 use crate::events::{EventMount, TaskEvent, TaskIo};
-use crate::pod_vm::{PodVm, ProcessKey};
+use crate::pod_vm::{ContainerRoot, PodVm, PreparedRootfs, ProcessKey};
 use crate::record::BundleRecord;
 
 impl TaskService {
@@ -62,50 +62,47 @@ impl TaskService {
         init.tty = req.terminal;
         init.stdin = !req.stdin.is_empty();
 
-        let state_dir = config.state_dir.join(&self.inner.namespace).join(&id);
-        std::fs::create_dir_all(&state_dir).map_err(|source| ShimError::Io {
-            context: format!("create state directory {}", state_dir.display()),
-            source,
-        })?;
-
-        let (sandbox, booted) = match self
-            .vm_for(&sandbox_id, &cconfig.vm, &config.state_dir)
-            .await
-        {
-            Ok(ok) => ok,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&state_dir);
-                return Err(e);
-            }
+        let root = ContainerRoot {
+            container: &id,
+            source: &source,
+            upper_size: cconfig.upper_size,
         };
+        let (sandbox, first_root) = self
+            .vm_for(&sandbox_id, &cconfig.vm, &config.state_dir, &root)
+            .await?;
+        let booted = first_root.is_some();
+        let mut prepared = match first_root {
+            Some(prepared) => prepared,
+            None => match sandbox.add_rootfs(&root).await {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    self.abandon(&id, &sandbox_id, &sandbox, false, &[]).await;
+                    return Err(e.into());
+                }
+            },
+        };
+        prepared.spec.readonly |= bundle.root_readonly() || source.readonly;
         let result = async {
-            let mut prepared = sandbox
-                .prepare_rootfs(&id, &source, cconfig.upper_size, &state_dir)
-                .await?;
-            prepared.spec.readonly |= bundle.root_readonly() || source.readonly;
             let mut create = cspec.into_create(&id, prepared.spec.clone());
             create.handoff_init = cconfig.handoff_init.clone();
             sandbox.create_container(create).await?;
             for (path, data, mode) in copies {
                 sandbox.write_file(&id, &path, data, mode).await?;
             }
-            Ok::<_, ShimError>(prepared)
+            Ok::<_, ShimError>(())
         }
         .await;
-        let prepared = match result {
-            Ok(p) => p,
-            Err(e) => {
-                self.abandon(&id, &sandbox_id, &sandbox, booted, &state_dir)
-                    .await;
-                return Err(e);
-            }
-        };
+        if let Err(e) = result {
+            self.abandon(&id, &sandbox_id, &sandbox, booted, &prepared.owned_files)
+                .await;
+            return Err(e);
+        }
 
         let record = BundleRecord {
             namespace: self.inner.namespace.clone(),
             container_id: id.clone(),
             sandbox_id: sandbox_id.clone(),
-            state_dir: state_dir.clone(),
+            vm_dir: self.vm_dir(&config.state_dir, &sandbox_id),
             owned_files: prepared.owned_files.clone(),
             vmm: sandbox.vmm_pid().and_then(crate::record::VmmRecord::of_pid),
         };
@@ -134,7 +131,6 @@ impl TaskService {
                     id: id.clone(),
                     bundle: req.bundle.clone(),
                     sandbox_id,
-                    state_dir,
                     init: Process::new(key, io.clone(), init),
                     execs: Default::default(),
                     owned_files: prepared.owned_files,
@@ -164,30 +160,42 @@ impl TaskService {
         })
     }
 
-    /// The pod's VM, booting it when this is its first container.
+    /// The directory of sandbox `sandbox_id`'s VM: `<state_root>/<namespace>/sandboxes/<id>`.
+    fn vm_dir(&self, state_root: &Path, sandbox_id: &str) -> PathBuf {
+        state_root
+            .join(&self.inner.namespace)
+            .join("sandboxes")
+            .join(sandbox_id)
+    }
+
+    /// The pod's VM, booted with `root` when this is its first container (then `root` comes
+    /// back prepared; a later container's is prepared by the caller, in the running VM).
     async fn vm_for(
         &self,
         sandbox_id: &str,
         config: &crate::config::VmSettings,
         state_root: &Path,
-    ) -> Result<(Arc<dyn PodVm>, bool), ShimError> {
+        root: &ContainerRoot<'_>,
+    ) -> Result<(Arc<dyn PodVm>, Option<PreparedRootfs>), ShimError> {
         // Boots are serialized (so two containers of one pod cannot boot two VMs) without
         // holding the tables, so requests for running containers go on during a boot.
         let _boot = self.inner.boot_lock.lock().await;
         if let Some(pod) = self.inner.tables.lock().await.pods.get(sandbox_id) {
-            return Ok((pod.vm.clone(), false));
+            return Ok((pod.vm.clone(), None));
         }
-        let dir: PathBuf = state_root
-            .join(&self.inner.namespace)
-            .join("sandboxes")
-            .join(sandbox_id);
+        let dir = self.vm_dir(state_root, sandbox_id);
         std::fs::create_dir_all(&dir).map_err(|source| ShimError::Io {
             context: format!("create sandbox directory {}", dir.display()),
             source,
         })?;
         tracing::info!(sandbox = %sandbox_id, backend = %config.backend, vcpus = config.vcpus,
             memory_mib = config.memory_mib, "booting VM");
-        let sandbox = match self.inner.factory.boot(sandbox_id, config, &dir).await {
+        let (sandbox, prepared) = match self
+            .inner
+            .factory
+            .boot(sandbox_id, config, &dir, root)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -205,19 +213,23 @@ impl TaskService {
                 exits,
             },
         );
-        Ok((sandbox, true))
+        Ok((sandbox, Some(prepared)))
     }
 
-    /// Undoes a half-done create.
+    /// Undoes a half-done create: the container in the VM, the files its root owns, and the VM
+    /// itself if this create booted it.
     async fn abandon(
         &self,
         id: &str,
         sandbox_id: &str,
         sandbox: &Arc<dyn PodVm>,
         booted: bool,
-        state_dir: &Path,
+        owned_files: &[PathBuf],
     ) {
         let _ = sandbox.delete_container(id).await;
+        for f in owned_files {
+            let _ = std::fs::remove_file(f);
+        }
         if booted {
             let pod = self.inner.tables.lock().await.pods.remove(sandbox_id);
             if let Err(e) = sandbox.shutdown().await {
@@ -228,7 +240,6 @@ impl TaskService {
                 let _ = std::fs::remove_dir_all(&pod.dir);
             }
         }
-        let _ = std::fs::remove_dir_all(state_dir);
     }
 }
 

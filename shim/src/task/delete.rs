@@ -70,7 +70,6 @@ impl TaskService {
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(&container.state_dir);
         let _ = std::fs::remove_file(std::path::Path::new(&container.bundle).join(RECORD_FILE));
 
         let exit = container.init.exit;

@@ -128,7 +128,6 @@ pub(crate) struct Container {
     pub(crate) id: String,
     pub(crate) bundle: String,
     pub(crate) sandbox_id: String,
-    pub(crate) state_dir: PathBuf,
     pub(crate) init: Process,
     pub(crate) execs: HashMap<String, Process>,
     pub(crate) owned_files: Vec<PathBuf>,
