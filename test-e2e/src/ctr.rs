@@ -125,3 +125,69 @@ pub fn run_msb(ctrd: &Containerd, ns: &str, flags: &[&str], id: &str, cmd: &[&st
     args.extend(cmd);
     ctrd.ctr(ns, &args)
 }
+
+/// `ctr events`, read line by line on a thread.
+pub struct EventStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EventStream {
+    /// Starts `ctr events` and returns once it demonstrably receives events: a namespace label
+    /// change is made until its `/namespaces/update` shows up (ctr subscribes some time after it
+    /// starts; an event published before that is lost).
+    pub fn subscribe(ctrd: &Containerd, ns: &str) -> EventStream {
+        let mut child = Command::new(ctrd.ctr_binary())
+            .arg("--address")
+            .arg(ctrd.socket())
+            .arg("events")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let events = EventStream { child, lines };
+        for i in 0..100 {
+            let _ = ctrd.ctr(ns, &["namespaces", "label", ns, &format!("probe={i}")]);
+            if events
+                .wait_for_ms(200, |l| l.contains("/namespaces/update"))
+                .is_some()
+            {
+                return events;
+            }
+        }
+        panic!("ctr events never showed a namespace update");
+    }
+
+    pub fn wait_for_ms(&self, ms: u64, f: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if f(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The first line within `secs` that satisfies `f`.
+    pub fn wait_for(&self, secs: u64, f: impl Fn(&str) -> bool) -> Option<String> {
+        self.wait_for_ms(secs * 1000, f)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
