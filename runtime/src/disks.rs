@@ -85,12 +85,22 @@ pub fn make_lower(dir: &Path, image: &Path) -> Result<(), DiskError> {
             .arg(image)
             .arg(dir),
         image,
-    )
+    )?;
+    private(image)
+}
+
+/// Makes what a tool created readable by its owner only ([`crate::private`]).
+fn private(image: &Path) -> Result<(), DiskError> {
+    crate::private::restrict(image, crate::private::FILE_MODE).map_err(|source| DiskError::Io {
+        what: "restrict the mode of",
+        path: image.display().to_string(),
+        source,
+    })
 }
 
 /// Makes a sparse ext4 image of `size` bytes at `image`.
 pub fn make_upper(image: &Path, size: u64) -> Result<(), DiskError> {
-    let f = std::fs::File::create(image).map_err(|source| DiskError::Io {
+    let f = crate::private::create_file(image).map_err(|source| DiskError::Io {
         what: "create",
         path: image.display().to_string(),
         source,
@@ -108,7 +118,8 @@ pub fn make_upper(image: &Path, size: u64) -> Result<(), DiskError> {
             .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
             .arg(image),
         image,
-    )
+    )?;
+    private(image)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`vmm`]: the backends behind one trait ([`vmm::Backend`]): [`vmm::qemu`] and
 //!   [`vmm::krun`]. The VMM is always a child process in its own process group.
 //! - [`agent`]: the async client of agentd's protocol (sessions, backpressure).
+//! - [`private`]: directories 0700 and files 0600, whatever the umask.
 //! - [`relay`]: serves several host clients over one agent connection.
 //! - [`rootfs`]: containers' roots on the host: the layer image cache and the disk layouts of a
 //!   single container's VM and of a pod's.
@@ -19,6 +20,7 @@ pub mod assets;
 pub mod disks;
 pub mod doctor;
 pub mod host;
+pub mod private;
 pub mod relay;
 pub mod rootfs;
 pub mod socket_path;

@@ -134,7 +134,7 @@ impl Vm {
     pub async fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         cfg.assets.check()?;
         let dir = cfg.dir();
-        std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
+        crate::private::create_dir(&dir).map_err(|source| VmError::Io {
             what: "create",
             path: dir.clone(),
             source,
@@ -154,6 +154,12 @@ impl Vm {
             agent_socket: dir.join("agent.sock"),
             console_log: dir.join("console.log"),
         };
+        // Made here, private: the VMM opens it without creating it anew, so its mode stays.
+        crate::private::create_file(&spec.console_log).map_err(|source| VmError::Io {
+            what: "create",
+            path: spec.console_log.clone(),
+            source,
+        })?;
         let started = Instant::now();
         let backend = vmm::backend(kind).map_err(|source| VmError::Vmm {
             backend: kind,

@@ -51,6 +51,25 @@ async fn one_vm_many_processes() {
         },
     ];
     let sb = Vm::start(cfg).await.expect("guest boots");
+    // Only root reads what the VM writes: its directory, disks, console and VMM logs.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let modes: Vec<(&str, u32)> = ["", "lower.img", "upper.img", "console.log", "qemu.log"]
+            .into_iter()
+            .map(|f| (f, mode(&dir.join(f))))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("", 0o700),
+                ("lower.img", 0o600),
+                ("upper.img", 0o600),
+                ("console.log", 0o600),
+                ("qemu.log", 0o600)
+            ]
+        );
+    }
     let vmm_pid = sb.vmm_pid();
     let agent = sb.agent().clone();
     assert!(sb.ready().ready_time_ns >= sb.ready().init_time_ns);

@@ -31,11 +31,12 @@ pub fn image_for(cache_dir: &Path, layer: &Path) -> Result<PathBuf, RootfsError>
     if image.is_file() {
         return Ok(image);
     }
-    std::fs::create_dir_all(cache_dir).map_err(RootfsError::io("create", cache_dir))?;
+    crate::private::create_dir(cache_dir).map_err(RootfsError::io("create", cache_dir))?;
     let pid = std::process::id();
     let src_tmp = cache_dir.join(format!(".{pid}.{hash:016x}.src.tmp"));
     let src = cache_dir.join(format!("{hash:016x}.src"));
-    std::fs::write(&src_tmp, layer.as_os_str().as_encoded_bytes())
+    crate::private::create_file(&src_tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, layer.as_os_str().as_encoded_bytes()))
         .and_then(|()| std::fs::rename(&src_tmp, &src))
         .map_err(RootfsError::io("record", &src))?;
     let tmp = cache_dir.join(format!(".{pid}.{hash:016x}.tmp"));

@@ -85,7 +85,7 @@ pub fn single(
         return Err(RootfsError::NoLayers(container.to_owned()));
     }
     if let Some(dir) = upper.parent() {
-        std::fs::create_dir_all(dir).map_err(RootfsError::io("create", dir))?;
+        crate::private::create_dir(dir).map_err(RootfsError::io("create", dir))?;
     }
     let mut disks = Vec::new();
     let mut lower = Vec::new();
@@ -141,7 +141,7 @@ impl PodRootfs {
         upper_size: u64,
     ) -> Result<(PodRootfs, PodBoot), RootfsError> {
         let share = dir.join("share");
-        std::fs::create_dir_all(&share).map_err(RootfsError::io("create", &share))?;
+        crate::private::create_dir(&share).map_err(RootfsError::io("create", &share))?;
         let upper = dir.join("pod-upper.ext4");
         disks::make_upper(&upper, upper_size)?;
         let read_only = backend.serves_read_only_shares();

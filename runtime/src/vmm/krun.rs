@@ -324,7 +324,7 @@ impl Backend for Krun {
             let what = format!("{what} {}", log_path.display());
             move |source| VmmError::Io { what, source }
         };
-        let log = std::fs::File::create(&log_path).map_err(io("create"))?;
+        let log = crate::private::create_file(&log_path).map_err(io("create"))?;
         let log2 = log.try_clone().map_err(io("dup"))?;
         let mut cmd = tokio::process::Command::new(&program);
         cmd.stdin(Stdio::null())

@@ -149,7 +149,7 @@ fn log_file(path: &std::path::Path) -> Result<(std::fs::File, std::fs::File), Vm
         let what = format!("{what} {}", path.display());
         move |source| VmmError::Io { what, source }
     };
-    let f = std::fs::File::create(path).map_err(io("create"))?;
+    let f = crate::private::create_file(path).map_err(io("create"))?;
     let dup = f.try_clone().map_err(io("dup"))?;
     Ok((f, dup))
 }

@@ -184,7 +184,7 @@ impl TaskService {
             return Ok((pod.vm.clone(), None));
         }
         let dir = self.vm_dir(state_root, sandbox_id);
-        std::fs::create_dir_all(&dir).map_err(|source| ShimError::Io {
+        msb_runtime::private::create_dir(&dir).map_err(|source| ShimError::Io {
             context: format!("create sandbox directory {}", dir.display()),
             source,
         })?;
