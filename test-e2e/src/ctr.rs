@@ -127,6 +127,7 @@ pub fn run_msb(ctrd: &Containerd, ns: &str, flags: &[&str], id: &str, cmd: &[&st
 }
 
 /// `ctr events`, read line by line on a thread.
+#[derive(Debug)]
 pub struct EventStream {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
