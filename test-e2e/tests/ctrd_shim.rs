@@ -4,7 +4,7 @@
 //! Each test uses its own containerd namespace so that leak checks see only their own state.
 
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use msb_test_e2e::containerd::{Containerd, BUSYBOX};
 use msb_test_e2e::ctr::*;
