@@ -25,6 +25,23 @@ pub const CONFIG_ENV: &str = "MSB_SHIM_CONFIG";
 pub const ANNOTATION_PREFIX: &str = "io.microsandbox.";
 /// The CRI annotation grouping containers into one pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// Checks an id that names a path or a VMM argument (a container id, the pod's sandbox id from
+/// its annotation) by containerd's own rules for identifiers: 1 to 76 characters, letters and
+/// digits in runs joined by single `.`, `_` or `-`. So no `/`, no `..`, nothing a path or a QEMU
+/// option could take for syntax.
+pub fn check_id(what: &str, id: &str) -> Result<(), String> {
+    let runs_ok = id
+        .split(['.', '_', '-'])
+        .all(|run| !run.is_empty() && run.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if id.is_empty() || id.len() > 76 || !runs_ok {
+        return Err(format!(
+            "{what} {id:?} is not a valid identifier (1 to 76 letters and digits, joined by \
+             single '.', '_' or '-')"
+        ));
+    }
+    Ok(())
+}
+
 /// Type URL of containerd's generic runtime options.
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 

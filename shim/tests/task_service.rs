@@ -872,6 +872,31 @@ async fn guest_create_failure_shuts_the_vm_and_frees_the_id() {
 }
 
 #[tokio::test]
+async fn ids_that_could_name_another_path_are_refused() {
+    let h = Harness::new();
+    let b = h.bundle(
+        "c",
+        "ctr-run.json",
+        &[("io.kubernetes.cri.sandbox-id", "../../etc")],
+    );
+    let err = h.svc.create(h.create_req("c", &b, "")).await.unwrap_err();
+    let message = err.to_string();
+    assert_eq!(
+        (code(err), message),
+        (
+            Code::INVALID_ARGUMENT,
+            "invalid argument: annotation io.kubernetes.cri.sandbox-id \"../../etc\" is not a \
+             valid identifier (1 to 76 letters and digits, joined by single '.', '_' or '-')"
+                .into()
+        )
+    );
+    let b = h.bundle("x", "ctr-run.json", &[]);
+    let err = h.svc.create(h.create_req("a/b", &b, "")).await.unwrap_err();
+    assert_eq!(code(err), Code::INVALID_ARGUMENT);
+    assert!(h.factory.sandboxes().is_empty(), "no VM for a bad id");
+}
+
+#[tokio::test]
 async fn bundle_errors_are_invalid_argument() {
     let h = Harness::new();
     let b = h.bundle("c", "unsupported-mount.json", &[]);

@@ -9,7 +9,7 @@ use containerd_shim::api::{CreateTaskRequest, CreateTaskResponse};
 use msb_oci::{Bundle, OciRootfsSource, RootfsMount};
 
 use super::{Container, Pod, Process, TaskService};
-use crate::config::{runtime_options_config_path, ShimConfig, SANDBOX_ID_ANNOTATION};
+use crate::config::{check_id, runtime_options_config_path, ShimConfig, SANDBOX_ID_ANNOTATION};
 use crate::error::ShimError;
 use crate::events::{EventMount, TaskEvent, TaskIo};
 use crate::pod_vm::{ContainerRoot, PodVm, PreparedRootfs, ProcessKey};
@@ -19,9 +19,7 @@ impl TaskService {
     /// Handles `Create`.
     pub async fn create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, ShimError> {
         let id = req.id.clone();
-        if id.is_empty() {
-            return Err(ShimError::InvalidArgument("container id is empty".into()));
-        }
+        check_id("container id", &id).map_err(ShimError::InvalidArgument)?;
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("restoring from a checkpoint"));
         }
@@ -35,6 +33,9 @@ impl TaskService {
             .filter(|s| !s.is_empty())
             .cloned()
             .unwrap_or_else(|| id.clone());
+        // It names the VM's directory: untrusted, like every annotation.
+        check_id(&format!("annotation {SANDBOX_ID_ANNOTATION}"), &sandbox_id)
+            .map_err(ShimError::InvalidArgument)?;
         let config = match &self.inner.config_override {
             Some(c) => c.clone(),
             None => {
