@@ -74,7 +74,7 @@ pub enum ConfigError {
         /// The value.
         value: String,
         /// What is wrong.
-        reason: &'static str,
+        reason: String,
     },
     /// The runtime options could not be decoded.
     #[error("runtime options ({type_url}): {reason}")]
@@ -108,6 +108,12 @@ pub struct ShimConfig {
     pub cache_dir: PathBuf,
     /// Run the image's init system as the container's PID 1 (`auto` or a path).
     pub handoff_init: Option<String>,
+    /// The most vCPUs an annotation may ask for (annotations are untrusted: a pod spec sets them).
+    pub max_vcpus: u32,
+    /// The most memory an annotation may ask for, MiB.
+    pub max_memory_mib: u32,
+    /// The largest upper an annotation may ask for, bytes (sparse, but the guest may fill it).
+    pub max_upper_size: u64,
     /// Per-VM state (sockets, logs, the ext4 upper images),
     /// `<state_dir>/<namespace>/sandboxes/<sandbox id>/vm/`. On a disk, not tmpfs: the uppers hold
     /// what containers write.
@@ -126,6 +132,9 @@ impl Default for ShimConfig {
             initramfs: None,
             cache_dir: PathBuf::from("/var/lib/microsandbox/cache"),
             handoff_init: None,
+            max_vcpus: 8,
+            max_memory_mib: 16 << 10,
+            max_upper_size: 64 << 30,
             state_dir: PathBuf::from("/var/lib/microsandbox/shim"),
         }
     }
@@ -204,10 +213,10 @@ impl ShimConfig {
             .collect();
         keys.sort();
         for (name, key, value) in keys {
-            let bad = |reason| ConfigError::Annotation {
+            let bad = |reason: &str| ConfigError::Annotation {
                 key: key.clone(),
                 value: value.clone(),
-                reason,
+                reason: reason.to_owned(),
             };
             match name {
                 "backend" => match msb_runtime::vmm::parse_backend(value) {
@@ -215,23 +224,41 @@ impl ShimConfig {
                     Err(_) => return Err(bad("expected auto, krun or qemu")),
                 },
                 "vcpus" => {
+                    let max = self.max_vcpus.min(255);
                     cfg.vcpus = value
                         .parse()
                         .ok()
-                        .filter(|v| (1..=255).contains(v))
-                        .ok_or_else(|| bad("expected an integer from 1 to 255"))?
+                        .filter(|v| (1..=max).contains(v))
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "expected an integer from 1 to {max} (max_vcpus in the shim's \
+                                 configuration)"
+                            ))
+                        })?
                 }
                 "memory_mib" => {
+                    let max = self.max_memory_mib;
                     cfg.memory_mib = value
                         .parse()
                         .ok()
-                        .filter(|v| *v >= 64)
-                        .ok_or_else(|| bad("expected an integer of at least 64"))?
+                        .filter(|v| (64..=max).contains(v))
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "expected an integer from 64 to {max} (max_memory_mib in the \
+                                 shim's configuration)"
+                            ))
+                        })?
                 }
                 "upper_size" => {
+                    let max = self.max_upper_size;
                     cfg.upper_size = parse_size(value)
-                        .filter(|v| *v >= 16 << 20)
-                        .ok_or_else(|| bad("expected a size of at least 16M (bytes or K/M/G/T)"))?
+                        .filter(|v| (16 << 20..=max).contains(v))
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "expected a size from 16M to {max} bytes (bytes or K/M/G/T; \
+                                 max_upper_size in the shim's configuration)"
+                            ))
+                        })?
                 }
                 "handoff_init" => {
                     cfg.handoff_init = (!value.is_empty()).then(|| value.clone());
@@ -374,7 +401,33 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "annotation io.microsandbox.vcpus=\"zero\": expected an integer from 1 to 255"
+            "annotation io.microsandbox.vcpus=\"zero\": expected an integer from 1 to 8 \
+             (max_vcpus in the shim's configuration)"
+        );
+        // Annotations are untrusted: the configuration bounds what they may ask for.
+        for (key, value) in [
+            ("io.microsandbox.vcpus", "9"),
+            ("io.microsandbox.memory_mib", "16385"),
+            ("io.microsandbox.upper_size", "65G"),
+        ] {
+            assert!(
+                ShimConfig::default()
+                    .for_container(&ann(&[(key, value)]))
+                    .is_err(),
+                "{key}={value} passed"
+            );
+        }
+        let roomy = ShimConfig {
+            max_vcpus: 32,
+            ..ShimConfig::default()
+        };
+        assert_eq!(
+            roomy
+                .for_container(&ann(&[("io.microsandbox.vcpus", "9")]))
+                .unwrap()
+                .vm
+                .vcpus,
+            9
         );
         let err = ShimConfig::default()
             .for_container(&ann(&[("io.microsandbox.backend", "kvm")]))
