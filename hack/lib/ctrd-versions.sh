@@ -19,15 +19,30 @@
 
 MSB_CTRD_CACHE="${MSB_CTRD_CACHE:-/var/cache/microsandbox/ctrd}"
 
-# apt-get with a private source list for suite $1: only that suite of Debian main, its lists and
-# package cache under $MSB_CTRD_CACHE/apt/$1, no AppStream metadata; the remaining arguments are
-# apt-get's.
+# The Debian mirror this machine's apt already uses for its own release's main component.
+_ctrd_mirror() {
+  local codename mirror
+  codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  # shellcheck disable=SC2016 # $(URI) is apt's format field, not the shell's
+  mirror=$(apt-get indextargets --format '$(URI)' 'Created-By: Packages' |
+    grep -m1 "/dists/$codename/main/" | sed 's|/dists/.*||')
+  [ -n "$mirror" ] || {
+    echo "ctrd-versions: no Debian mirror for $codename main in this machine's apt sources" >&2
+    return 1
+  }
+  echo "$mirror"
+}
+
+# apt-get with a private source list for suite $1: only that suite of Debian main (from the
+# machine's own mirror), its lists and package cache under $MSB_CTRD_CACHE/apt/$1, no AppStream
+# metadata; the remaining arguments are apt-get's.
 _ctrd_apt() {
-  local suite=$1 dir="$MSB_CTRD_CACHE/apt/$1"
+  local suite=$1 dir="$MSB_CTRD_CACHE/apt/$1" mirror
   shift
+  mirror=$(_ctrd_mirror) || return 1
   mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
-  printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian %s main\n' \
-    "$suite" >"$dir/sources.list"
+  printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
+    "$mirror" "$suite" >"$dir/sources.list"
   apt-get -q \
     -o Dir::Etc::SourceList="$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null \
     -o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir/cache" \
