@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -323,8 +323,7 @@ fn pump_in(mut f: File, taker: StdinTaker) {
 }
 
 fn is_tty(f: &File) -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(f.as_raw_fd()) == 1 }
+    std::io::IsTerminal::is_terminal(f)
 }
 
 #[cfg(test)]
@@ -462,8 +461,9 @@ mod tests {
         // send, then nothing more may be on the port.
         std::thread::sleep(Duration::from_millis(300));
         let mut rest = Vec::new();
-        // SAFETY: fcntl on an open descriptor.
-        unsafe { libc::fcntl(port_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::fd::AsRawFd;
+        fcntl(port_r.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
         let _ = port_r.read_to_end(&mut rest);
         assert!(rest.is_empty(), "{} more bytes on the port", rest.len());
         assert!(sessions.lock().unwrap().is_empty());

@@ -7,50 +7,25 @@
 //! reaches the VM's own files. Missing parent directories are created one component at a time,
 //! each `mkdirat` relative to an already resolved directory.
 
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path};
 
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
 use crate::sys;
 
-/// `struct open_how` of `<linux/openat2.h>`.
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const SYS_OPENAT2: libc::c_long = 437;
-const RESOLVE_IN_ROOT: u64 = 0x10;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-
-fn openat2(dir: RawFd, path: &CString, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        // open(2) flags are non-negative bits.
-        flags: u64::try_from(flags | libc::O_CLOEXEC)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
-        mode: u64::from(mode),
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: openat2 reads `path` (NUL-terminated) and `how` (size passed), both live across
-    // the call; on success it returns a new descriptor we own.
-    let fd = unsafe {
-        libc::syscall(
-            SYS_OPENAT2,
-            dir,
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the kernel returned a fresh descriptor.
+fn openat2(dir: RawFd, path: &CStr, flags: OFlag, mode: Mode) -> io::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(mode)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = nix::fcntl::openat2(dir, path, how)?;
+    // SAFETY: openat2 succeeded and returned a fresh descriptor, owned by nobody else (nix 0.29
+    // hands it out as a `RawFd`).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -84,15 +59,14 @@ pub fn create_in_root(root: &Path, path: &str, mode: u32) -> io::Result<File> {
     for name in parents {
         prefix.push(name);
         let p = sys::cpath(&prefix)?;
-        let flags = libc::O_PATH | libc::O_DIRECTORY;
-        let dir = match openat2(root_fd.as_raw_fd(), &p, flags, 0) {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        let dir = match openat2(root_fd.as_raw_fd(), &p, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let at = parent.as_ref().unwrap_or(&root_fd).as_raw_fd();
                 let c = sys::cpath(name)?;
-                // SAFETY: `c` is one NUL-terminated name; `at` is an open, resolved directory.
-                sys::check(unsafe { libc::mkdirat(at, c.as_ptr(), 0o755) })?;
-                openat2(root_fd.as_raw_fd(), &p, flags, 0)?
+                nix::sys::stat::mkdirat(Some(at), c.as_c_str(), Mode::from_bits_retain(0o755))?;
+                openat2(root_fd.as_raw_fd(), &p, flags, Mode::empty())?
             }
             Err(e) => return Err(e),
         };
@@ -102,8 +76,8 @@ pub fn create_in_root(root: &Path, path: &str, mode: u32) -> io::Result<File> {
     let fd = openat2(
         root_fd.as_raw_fd(),
         &sys::cpath(&prefix)?,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-        mode & 0o7777,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+        Mode::from_bits_retain(mode & 0o7777),
     )?;
     Ok(File::from(fd))
 }

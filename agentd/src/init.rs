@@ -120,7 +120,7 @@ pub fn apply_boot_env(env: &BootEnv) {
         }
     }
     for r in &env.rlimits {
-        if let Err(e) = sys::setrlimit(sys::rlimit_number(r.resource), r.soft, r.hard) {
+        if let Err(e) = sys::setrlimit(r.resource, r.soft, r.hard) {
             tracing::warn!("rlimit {}: {e}", r.resource.name());
         }
     }

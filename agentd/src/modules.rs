@@ -61,10 +61,7 @@ pub fn load_all(release: &str) -> usize {
     let mut loaded = 0;
     for m in order {
         let path = dir.join(&m);
-        match sys::open_ro(&path).and_then(|fd| {
-            use std::os::fd::AsRawFd;
-            sys::finit_module(fd.as_raw_fd())
-        }) {
+        match sys::open_ro(&path).and_then(sys::finit_module) {
             Ok(()) => loaded += 1,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             // Hardware the VM does not have (e.g. crc32c-intel without SSE4.2 under TCG).

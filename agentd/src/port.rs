@@ -6,7 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -45,15 +45,15 @@ pub fn open(path: &PathBuf) -> io::Result<File> {
 
 /// Blocks until a host is connected to the port.
 pub fn wait_for_host(port: &File) {
+    use nix::poll::{poll, PollFd, PollFlags};
     loop {
-        let mut pfd = libc::pollfd {
-            fd: port.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
-        if n > 0 && pfd.revents & libc::POLLHUP == 0 {
+        let mut pfd = [PollFd::new(port.as_fd(), PollFlags::POLLOUT)];
+        let ready = matches!(poll(&mut pfd, 100u16), Ok(n) if n > 0);
+        if ready
+            && pfd[0]
+                .revents()
+                .is_some_and(|r| !r.contains(PollFlags::POLLHUP))
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -7,7 +7,6 @@
 //! that exits at once cannot be reaped before its waiter exists.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -51,7 +50,7 @@ impl SpawnGuard<'_> {
 impl Reaper {
     /// Starts the reaper thread. SIGCHLD must already be blocked in every thread
     /// ([`sys::block_sigchld`] in main before any thread starts).
-    pub fn start(sigset: libc::sigset_t) -> std::io::Result<Reaper> {
+    pub fn start(sigset: nix::sys::signal::SigSet) -> std::io::Result<Reaper> {
         let fd = sys::signalfd(&sigset)?;
         let reaper = Reaper {
             waiters: Arc::new(Mutex::new(HashMap::new())),
@@ -60,7 +59,7 @@ impl Reaper {
         std::thread::Builder::new()
             .name("reaper".into())
             .stack_size(64 * 1024)
-            .spawn(move || r.run(std::fs::File::from(fd)))?;
+            .spawn(move || r.run(fd))?;
         Ok(reaper)
     }
 
@@ -71,12 +70,11 @@ impl Reaper {
         }
     }
 
-    fn run(&self, mut sigfd: std::fs::File) {
-        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    fn run(&self, sigfd: nix::sys::signalfd::SignalFd) {
         loop {
             self.reap_all();
             // Blocks until the next SIGCHLD; signals coalesce, hence reap_all loops.
-            if sigfd.read(&mut info).is_err() {
+            if sigfd.read_signal().is_err() {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
@@ -86,6 +84,8 @@ impl Reaper {
         loop {
             let mut status = 0;
             let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            // Raw: nix's `waitpid` fails on a process killed by a real-time signal (its `Signal`
+            // cannot express one) after reaping it, and its status would be lost.
             // SAFETY: waitpid writes the status into a valid local.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {

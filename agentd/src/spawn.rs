@@ -25,6 +25,8 @@ use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use nix::sched::CloneFlags;
+
 use crate::sys;
 
 /// A mount performed in the child.
@@ -244,7 +246,7 @@ pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<Spawned, Spa
         NsMode::Join { pid, .. } => {
             let own = sys::open_ro(std::path::Path::new("/proc/thread-self/ns/pid"))
                 .map_err(SpawnError::Parent)?;
-            sys::setns(pid.as_raw_fd(), libc::CLONE_NEWPID).map_err(SpawnError::Parent)?;
+            sys::setns(pid, CloneFlags::CLONE_NEWPID).map_err(SpawnError::Parent)?;
             restore_pidns = Some(own);
         }
     }
@@ -269,7 +271,7 @@ pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<Spawned, Spa
     if let Some(own) = restore_pidns {
         // Leaving the container's PID namespace for our future children again. If this failed,
         // agentd's later children would land in the container: treat it as fatal for the VM.
-        if let Err(e) = sys::setns(own.as_raw_fd(), libc::CLONE_NEWPID) {
+        if let Err(e) = sys::setns(own, CloneFlags::CLONE_NEWPID) {
             tracing::error!("cannot return to the VM's PID namespace: {e}");
             sys::power_off();
         }
@@ -670,8 +672,7 @@ mod tests {
     /// name resolves there, it is the controlling terminal, it has the size asked for.
     #[test]
     fn a_terminal_allocated_by_the_child_is_named_and_controlling() {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = nix::unistd::geteuid().is_root();
         if !root || sys::open_ro(std::path::Path::new("/dev/pts/ptmx")).is_err() {
             msb_test_e2e::require(
                 "needs root and /dev/pts/ptmx (setgroups in the child, the devpts)",
@@ -702,10 +703,8 @@ mod tests {
         let mut out = Vec::new();
         // EIO once the last holder of the slave is gone.
         let _ = std::fs::File::from(master).read_to_end(&mut out);
-        let mut status = 0;
-        // SAFETY: waitpid writes into a valid local.
-        let waited = unsafe { libc::waitpid(spawned.pid, &mut status, 0) };
-        assert_eq!(waited, spawned.pid);
+        let pid = nix::unistd::Pid::from_raw(spawned.pid);
+        let waited = nix::sys::wait::waitpid(pid, None);
         let out = String::from_utf8_lossy(&out).into_owned();
         let n = out
             .strip_prefix("/dev/pts/")
@@ -715,6 +714,10 @@ mod tests {
             !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
             "{out:?}"
         );
-        assert_eq!(crate::reaper::exit_code(status), 0, "{out:?}");
+        assert_eq!(
+            waited,
+            Ok(nix::sys::wait::WaitStatus::Exited(pid, 0)),
+            "{out:?}"
+        );
     }
 }

@@ -125,6 +125,25 @@ struct LoopInfo64 {
     init: [u64; 2],
 }
 
+impl LoopInfo64 {
+    /// All fields zero.
+    const ZERO: LoopInfo64 = LoopInfo64 {
+        device: 0,
+        inode: 0,
+        rdevice: 0,
+        offset: 0,
+        sizelimit: 0,
+        number: 0,
+        encrypt_type: 0,
+        encrypt_key_size: 0,
+        flags: 0,
+        file_name: [0; 64],
+        crypt_name: [0; 64],
+        encrypt_key: [0; 32],
+        init: [0; 2],
+    };
+}
+
 /// `struct loop_config` of `<linux/loop.h>`.
 #[repr(C)]
 struct LoopConfig {
@@ -134,8 +153,23 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
-const LOOP_CONFIGURE: libc::Ioctl = 0x4C0A;
-const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
+/// The loop ioctls (`<linux/loop.h>`): nix has no safe wrapper for them, these give each one
+/// its argument type.
+mod ioctl {
+    use super::LoopConfig;
+    nix::ioctl_none_bad!(
+        /// LOOP_CTL_GET_FREE: the number of a free loop device.
+        loop_ctl_get_free,
+        0x4C82
+    );
+    nix::ioctl_write_ptr_bad!(
+        /// LOOP_CONFIGURE: binds a file to the loop device, with its settings.
+        loop_configure,
+        0x4C0A,
+        LoopConfig
+    );
+}
+
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
@@ -163,7 +197,8 @@ pub fn loop_attach(image: &Path) -> Result<LoopDevice, ContainerError> {
     // Another attach may take the device between GET_FREE and CONFIGURE: try again.
     for _ in 0..8 {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
-        let n = sys::check(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) } as i32)
+        let n = unsafe { ioctl::loop_ctl_get_free(control.as_raw_fd()) }
+            .map_err(io::Error::from)
             .map_err(io_err("find a free loop device".into()))?;
         let dev = PathBuf::from(format!("/dev/loop{n}"));
         let loopdev = fs::OpenOptions::new()
@@ -171,18 +206,20 @@ pub fn loop_attach(image: &Path) -> Result<LoopDevice, ContainerError> {
             .write(true)
             .open(&dev)
             .map_err(io_err(format!("open {}", dev.display())))?;
-        let mut config = LoopConfig {
+        let config = LoopConfig {
             // An open descriptor is not negative (u32::MAX would make the ioctl fail, EBADF).
             fd: u32::try_from(file.as_raw_fd()).unwrap_or(u32::MAX),
             block_size: 0,
-            // SAFETY: all-zero is a valid loop_info64 (plain integers and byte arrays).
-            info: unsafe { std::mem::zeroed() },
+            info: LoopInfo64 {
+                flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+                ..LoopInfo64::ZERO
+            },
             reserved: [0; 8],
         };
-        config.info.flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
         // SAFETY: LOOP_CONFIGURE reads a `struct loop_config` that lives across the call.
-        let ret = unsafe { libc::ioctl(loopdev.as_raw_fd(), LOOP_CONFIGURE, &config) };
-        match sys::check(ret) {
+        match unsafe { ioctl::loop_configure(loopdev.as_raw_fd(), &config) }
+            .map_err(io::Error::from)
+        {
             Ok(_) => {
                 return Ok(LoopDevice {
                     path: dev,

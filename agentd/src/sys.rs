@@ -1,10 +1,23 @@
-//! Thin wrappers over the raw system calls agentd needs. Every `unsafe` block of the crate that
-//! is not in a forked child lives here.
+//! Thin wrappers over the system calls agentd needs, through `nix` where it wraps them safely.
+//! Every `unsafe` block of the crate that is not in a forked child lives here, except the few
+//! that belong to one structure elsewhere (`openat2`'s descriptor in `fs.rs`, the loop ioctls in
+//! `storage.rs`, `waitpid` in `reaper.rs`).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use nix::sys::time::TimeSpec;
+use nix::time::ClockId;
 
 /// Turns a `-1` return into the current `errno`.
 pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -40,54 +53,40 @@ pub fn mount(
     flags: libc::c_ulong,
     data: Option<&str>,
 ) -> io::Result<()> {
+    // Converted here (not by nix) so that a NUL byte is refused with the message of `cstr`.
     let src = src.map(cstr).transpose()?;
     let target = cpath(target)?;
     let fstype = fstype.map(cstr).transpose()?;
     let data = data.map(cstr).transpose()?;
-    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-    // SAFETY: every pointer is either null or a valid NUL-terminated string that outlives the call.
-    let ret = unsafe {
-        libc::mount(
-            ptr(&src),
-            target.as_ptr(),
-            ptr(&fstype),
-            flags,
-            ptr(&data).cast(),
-        )
-    };
-    check(ret).map(drop)
+    nix::mount::mount(
+        src.as_deref(),
+        target.as_c_str(),
+        fstype.as_deref(),
+        MsFlags::from_bits_retain(flags),
+        data.as_deref(),
+    )
+    .map_err(io::Error::from)
 }
 
 /// umount2(2).
 pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
-    let target = cpath(target)?;
-    // SAFETY: `target` is a valid C string.
-    check(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+    nix::mount::umount2(cpath(target)?.as_c_str(), MntFlags::from_bits_retain(flags))
+        .map_err(io::Error::from)
 }
 
 /// chroot(2).
 pub fn chroot(path: &Path) -> io::Result<()> {
-    let p = cpath(path)?;
-    // SAFETY: `p` is a valid C string.
-    check(unsafe { libc::chroot(p.as_ptr()) }).map(drop)
+    nix::unistd::chroot(cpath(path)?.as_c_str()).map_err(io::Error::from)
 }
 
 /// finit_module(2) with no parameters.
-pub fn finit_module(fd: RawFd) -> io::Result<()> {
-    let params = c"";
-    // SAFETY: `fd` is an open module file; `params` is a valid empty C string.
-    let ret = unsafe { libc::syscall(libc::SYS_finit_module, fd, params.as_ptr(), 0) };
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+pub fn finit_module(fd: impl AsFd) -> io::Result<()> {
+    nix::kmod::finit_module(fd, c"", nix::kmod::ModuleInitFlags::empty()).map_err(io::Error::from)
 }
 
 /// sethostname(2).
 pub fn sethostname(name: &str) -> io::Result<()> {
-    // SAFETY: the pointer and length describe `name`'s bytes.
-    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+    nix::unistd::sethostname(name).map_err(io::Error::from)
 }
 
 /// `sizeof(int)`, as the `CMSG_*` macros take it (4).
@@ -95,68 +94,67 @@ pub fn sethostname(name: &str) -> io::Result<()> {
 pub const C_INT_LEN: u32 = std::mem::size_of::<libc::c_int>() as u32;
 
 /// setrlimit(2) for a resource number.
-// RLIMIT_* are small non-negative numbers, typed c_uint by glibc and c_int by musl.
-#[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap)]
-pub fn setrlimit(resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: `lim` is a valid rlimit.
-    check(unsafe { libc::setrlimit(resource as _, &lim) }).map(drop)
+pub fn setrlimit(r: msb_protocol::boot::RlimitResource, soft: u64, hard: u64) -> io::Result<()> {
+    nix::sys::resource::setrlimit(rlimit_resource(r), soft, hard).map_err(io::Error::from)
 }
 
-/// The `RLIMIT_*` number of a resource.
-// RLIMIT_* are small non-negative numbers, typed c_uint by glibc and c_int by musl.
+/// The `nix` resource of a protocol resource.
+fn rlimit_resource(r: msb_protocol::boot::RlimitResource) -> nix::sys::resource::Resource {
+    use msb_protocol::boot::RlimitResource;
+    use nix::sys::resource::Resource;
+    match r {
+        RlimitResource::Cpu => Resource::RLIMIT_CPU,
+        RlimitResource::Fsize => Resource::RLIMIT_FSIZE,
+        RlimitResource::Data => Resource::RLIMIT_DATA,
+        RlimitResource::Stack => Resource::RLIMIT_STACK,
+        RlimitResource::Core => Resource::RLIMIT_CORE,
+        RlimitResource::Rss => Resource::RLIMIT_RSS,
+        RlimitResource::Nproc => Resource::RLIMIT_NPROC,
+        RlimitResource::Nofile => Resource::RLIMIT_NOFILE,
+        RlimitResource::Memlock => Resource::RLIMIT_MEMLOCK,
+        RlimitResource::As => Resource::RLIMIT_AS,
+        RlimitResource::Locks => Resource::RLIMIT_LOCKS,
+        RlimitResource::Sigpending => Resource::RLIMIT_SIGPENDING,
+        RlimitResource::Msgqueue => Resource::RLIMIT_MSGQUEUE,
+        RlimitResource::Nice => Resource::RLIMIT_NICE,
+        RlimitResource::Rtprio => Resource::RLIMIT_RTPRIO,
+        RlimitResource::Rttime => Resource::RLIMIT_RTTIME,
+    }
+}
+
+/// The `RLIMIT_*` number of a resource, for the child's raw `prlimit64`.
+// RLIMIT_* are small non-negative numbers: nix's `Resource` is `repr(u32)` on glibc, `repr(i32)`
+// on musl.
 #[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 pub fn rlimit_number(r: msb_protocol::boot::RlimitResource) -> libc::c_int {
-    use msb_protocol::boot::RlimitResource;
-    (match r {
-        RlimitResource::Cpu => libc::RLIMIT_CPU,
-        RlimitResource::Fsize => libc::RLIMIT_FSIZE,
-        RlimitResource::Data => libc::RLIMIT_DATA,
-        RlimitResource::Stack => libc::RLIMIT_STACK,
-        RlimitResource::Core => libc::RLIMIT_CORE,
-        RlimitResource::Rss => libc::RLIMIT_RSS,
-        RlimitResource::Nproc => libc::RLIMIT_NPROC,
-        RlimitResource::Nofile => libc::RLIMIT_NOFILE,
-        RlimitResource::Memlock => libc::RLIMIT_MEMLOCK,
-        RlimitResource::As => libc::RLIMIT_AS,
-        RlimitResource::Locks => libc::RLIMIT_LOCKS,
-        RlimitResource::Sigpending => libc::RLIMIT_SIGPENDING,
-        RlimitResource::Msgqueue => libc::RLIMIT_MSGQUEUE,
-        RlimitResource::Nice => libc::RLIMIT_NICE,
-        RlimitResource::Rtprio => libc::RLIMIT_RTPRIO,
-        RlimitResource::Rttime => libc::RLIMIT_RTTIME,
-    }) as libc::c_int
+    rlimit_resource(r) as libc::c_int
 }
 
 /// CLOCK_BOOTTIME in nanoseconds.
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let Ok(ts) = nix::time::clock_gettime(ClockId::CLOCK_BOOTTIME) else {
+        return 0;
     };
-    // SAFETY: `ts` is a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     // CLOCK_BOOTTIME is never negative.
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    let secs = u64::try_from(ts.tv_sec()).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec()).unwrap_or(0);
     secs * 1_000_000_000 + nanos
 }
 
 /// Sets CLOCK_REALTIME.
 pub fn set_realtime(unix_nanos: u64) -> io::Result<()> {
     let invalid = |_| io::Error::from_raw_os_error(libc::EINVAL);
-    let ts = libc::timespec {
-        tv_sec: libc::time_t::try_from(unix_nanos / 1_000_000_000).map_err(invalid)?,
-        tv_nsec: libc::c_long::try_from(unix_nanos % 1_000_000_000).map_err(invalid)?,
-    };
-    // SAFETY: `ts` is a valid timespec.
-    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(drop)
+    let ts = TimeSpec::new(
+        libc::time_t::try_from(unix_nanos / 1_000_000_000).map_err(invalid)?,
+        libc::c_long::try_from(unix_nanos % 1_000_000_000).map_err(invalid)?,
+    );
+    nix::time::clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(io::Error::from)
 }
 
 /// kill(2); `ESRCH` (already gone) is not an error.
+///
+/// A raw call: `sig` is any number the host sends, real-time signals included (`SIGRTMIN+3`
+/// stops systemd), which nix's `Signal` cannot express.
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.
     match check(unsafe { libc::kill(pid, sig) }) {
@@ -167,11 +165,36 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
 
 /// A pipe whose ends are close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// The terminal ioctls agentd makes: nix has no safe wrapper for them, these give each one its
+/// argument type.
+mod ioctl {
+    nix::ioctl_write_ptr_bad!(
+        /// TIOCSPTLCK: (un)locks a pseudo-terminal's slave.
+        tiocsptlck,
+        libc::TIOCSPTLCK,
+        libc::c_int
+    );
+    nix::ioctl_write_int_bad!(
+        /// TIOCGPTPEER: opens the slave of a master with the given open flags.
+        tiocgptpeer,
+        libc::TIOCGPTPEER
+    );
+    nix::ioctl_write_ptr_bad!(
+        /// TIOCSWINSZ: sets a terminal's size.
+        tiocswinsz,
+        libc::TIOCSWINSZ,
+        libc::winsize
+    );
+    #[cfg(test)]
+    nix::ioctl_read_bad!(
+        /// TIOCGWINSZ: a terminal's size.
+        tiocgwinsz,
+        libc::TIOCGWINSZ,
+        libc::winsize
+    );
 }
 
 /// A pseudo-terminal pair (master, slave) of the VM's devpts, both close-on-exec, with the given
@@ -182,16 +205,19 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// ends inheritable, and a session spawned by another thread before they were marked would keep
 /// this terminal's slave open, so its reader would not see the end of the output.
 pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
-    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: the path is a NUL-terminated literal.
-    let master = check(unsafe { libc::open(c"/dev/ptmx".as_ptr(), flags) })?;
-    // SAFETY: open succeeded; the descriptor is ours.
-    let master = unsafe { OwnedFd::from_raw_fd(master) };
-    let unlock: libc::c_int = 0;
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    // `flags`: std opens read-write and always adds O_CLOEXEC.
+    let master = OwnedFd::from(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open("/dev/ptmx")?,
+    );
     // SAFETY: TIOCSPTLCK reads one int from a valid pointer.
-    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    unsafe { ioctl::tiocsptlck(master.as_raw_fd(), &0) }?;
     // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor.
-    let slave = check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) })?;
+    let slave = unsafe { ioctl::tiocgptpeer(master.as_raw_fd(), flags.bits()) }?;
     // SAFETY: the ioctl succeeded; the descriptor is ours.
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     set_winsize(master.as_raw_fd(), rows, cols)?;
@@ -200,65 +226,52 @@ pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// A connected pair of `AF_UNIX` sequenced-packet sockets, both close-on-exec.
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    let kind = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC;
-    // SAFETY: `fds` has room for the two descriptors.
-    check(unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) })?;
-    // SAFETY: socketpair succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Receives one descriptor passed with `SCM_RIGHTS` on `sock`, close-on-exec from the start.
 /// `None` when the peer closed its end without sending one.
 pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
-    const SPACE: usize = {
-        // SAFETY: CMSG_SPACE is arithmetic on its argument.
-        unsafe { libc::CMSG_SPACE(C_INT_LEN) as usize }
-    };
-    #[repr(C, align(8))]
-    struct Control([u8; SPACE]);
-    let mut control = Control([0; SPACE]);
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: byte.len(),
-    };
-    // SAFETY: msghdr is plain data; all zeroes is a valid (empty) value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.0.as_mut_ptr().cast();
-    msg.msg_controllen = SPACE as _;
-    let n = loop {
-        // SAFETY: `msg` points to a valid iovec and control buffer, both alive across the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        match n {
-            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            -1 => return Err(io::Error::last_os_error()),
-            n => break n,
+    let mut control = nix::cmsg_space!(RawFd);
+    let (bytes, fds, truncated) = loop {
+        let mut iov = [io::IoSliceMut::new(&mut byte)];
+        let msg = match nix::sys::socket::recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(msg) => msg,
+        };
+        let mut fds = Vec::new();
+        // nix does not walk truncated control messages (MSG_CTRUNC): nothing is taken then, and
+        // the error below says why.
+        for c in msg.cmsgs().into_iter().flatten() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel installed these descriptors for us; nobody else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
         }
+        break (msg.bytes, fds, msg.flags.contains(MsgFlags::MSG_CTRUNC));
     };
-    if n == 0 {
+    if bytes == 0 {
         return Ok(None);
     }
-    let mut fd = None;
-    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
-    // control messages; the CMSG_* walk stays inside that buffer.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                // The kernel installed this descriptor for us; nobody else owns it.
-                let owned = OwnedFd::from_raw_fd(raw);
-                if fd.is_none() {
-                    fd = Some(owned);
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 && fd.is_none() {
+    // More than one (never sent) are closed here.
+    let fd = fds.into_iter().next();
+    if truncated && fd.is_none() {
         return Err(io::Error::other(
             "the descriptor did not fit the control buffer",
         ));
@@ -275,94 +288,77 @@ pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads a winsize from the valid pointer.
-    check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map(drop)
+    unsafe { ioctl::tiocswinsz(fd, &ws) }?;
+    Ok(())
+}
+
+/// Opens a file as `how` says, close-on-exec (std always adds `O_CLOEXEC`).
+fn open(path: &Path, how: &std::fs::OpenOptions) -> io::Result<OwnedFd> {
+    // A path with a NUL byte is refused with the message of `cpath`.
+    cpath(path)?;
+    Ok(OwnedFd::from(how.open(path)?))
 }
 
 /// Opens a file read-only and close-on-exec.
 pub fn open_ro(path: &Path) -> io::Result<OwnedFd> {
-    let p = cpath(path)?;
-    // SAFETY: `p` is a valid C string.
-    let fd = check(unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
-    // SAFETY: open succeeded; the descriptor is ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    open(path, std::fs::OpenOptions::new().read(true))
 }
 
 /// Opens a file write-only and close-on-exec.
 pub fn open_wo(path: &Path) -> io::Result<OwnedFd> {
-    let p = cpath(path)?;
-    // SAFETY: `p` is a valid C string.
-    let fd = check(unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) })?;
-    // SAFETY: open succeeded; the descriptor is ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    open(path, std::fs::OpenOptions::new().write(true))
 }
 
 /// setns(2) on this thread.
-pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
-    // SAFETY: setns has no memory-safety preconditions.
-    check(unsafe { libc::setns(fd, nstype) }).map(drop)
+pub fn setns(fd: impl AsFd, nstype: CloneFlags) -> io::Result<()> {
+    nix::sched::setns(fd, nstype).map_err(io::Error::from)
 }
 
 /// uname's release field.
 pub fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid utsname to fill.
-    unsafe { libc::uname(&mut u) };
-    // SAFETY: uname NUL-terminates the field.
-    unsafe { CStr::from_ptr(u.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Blocks SIGCHLD in the calling thread (and so in every thread it spawns afterwards), so that
 /// only the reaper's signalfd sees it. Forked children unblock it before exec.
-pub fn block_sigchld() -> io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to a local sigset.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-    }
-    // SAFETY: valid sigset pointer; old set not requested.
-    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if ret != 0 {
-        return Err(io::Error::from_raw_os_error(ret));
-    }
+///
+/// `sigprocmask`: called before any other thread exists, where it is `pthread_sigmask`, and
+/// nix's `pthread_sigmask` misses failures (it expects `-1`, the call returns the error number).
+pub fn block_sigchld() -> io::Result<SigSet> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
     Ok(set)
 }
 
-/// A signalfd for the signals in `set`.
-pub fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
-    // SAFETY: `set` is a valid sigset.
-    let fd = check(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC) })?;
-    // SAFETY: signalfd succeeded; the descriptor is ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// A close-on-exec signalfd for the signals in `set`.
+pub fn signalfd(set: &SigSet) -> io::Result<SignalFd> {
+    SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC).map_err(io::Error::from)
 }
 
 /// sync(2).
 pub fn sync() {
-    // SAFETY: no preconditions.
-    unsafe { libc::sync() }
+    nix::unistd::sync()
 }
 
 /// Powers the VM off. Never returns: if the call fails, there is nothing better to do than to
 /// stop the CPU in a loop.
 pub fn power_off() -> ! {
     sync();
-    // SAFETY: reboot has no memory-safety preconditions.
-    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     loop {
-        // SAFETY: pause has no preconditions.
-        unsafe { libc::pause() };
+        nix::unistd::pause();
     }
 }
 
 /// Whether `fd` is close-on-exec (tests of the modules that promise it).
 #[cfg(test)]
 pub(crate) fn cloexec(fd: &OwnedFd) -> bool {
-    // SAFETY: F_GETFD on an open descriptor.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD)
+        .is_ok_and(|f| FdFlag::from_bits_retain(f).contains(FdFlag::FD_CLOEXEC))
 }
 
 #[cfg(test)]
@@ -374,15 +370,27 @@ mod tests {
     fn openpty_gives_a_sized_close_on_exec_pair() {
         let (master, slave) = openpty(24, 100).unwrap();
         assert!(cloexec(&master) && cloexec(&slave));
-        // SAFETY: winsize is plain integers; all zeroes is a valid value.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCGWINSZ writes one winsize to a valid pointer.
-        check(unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) }).unwrap();
+        unsafe { ioctl::tiocgwinsz(slave.as_raw_fd(), &mut ws) }.unwrap();
         assert_eq!((ws.ws_row, ws.ws_col), (24, 100));
         let mut s = std::fs::File::from(slave);
         s.write_all(b"hi\n").unwrap();
         let mut buf = [0u8; 16];
         let n = std::fs::File::from(master).read(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"hi\r\n");
+    }
+
+    #[test]
+    fn a_nul_byte_keeps_its_message() {
+        let e = open_ro(Path::new("/a\0b")).unwrap_err();
+        assert_eq!(e.to_string(), "path contains a NUL byte");
+        let e = mount(None, Path::new("/x"), Some("a\0b"), 0, None).unwrap_err();
+        assert_eq!(e.to_string(), "\"a\\0b\" contains a NUL byte");
     }
 }

@@ -3,7 +3,7 @@
 //! virtio-console port. Accepting before entering the VM costs nothing: the runtime connects as
 //! soon as the socket exists, and bytes it sends early wait in the socket until the guest reads.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -55,24 +55,14 @@ pub fn accept(
     path: &Path,
     timeout: Duration,
 ) -> Result<UnixStream, AgentError> {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = PollTimeout::try_from(timeout.as_millis()).unwrap_or(PollTimeout::MAX);
     loop {
-        // SAFETY: poll reads and writes one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        match n {
-            -1 => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(AgentError::Accept(e));
-            }
-            0 => {
+        let mut pfd = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut pfd, ms) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(AgentError::Accept(e.into())),
+            Ok(0) => {
                 return Err(AgentError::Timeout {
                     path: path.to_path_buf(),
                     timeout,

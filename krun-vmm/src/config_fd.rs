@@ -41,8 +41,7 @@ pub enum ConfigFdError {
 
 /// Reads the LaunchConfig from `fd` to its end, then closes `fd` (nothing later inherits it).
 pub fn read(fd: RawFd) -> Result<LaunchConfig, ConfigFdError> {
-    // SAFETY: F_GETFD only queries the descriptor table; no memory is touched.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+    if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
         return Err(ConfigFdError::NotOpen(fd));
     }
     // SAFETY: the descriptor is open (checked above) and nothing else in this process uses it:
@@ -65,19 +64,11 @@ mod tests {
 
     /// A pipe holding `data` whose read end is `fd` (a high number nothing else allocates).
     fn pipe_at(fd: RawFd, data: &[u8]) {
-        let mut p = [0; 2];
-        // SAFETY: pipe writes two descriptors into a valid array; write/dup2/close act on the
-        // descriptors just created; the results are checked.
-        unsafe {
-            assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
-            assert_eq!(
-                libc::write(p[1], data.as_ptr().cast(), data.len()),
-                isize::try_from(data.len()).unwrap()
-            );
-            libc::close(p[1]);
-            assert_eq!(libc::dup2(p[0], fd), fd);
-            libc::close(p[0]);
-        }
+        use std::os::fd::AsRawFd;
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert_eq!(nix::unistd::write(&w, data), Ok(data.len()));
+        drop(w);
+        assert_eq!(nix::unistd::dup2(r.as_raw_fd(), fd), Ok(fd));
     }
 
     #[test]
@@ -86,23 +77,19 @@ mod tests {
         // A partial config is a parse error that names the descriptor.
         let e = read(901).unwrap_err();
         assert!(matches!(e, ConfigFdError::Parse { fd: 901, .. }), "{e}");
-        // SAFETY: F_GETFD only queries the descriptor table.
-        let flags = unsafe { libc::fcntl(901, libc::F_GETFD) };
-        assert_eq!(flags, -1, "closed after reading");
+        let flags = nix::fcntl::fcntl(901, nix::fcntl::FcntlArg::F_GETFD);
+        assert_eq!(flags, Err(nix::errno::Errno::EBADF), "closed after reading");
     }
 
     #[test]
     fn refuses_a_huge_config() {
-        use std::io::Write;
+        use std::io::{Seek, Write};
         use std::os::fd::AsRawFd;
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&vec![b' '; usize::try_from(MAX_CONFIG_BYTES).unwrap() + 1])
             .unwrap();
-        // SAFETY: lseek and dup2 on a descriptor we own; the results are checked.
-        unsafe {
-            assert_eq!(libc::lseek(f.as_raw_fd(), 0, libc::SEEK_SET), 0);
-            assert_eq!(libc::dup2(f.as_raw_fd(), 902), 902);
-        }
+        f.rewind().unwrap();
+        assert_eq!(nix::unistd::dup2(f.as_raw_fd(), 902), Ok(902));
         assert!(matches!(read(902), Err(ConfigFdError::TooLarge(902))));
     }
 

@@ -61,10 +61,11 @@ async fn a_bad_config_or_none_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("parse the LaunchConfig from fd 3"));
     // Without fd 3 (closed explicitly: the test harness may hold a jobserver descriptor there).
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_msb-krun-vmm"));
-    // SAFETY: close is async-signal-safe; it runs in the child between fork and exec.
+    // SAFETY: close (nix's wrapper is the bare call) is async-signal-safe; it runs in the child
+    // between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            libc::close(3);
+            let _ = nix::unistd::close(3);
             Ok(())
         });
     }

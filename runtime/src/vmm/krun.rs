@@ -18,10 +18,12 @@
 
 use std::ffi::OsString;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, SealFlag};
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use serde::{Deserialize, Serialize};
 
 use super::{Backend, BackendKind, VmSpec, VmmError, VmmProcess};
@@ -260,18 +262,17 @@ pub fn spawn_with_config(
 ) -> std::io::Result<tokio::process::Child> {
     let memfd = sealed_memfd(config)?;
     let raw = memfd.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only calls dup2/fcntl, which
-    // are async-signal-safe; `raw` stays open in the parent until spawn returns (memfd lives
-    // until the end of this function).
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2/fcntl
+    // (nix's wrappers are the bare calls, nothing allocated, errors as errno), which are
+    // async-signal-safe; `raw` stays open in the parent until spawn returns (memfd lives until
+    // the end of this function).
     unsafe {
         cmd.pre_exec(move || {
             if raw == CONFIG_FD {
                 // dup2 onto itself keeps close-on-exec: clear it instead.
-                if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(raw, CONFIG_FD) == -1 {
-                return Err(std::io::Error::last_os_error());
+                fcntl(raw, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            } else {
+                nix::unistd::dup2(raw, CONFIG_FD)?;
             }
             Ok(())
         });
@@ -283,26 +284,15 @@ pub fn spawn_with_config(
 
 /// A close-on-exec memfd holding `data`, sealed against any change, read position at 0.
 fn sealed_memfd(data: &[u8]) -> std::io::Result<OwnedFd> {
-    // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new descriptor or
-    // -1, checked below.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"msb-launch-config".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if fd == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and is owned by nobody else.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
+    let mut file = std::fs::File::from(memfd_create(c"msb-launch-config", flags)?);
     file.write_all(data)?;
     file.seek(SeekFrom::Start(0))?;
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fcntl on a descriptor we own; the result is checked.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(file.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
     Ok(OwnedFd::from(file))
 }
 

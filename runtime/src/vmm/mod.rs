@@ -14,6 +14,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
 /// Which VMM runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -229,9 +232,8 @@ impl VmmProcess {
         for c in &mut self.companions {
             if matches!(c.try_wait(), Ok(None)) {
                 if let Ok(pgid) = i32::try_from(c.id()) {
-                    // SAFETY: kill has no memory-safety preconditions; the negative pid is the
-                    // process group of our own, not yet reaped, child (a pid is positive).
-                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    // The process group of our own, not yet reaped, child.
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
                 }
                 let _ = c.wait();
             }
@@ -309,9 +311,8 @@ impl VmmProcess {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return;
         }
-        // SAFETY: kill has no memory-safety preconditions; a negative pid names our own child's
-        // process group.
-        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        // Our own child's process group.
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
         let _ = self.child.start_kill();
     }
 }
@@ -322,10 +323,7 @@ impl Drop for VmmProcess {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.kill();
             // Reap synchronously: a dropped sandbox must not leave a zombie or a running VMM.
-            let pid = self.pgid;
-            let mut status = 0;
-            // SAFETY: waitpid on our own child writes into a valid local.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pgid), None);
         }
     }
 }

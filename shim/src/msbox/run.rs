@@ -97,7 +97,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         command.push("/bin/sh".into());
     }
     let (rows, cols) = if args.tty {
-        term::size(0).or_else(|| term::size(1)).unwrap_or((24, 80))
+        term::size(std::io::stdin())
+            .or_else(|| term::size(std::io::stdout()))
+            .unwrap_or((24, 80))
     } else {
         (0, 0)
     };
@@ -124,7 +126,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         })
         .await?;
     let _raw = if args.tty && args.interactive {
-        term::RawMode::enable(0)
+        term::RawMode::enable(std::io::stdin())
     } else {
         None
     };
@@ -176,7 +178,7 @@ async fn pump(exec: &mut msb_runtime::ExecSession, interactive: bool, tty: bool)
                 }
             },
             _ = winch.recv(), if tty => {
-                if let Some((rows, cols)) = term::size(0).or_else(|| term::size(1)) {
+                if let Some((rows, cols)) = term::size(std::io::stdin()).or_else(|| term::size(std::io::stdout())) {
                     exec.resize(rows, cols).await?;
                 }
             }

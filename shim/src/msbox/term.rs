@@ -1,49 +1,55 @@
 //! The host terminal in raw mode for `msbox run -t`, restored on drop.
 
-use std::os::fd::RawFd;
+use std::io::{IsTerminal, Stdin};
+use std::os::fd::{AsFd, AsRawFd};
 
-/// Raw mode on a terminal until dropped.
+use nix::sys::termios::{self, SetArg, Termios};
+
+/// Raw mode on stdin's terminal until dropped.
 #[derive(Debug)]
 pub struct RawMode {
-    fd: RawFd,
-    saved: libc::termios,
+    stdin: Stdin,
+    saved: Termios,
 }
 
 impl RawMode {
-    /// Puts `fd` in raw mode if it is a terminal.
-    pub fn enable(fd: RawFd) -> Option<RawMode> {
-        // SAFETY: isatty inspects the descriptor only.
-        if unsafe { libc::isatty(fd) } != 1 {
+    /// Puts stdin in raw mode if it is a terminal.
+    pub fn enable(stdin: Stdin) -> Option<RawMode> {
+        if !stdin.is_terminal() {
             return None;
         }
-        // SAFETY: termios is plain data filled by tcgetattr.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointer to a local termios.
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            return None;
-        }
-        let mut raw = saved;
-        // SAFETY: cfmakeraw edits the local copy.
-        unsafe { libc::cfmakeraw(&mut raw) };
-        // SAFETY: valid pointer to a local termios.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) };
-        Some(RawMode { fd, saved })
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        let _ = termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        Some(RawMode { stdin, saved })
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: restores the settings read in `enable`.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+        // Restores the settings read in `enable`.
+        let _ = termios::tcsetattr(&self.stdin, SetArg::TCSANOW, &self.saved);
     }
 }
 
+nix::ioctl_read_bad!(
+    /// TIOCGWINSZ: a terminal's size (nix has no safe wrapper for it).
+    tiocgwinsz,
+    libc::TIOCGWINSZ,
+    libc::winsize
+);
+
 /// The size of the terminal on `fd`, if it is one.
-pub fn size(fd: RawFd) -> Option<(u16, u16)> {
-    // SAFETY: winsize is plain data.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ fills the valid local.
-    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } != 0 || ws.ws_row == 0 {
+pub fn size(fd: impl AsFd) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize to the valid pointer.
+    if unsafe { tiocgwinsz(fd.as_fd().as_raw_fd(), &mut ws) }.is_err() || ws.ws_row == 0 {
         return None;
     }
     Some((ws.ws_row, ws.ws_col))
