@@ -127,25 +127,23 @@ fn read_now(fifo: &pipe::Receiver, buf: &mut [u8]) -> usize {
 
 /// Copies the process's output into the FIFOs until the output ends. Output for an absent FIFO
 /// is dropped; a FIFO whose reader broke is dropped and the copy goes on for the other.
-pub fn spawn_output(
+pub async fn copy_output(
     mut output: mpsc::Receiver<Output>,
     mut stdout: Option<pipe::Sender>,
     mut stderr: Option<pipe::Sender>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(chunk) = output.recv().await {
-            let (slot, data, name) = match chunk {
-                Output::Stdout(d) => (&mut stdout, d, "stdout"),
-                Output::Stderr(d) => (&mut stderr, d, "stderr"),
-            };
-            if let Some(fifo) = slot {
-                if let Err(e) = fifo.write_all(&data).await {
-                    tracing::debug!(stream = name, error = %e, "write FIFO; dropping it");
-                    *slot = None;
-                }
+) {
+    while let Some(chunk) = output.recv().await {
+        let (slot, data, name) = match chunk {
+            Output::Stdout(d) => (&mut stdout, d, "stdout"),
+            Output::Stderr(d) => (&mut stderr, d, "stderr"),
+        };
+        if let Some(fifo) = slot {
+            if let Err(e) = fifo.write_all(&data).await {
+                tracing::debug!(stream = name, error = %e, "write FIFO; dropping it");
+                *slot = None;
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -167,7 +165,7 @@ mod tests {
         let out_w = open_output("stdout", out_p.to_str().unwrap()).unwrap();
         let err_w = open_output("stderr", err_p.to_str().unwrap()).unwrap();
         let (tx, rx) = mpsc::channel(4);
-        let task = spawn_output(rx, out_w, err_w);
+        let task = tokio::spawn(copy_output(rx, out_w, err_w));
         tx.send(Output::Stdout(b"hello ".to_vec())).await.unwrap();
         tx.send(Output::Stderr(b"oops".to_vec())).await.unwrap();
         tx.send(Output::Stdout(b"world".to_vec())).await.unwrap();

@@ -262,8 +262,9 @@ impl TaskService {
         self.inner.events.publish(ev).await;
     }
 
-    /// Wires a started process: its output copy into the opened FIFOs, and a watcher that hands
-    /// its exit to the pod's watcher once the output is drained.
+    /// Wires a started process: one task copies its output into the opened FIFOs and, once the
+    /// process exited and its output drained (or [`stdio::OUTPUT_DRAIN_TIMEOUT`] passed: a FIFO
+    /// nobody reads must not hold the exit back), hands the exit to the pod's watcher.
     pub(crate) fn watch_process(
         &self,
         key: ProcessKey,
@@ -275,15 +276,26 @@ impl TaskService {
             pid, output, exit, ..
         } = session;
         let OutputFifos { stdout, stderr } = fifos;
-        let copier = stdio::spawn_output(output, stdout, stderr);
         tokio::spawn(async move {
-            let status = match exit.await {
+            let copy = stdio::copy_output(output, stdout, stderr);
+            tokio::pin!(copy);
+            tokio::pin!(exit);
+            // The copy runs while the process does; the exit waits for what is left of it.
+            let mut copied = false;
+            let code = loop {
+                tokio::select! {
+                    () = &mut copy, if !copied => copied = true,
+                    code = &mut exit => break code,
+                }
+            };
+            let status = match code {
                 Ok(code) => u32::try_from(code).unwrap_or(EXIT_VM_DIED),
                 Err(_) => EXIT_VM_DIED,
             };
-            if tokio::time::timeout(stdio::OUTPUT_DRAIN_TIMEOUT, copier)
-                .await
-                .is_err()
+            if !copied
+                && tokio::time::timeout(stdio::OUTPUT_DRAIN_TIMEOUT, copy)
+                    .await
+                    .is_err()
             {
                 tracing::warn!(container = %key.container, "output still open after exit; not waiting");
             }
