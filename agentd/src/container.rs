@@ -59,6 +59,25 @@ pub fn disk_by_serial(serial: &str) -> Result<PathBuf, ContainerError> {
     Err(ContainerError::NoDisk(serial.to_owned()))
 }
 
+/// The hostname of a new container's UTS namespace: its own, or else that of the container
+/// whose UTS namespace it is to share (`namespaces.share_uts_with`; `hostname_of` looks that
+/// one's up). A CRI pod's containers name no hostname and share the sandbox container's UTS
+/// namespace, which holds the pod's hostname. agentd gives every container a UTS namespace of
+/// its own, so the sharing is by value, at create: a later `sethostname` in one container is not
+/// seen in the other.
+pub fn uts_hostname(
+    spec: &ContainerCreate,
+    hostname_of: impl FnOnce(&str) -> Option<String>,
+) -> Option<String> {
+    spec.hostname.clone().or_else(|| {
+        spec.namespaces
+            .share_uts_with
+            .as_deref()
+            .filter(|other| *other != spec.id)
+            .and_then(hostname_of)
+    })
+}
+
 /// Destinations agentd always provides itself; spec mounts there are skipped.
 const PROVIDED: &[&str] = &["/proc", "/dev", "/dev/pts", "/dev/shm", "/sys"];
 
@@ -405,5 +424,52 @@ impl Container {
                 tracing::warn!(container = %self.id, "remove upper {}: {e}", upper.display());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, hostname: Option<&str>, share_uts_with: Option<&str>) -> ContainerCreate {
+        ContainerCreate {
+            id: id.into(),
+            rootfs: msb_protocol::types::RootfsSpec {
+                lower: Vec::new(),
+                upper: StorageRef::Serial("upper".into()),
+                fstype: "ext4".into(),
+                readonly: false,
+            },
+            mounts: Vec::new(),
+            hostname: hostname.map(Into::into),
+            namespaces: msb_protocol::types::NamespaceSpec {
+                share_uts_with: share_uts_with.map(Into::into),
+                ..Default::default()
+            },
+            handoff_init: None,
+            resources: Default::default(),
+            sysctls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn uts_hostname_comes_from_the_shared_namespace_when_unset() {
+        let pod = |id: &str| (id == "sandbox").then(|| "pod-host".to_owned());
+        // A pod's container: the sandbox's hostname.
+        assert_eq!(
+            uts_hostname(&spec("app", None, Some("sandbox")), pod).as_deref(),
+            Some("pod-host")
+        );
+        // Its own wins; nothing to share or an unknown container: none.
+        assert_eq!(
+            uts_hostname(&spec("app", Some("own"), Some("sandbox")), pod).as_deref(),
+            Some("own")
+        );
+        assert_eq!(uts_hostname(&spec("app", None, None), pod), None);
+        assert_eq!(uts_hostname(&spec("app", None, Some("gone")), pod), None);
+        assert_eq!(
+            uts_hostname(&spec("sandbox", None, Some("sandbox")), pod),
+            None
+        );
     }
 }
