@@ -78,7 +78,9 @@ TOML
 }
 
 # The pause image of CRI pods (`sandbox_image`): ctrd_import_busybox makes it when asked, the
-# busybox layer with entrypoint `sleep infinity`, so no registry is ever asked for it.
+# busybox layer with entrypoint `tail -f /dev/null`, so no registry is ever asked for it. Not
+# `sleep`: containers share the sandbox's PID namespace by default, and critest looks for a
+# left-over `sleep` of its own there.
 MSB_CTRD_PAUSE="${MSB_CTRD_PAUSE:-docker.io/library/msb-pause:latest}"
 # CRI runtime handlers: `runc` (the reference) and `microsandbox` (our shim).
 MSB_CTRD_RUNTIME_TYPE="${MSB_CTRD_RUNTIME_TYPE:-io.containerd.microsandbox.v1}"
@@ -141,6 +143,12 @@ _ctrd_cni_config() {
 JSON
 }
 
+# Whether a containerd answers on $MSB_CTRD_SOCK. Only asked once the socket exists: ctr 1.6 and
+# 1.7 keep retrying a missing socket for 10 s before they fail.
+_ctrd_answers() {
+  [ -S "$MSB_CTRD_SOCK" ] && "$MSB_CTR" --address "$MSB_CTRD_SOCK" version >/dev/null 2>&1
+}
+
 # Writes the config and starts containerd unless one answers on our socket already.
 # $1: directory whose bin/ is put on containerd's PATH (where the shim binary is linked).
 # $2 = "cri": with the CRI settings of ctrd_config and the CNI network they name.
@@ -152,14 +160,14 @@ ctrd_start() {
   if [ "$cri" = cri ]; then
     _ctrd_cni_config "$MSB_CTRD_DIR/cni" || return 1
   fi
-  if "$MSB_CTR" --address "$MSB_CTRD_SOCK" version >/dev/null 2>&1; then
+  if _ctrd_answers; then
     return 0
   fi
   "$MSB_CONTAINERD" --config "$MSB_CTRD_DIR/config.toml" >"$MSB_CTRD_DIR/containerd.log" 2>&1 &
   echo $! >"$MSB_CTRD_DIR/containerd.pid"
 
   for _ in $(seq 1 100); do
-    "$MSB_CTR" --address "$MSB_CTRD_SOCK" version >/dev/null 2>&1 && return 0
+    _ctrd_answers && return 0
     sleep 0.1
   done
   echo "containerd did not start; its log: $MSB_CTRD_DIR/containerd.log" >&2
@@ -181,12 +189,19 @@ ctrd_stop() {
   rm -f "$MSB_CTRD_DIR/containerd.pid"
 }
 
+# Whether image $2 is in namespace $1. grep reads the whole list: `grep -q` would stop at the
+# first match and, under `set -o pipefail`, ctr's SIGPIPE would turn a match into a failure.
+_ctrd_has_image() {
+  "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$1" image ls -q | grep -x -- "$2" >/dev/null
+}
+
 # Builds a one-layer busybox image as an oci-archive and imports it as $2 (e.g.
 # docker.io/library/msb-busybox:latest) into namespace $1. No registry or network needed:
-# busybox-static, umoci and skopeo are Debian packages.
+# busybox-static, umoci and skopeo are Debian packages. $3, optional: also import, as that
+# reference, a pause image for CRI pods: the same layer with entrypoint `tail -f /dev/null`.
 ctrd_import_busybox() {
-  local ns=$1 ref=$2 work
-  if "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$ns" image ls -q | grep -qx "$ref"; then
+  local ns=$1 ref=$2 pause=${3:-} work
+  if _ctrd_has_image "$ns" "$ref" && { [ -z "$pause" ] || _ctrd_has_image "$ns" "$pause"; }; then
     return 0
   fi
   work=$(mktemp -d)
@@ -209,9 +224,18 @@ ctrd_import_busybox() {
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin >/dev/null
   skopeo copy --quiet "oci:$work/oci:img" "oci-archive:$work/img.tar:$ref"
   "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$ns" image import "$work/img.tar" >/dev/null
+  if [ -n "$pause" ]; then
+    umoci config --image "$work/oci:img" --tag pause --config.entrypoint /bin/tail \
+      --config.cmd=-f --config.cmd=/dev/null >/dev/null
+    skopeo copy --quiet "oci:$work/oci:pause" "oci-archive:$work/pause.tar:$pause"
+    "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$ns" image import "$work/pause.tar" >/dev/null
+  fi
   rm -rf "$work"
-  "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$ns" image ls -q | grep -qx "$ref" || {
-    echo "image $ref was not imported" >&2
-    return 1
-  }
+  local r
+  for r in "$ref" ${pause:+"$pause"}; do
+    _ctrd_has_image "$ns" "$r" || {
+      echo "image $r was not imported" >&2
+      return 1
+    }
+  done
 }

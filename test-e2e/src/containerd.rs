@@ -24,6 +24,14 @@ pub const SHIM_BINARY: &str = "containerd-shim-microsandbox-v1";
 /// The busybox image every containerd test imports.
 pub const BUSYBOX: &str = "docker.io/library/msb-busybox:latest";
 
+/// The pause image of CRI pods (`sandbox_image`, `$MSB_CTRD_PAUSE` in `hack/lib/containerd.sh`):
+/// the busybox layer with entrypoint `tail -f /dev/null` (not `sleep`: critest looks for a
+/// left-over `sleep` in the PID namespace containers share with the sandbox by default).
+pub const PAUSE: &str = "docker.io/library/msb-pause:latest";
+
+/// The containerd namespace of the CRI plugin.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
 /// Where `hack/lib/ctrd-versions.sh` unpacks newer containerd and Docker packages:
 /// `$MSB_CTRD_CACHE`, by default `/var/cache/microsandbox/ctrd`.
 pub fn cache_dir() -> PathBuf {
@@ -110,7 +118,8 @@ pub struct Containerd {
     version: Version,
 }
 
-fn shell(dir: &Path, version: Version, script: &str) -> Result<Output> {
+/// `bash -c SCRIPT` with `hack/lib/containerd.sh` sourced, for the containerd in `dir`.
+fn shell_command(dir: &Path, version: Version, script: &str) -> Command {
     let lib = workspace_root().join("hack/lib/containerd.sh");
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
@@ -124,7 +133,11 @@ fn shell(dir: &Path, version: Version, script: &str) -> Result<Output> {
         Some(bin) => cmd.env("MSB_CTRD_BIN", bin),
         None => cmd.env_remove("MSB_CTRD_BIN"),
     };
-    let out = cmd
+    cmd
+}
+
+fn shell(dir: &Path, version: Version, script: &str) -> Result<Output> {
+    let out = shell_command(dir, version, script)
         .output()
         .with_context(|| format!("running {script:?}"))?;
     if !out.status.success() {
@@ -183,6 +196,32 @@ impl Containerd {
             &format!("ctrd_start {}", ctrd.dir.join("opt").display()),
         )?;
         Ok(ctrd)
+    }
+
+    /// containerd `version` set up for CRI clients, one per test process, shared by all its
+    /// tests: `ctrd_start OPT cri` (runtime handlers `runc` and `microsandbox`, a loopback-only
+    /// CNI network, see `hack/lib/containerd.sh`) with [`BUSYBOX`] and the pause image
+    /// [`PAUSE`] in namespace [`CRI_NAMESPACE`]. The first call starts it; a failed start is
+    /// every caller's error.
+    ///
+    /// It is never dropped: a keeper shell started it and waits on a pipe from this process,
+    /// so when the process ends, however it ends (a panic, a signal), the keeper stops
+    /// containerd, unmounts what is left under its directory and removes it. Tests share it, so
+    /// each must look only at its own pods.
+    pub fn shared_cri(version: Version) -> std::result::Result<&'static Containerd, String> {
+        static SHARED: std::sync::OnceLock<std::result::Result<SharedCri, String>> =
+            std::sync::OnceLock::new();
+        let shared = SHARED
+            .get_or_init(|| SharedCri::start(version).map_err(|e| format!("{e:#}")))
+            .as_ref()?;
+        if shared.ctrd.version != version {
+            return Err(format!(
+                "this process shares containerd {} already, not {}",
+                shared.ctrd.version.number(),
+                version.number()
+            ));
+        }
+        Ok(&shared.ctrd)
     }
 
     /// Which containerd this is.
@@ -270,6 +309,84 @@ impl Drop for Containerd {
         // deepest first, before removing the directory.
         unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The process-wide CRI containerd of [`Containerd::shared_cri`] and the pipe its keeper waits
+/// on (open for as long as this process lives).
+#[derive(Debug)]
+struct SharedCri {
+    ctrd: Containerd,
+    _keeper: std::process::ChildStdin,
+}
+
+/// The keeper of [`Containerd::shared_cri`]: starts containerd and imports the images, says
+/// `ready`, then waits for EOF on its stdin (this process's end) and cleans up: stops
+/// containerd, unmounts what is left below its directory (deepest first) and removes it. A
+/// failed start cleans up the same way, after showing containerd's log.
+const CRI_KEEPER: &str = r#"
+cleanup() {
+  ctrd_stop
+  awk -v p="$MSB_CTRD_DIR/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r |
+    while read -r m; do umount -l "$m" || true; done
+  rm -rf "$MSB_CTRD_DIR"
+}
+if ! { ctrd_start "$MSB_CTRD_DIR/opt" cri && ctrd_import_busybox "$1" "$2" "$3"; }; then
+  tail -20 "$MSB_CTRD_DIR/containerd.log" >&2 || true
+  cleanup
+  exit 1
+fi
+echo ready
+exec >/dev/null 2>&1
+read -r _ || true
+cleanup
+"#;
+
+impl SharedCri {
+    fn start(version: Version) -> Result<SharedCri> {
+        binary(SHIM_BINARY);
+        if let Err(e) = version.check() {
+            bail!(e);
+        }
+        let dir = PathBuf::from(format!("/run/msbt-{}-cri", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("opt/bin"))?;
+        std::os::unix::fs::symlink(
+            crate::paths::profile_dir().join(SHIM_BINARY),
+            dir.join("opt/bin").join(SHIM_BINARY),
+        )?;
+        let mut child = shell_command(&dir, version, CRI_KEEPER)
+            .arg("keeper")
+            .args([CRI_NAMESPACE, BUSYBOX, PAUSE])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the CRI containerd's keeper")?;
+        let keeper = child.stdin.take().context("keeper stdin")?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().context("keeper stdout")?);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line)?;
+        if line.trim() != "ready" {
+            drop(keeper);
+            let out = child.wait_with_output()?;
+            bail!(
+                "containerd {} with CRI did not start ({}): {line}{}",
+                version.number(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The keeper outlives nothing of ours: it is reaped by init once this process is gone.
+        drop(child);
+        Ok(SharedCri {
+            ctrd: Containerd {
+                sock: dir.join("containerd.sock"),
+                dir,
+                version,
+            },
+            _keeper: keeper,
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 //! The harness lives here; the tests live in `tests/`.
 
 pub mod containerd;
+pub mod cri;
 pub mod ctr;
 pub mod guest;
 pub mod ids;
