@@ -566,7 +566,13 @@ impl CriTest {
     /// for `runc` runc installed; for `microsandbox` the guest assets and a guest slot (held
     /// until the test ends: at most [`crate::guest::SLOTS`] guests at once).
     pub fn setup(handler: Handler) -> Option<CriTest> {
-        fetched_or_skip(CRI_VERSION.check())?;
+        Self::setup_on(handler, CRI_VERSION)
+    }
+
+    /// [`CriTest::setup`] with containerd `version` (one version per test process: the process
+    /// shares one containerd).
+    pub fn setup_on(handler: Handler, version: Version) -> Option<CriTest> {
+        fetched_or_skip(version.check())?;
         let slot = match handler {
             Handler::Runc => {
                 if std::process::Command::new("runc")
@@ -584,8 +590,8 @@ impl CriTest {
                 Some(GuestSlot::acquire())
             }
         };
-        let ctrd = Containerd::shared_cri(CRI_VERSION)
-            .unwrap_or_else(|e| panic!("containerd with CRI: {e}"));
+        let ctrd =
+            Containerd::shared_cri(version).unwrap_or_else(|e| panic!("containerd with CRI: {e}"));
         let cri = Cri::connect(ctrd.socket()).expect("CRI client connects");
         Some(CriTest {
             cri,
