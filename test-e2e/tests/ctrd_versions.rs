@@ -1,6 +1,6 @@
 //! The shim under newer containerd and Docker than Debian 12's containerd 1.6 (which
 //! `ctrd_shim.rs` covers in depth): containerd 1.7 (Debian 13), containerd 2.1 (Debian sid) and
-//! Docker 26 (Debian 13) over containerd 1.7, all unpacked from Debian's packages by
+//! Docker 26 (Debian 13) over each of them (1.6, 1.7, 2.1), all unpacked from Debian's packages by
 //! `hack/lib/ctrd-versions.sh` (`./hack/test` runs it), never installed.
 //!
 //! For each containerd: `ctr run --rm` (exact output and status), a detached container with
@@ -156,19 +156,34 @@ fn docker_id(o: &Output) -> String {
 }
 
 #[test]
+fn docker_26_over_containerd_1_6() {
+    docker_over(Version::System);
+}
+
+#[test]
 fn docker_26_over_containerd_1_7() {
+    docker_over(Version::V1_7);
+}
+
+#[test]
+fn docker_26_over_containerd_2_1() {
+    docker_over(Version::V2_1);
+}
+
+/// Docker 26 with its own dockerd over containerd `version`: run, exec, kill, stop, rm.
+fn docker_over(version: Version) {
     let ns = "docker";
     const IMAGE: &str = "msb-busybox:latest";
     if assets().is_none() {
         return;
     }
-    let Some(()) = fetched_or_skip(Version::V1_7.check()) else {
+    let Some(()) = fetched_or_skip(version.check()) else {
         return;
     };
     let Some(bins) = fetched_or_skip(DockerBinaries::find()) else {
         return;
     };
-    let ctrd = Containerd::start_version(Version::V1_7).expect("containerd starts");
+    let ctrd = Containerd::start_version(version).expect("containerd starts");
     let docker = Docker::start(&ctrd, bins, ns).expect("dockerd starts");
     docker.import_busybox(IMAGE).expect("docker import");
     let logs = || {
