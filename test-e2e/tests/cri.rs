@@ -653,7 +653,9 @@ fn oom_killed(t: &CriTest) {
     let (pod, pod_config) = t.run_default_pod("podsandbox-for-oom");
     let mut config = container_config(
         &unique_name("oom-test"),
-        &["sh", "-c", "dd if=/dev/zero of=/dev/null bs=20M"],
+        // The second's pause: runc on this host's cgroup v1 registers its OOM notifier after
+        // the start, and a process killed before that is reported as "Error" (seen once).
+        &["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=20M"],
     );
     config.linux = Some(msb_test_e2e::cri::api::LinuxContainerConfig {
         resources: Some(msb_test_e2e::cri::api::LinuxContainerResources {
