@@ -15,6 +15,7 @@
 //! PID 1 must never exit (the kernel would panic): a panic on the main thread is caught, logged
 //! and ends in an orderly power-off; a panic on a session thread ends that thread only.
 
+pub mod caps;
 pub mod cgroup;
 pub mod container;
 pub mod exec;

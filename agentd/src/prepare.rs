@@ -243,6 +243,8 @@ pub fn prepare(containers: &Containers, req: &mut ExecRequest) -> Result<Prepare
         rlimits,
         cgroup_procs,
         stdio: child_stdio,
+        caps: req.capabilities.as_ref().map(crate::caps::CapMasks::new),
+        no_new_privs: req.no_new_privileges,
     };
     Ok(Prepared {
         plan,

@@ -143,6 +143,10 @@ pub struct SpawnPlan {
     pub cgroup_procs: Option<OwnedFd>,
     /// Standard streams.
     pub stdio: ChildStdio,
+    /// The capabilities it keeps (OCI `process.capabilities`); `None` keeps agentd's.
+    pub caps: Option<crate::caps::CapMasks>,
+    /// `PR_SET_NO_NEW_PRIVS` before exec.
+    pub no_new_privs: bool,
 }
 
 /// The step at which a child failed.
@@ -442,6 +446,25 @@ unsafe fn child(
                 Step::Rlimit
             );
         }
+        // Capabilities as runc applies them: the bounding set shrinks while we are still root
+        // with every capability, KEEPCAPS carries the permitted set across setuid, then the
+        // three sets and the ambient one are set; no_new_privs last before exec.
+        if let Some(caps) = &plan.caps {
+            for cap in 0..64 {
+                if caps.bounding & (1u64 << cap) == 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    // EINVAL: a number past the kernel's last capability.
+                    fail(err, Step::User);
+                }
+            }
+            try_sys!(
+                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
+                err,
+                Step::User
+            );
+        }
         try_sys!(
             libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()),
             err,
@@ -449,6 +472,42 @@ unsafe fn child(
         );
         try_sys!(libc::syscall(libc::SYS_setgid, plan.gid), err, Step::User);
         try_sys!(libc::syscall(libc::SYS_setuid, plan.uid), err, Step::User);
+        if let Some(caps) = &plan.caps {
+            try_sys!(
+                libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0),
+                err,
+                Step::User
+            );
+            let header = crate::caps::CapHeader {
+                version: crate::caps::CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            try_sys!(
+                libc::syscall(libc::SYS_capset, &header, caps.data.as_ptr()),
+                err,
+                Step::User
+            );
+            // Best effort, as runc: an ambient capability needs it permitted and inheritable.
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            for cap in 0..64 {
+                if caps.ambient & (1u64 << cap) != 0 {
+                    libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0);
+                }
+            }
+        }
+        if plan.no_new_privs {
+            try_sys!(
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+                err,
+                Step::User
+            );
+        }
         try_sys!(libc::chdir(plan.cwd.as_ptr()), err, Step::Cwd);
         libc::execve(plan.path.as_ptr(), argv, envp);
         fail(err, Step::Exec)
@@ -696,6 +755,8 @@ mod tests {
             rlimits: vec![],
             cgroup_procs: None,
             stdio: ChildStdio::Terminal { rows: 5, cols: 7 },
+            caps: None,
+            no_new_privs: false,
         };
         let spawned = spawn(plan, |_| {}).unwrap();
         let master = spawned.terminal.expect("the master came back");
@@ -719,5 +780,56 @@ mod tests {
             Ok(nix::sys::wait::WaitStatus::Exited(pid, 0)),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn capabilities_and_no_new_privs_reach_the_exec() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            msb_test_e2e::require("needs root (the child drops capabilities root holds)");
+            return;
+        }
+        let c = |s: &str| CString::new(s).unwrap();
+        let (r, w) = sys::pipe().unwrap();
+        let null = || sys::open_wo(std::path::Path::new("/dev/null")).unwrap();
+        let sets = msb_protocol::types::CapabilitySets {
+            bounding: vec!["CAP_CHOWN".into(), "CAP_KILL".into()],
+            effective: vec!["CAP_CHOWN".into()],
+            inheritable: vec![],
+            permitted: vec!["CAP_CHOWN".into(), "CAP_KILL".into()],
+            ambient: vec![],
+        };
+        let plan = SpawnPlan {
+            ns: NsMode::Vm,
+            path: c("/bin/sh"),
+            argv: vec![
+                c("sh"),
+                c("-c"),
+                c("grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status"),
+            ],
+            envp: vec![c("PATH=/usr/bin:/bin")],
+            cwd: c("/"),
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+            rlimits: vec![],
+            cgroup_procs: None,
+            stdio: ChildStdio::Fds {
+                stdin: null(),
+                stdout: w,
+                stderr: null(),
+                tty: false,
+            },
+            caps: Some(crate::caps::CapMasks::new(&sets)),
+            no_new_privs: true,
+        };
+        let spawned = spawn(plan, |_| {}).unwrap();
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        let mut status = 0;
+        // SAFETY: waitpid on our own child writes into a valid local.
+        unsafe { libc::waitpid(spawned.pid, &mut status, 0) };
+        // The shell runs as root, so exec gives it the bounding set: CHOWN (bit 0) and KILL (5).
+        assert_eq!(out, "CapBnd:\t0000000000000021\nNoNewPrivs:\t1\n");
     }
 }

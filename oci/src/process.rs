@@ -6,7 +6,7 @@
 //! (never by name: the bundle already resolved it), rlimits keep the OCI spelling
 //! (`RLIMIT_NOFILE`), which agentd accepts.
 
-use msb_protocol::types::{ExecRequest, Rlimit};
+use msb_protocol::types::{CapabilitySets, ExecRequest, Rlimit};
 use oci_spec::runtime::Process;
 
 /// Why a process cannot be mapped.
@@ -84,7 +84,32 @@ pub fn exec_request_from_process(
         rlimits,
         container,
         stdin: true,
+        capabilities: process.capabilities().as_ref().map(capability_sets),
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
     })
+}
+
+/// The OCI capability sets by name, each sorted (a spec's sets are unordered).
+fn capability_sets(c: &oci_spec::runtime::LinuxCapabilities) -> CapabilitySets {
+    let names = |set: &Option<oci_spec::runtime::Capabilities>| {
+        let mut v: Vec<String> = set
+            .iter()
+            .flatten()
+            .filter_map(|cap| match serde_json::to_value(cap) {
+                Ok(serde_json::Value::String(s)) => Some(s),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    CapabilitySets {
+        bounding: names(c.bounding()),
+        effective: names(c.effective()),
+        inheritable: names(c.inheritable()),
+        permitted: names(c.permitted()),
+        ambient: names(c.ambient()),
+    }
 }
 
 fn clamp_u16(v: u64) -> u16 {
@@ -127,6 +152,8 @@ mod tests {
                 }],
                 container: Some("c1".into()),
                 stdin: true,
+                capabilities: None,
+                no_new_privileges: false,
             }
         );
     }

@@ -5,8 +5,31 @@ use std::path::{Path, PathBuf};
 
 use msb_oci::{Bundle, BundleError, HostBindMount};
 use msb_protocol::types::{
-    ContainerMount, ExecRequest, NamespaceSpec, Resources, Rlimit, RootfsSpec, StorageRef,
+    CapabilitySets, ContainerMount, ExecRequest, NamespaceSpec, Resources, Rlimit, RootfsSpec,
+    StorageRef,
 };
+
+/// containerd's default capabilities (its `oci.WithDefaultSpec`), sorted.
+fn default_caps() -> Vec<String> {
+    [
+        "CAP_AUDIT_WRITE",
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_MKNOD",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_RAW",
+        "CAP_SETFCAP",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_SETUID",
+        "CAP_SYS_CHROOT",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -98,6 +121,14 @@ fn ctr_run_without_terminal() {
             }],
             container: Some("demo".into()),
             stdin: true,
+            capabilities: Some(CapabilitySets {
+                bounding: default_caps(),
+                effective: default_caps(),
+                inheritable: Vec::new(),
+                permitted: default_caps(),
+                ambient: Vec::new(),
+            }),
+            no_new_privileges: true,
         }
     );
     let create = b.container_create("demo", None, rootfs()).unwrap();

@@ -229,10 +229,38 @@ pub struct ExecRequest {
     /// **Ours:** whether stdin is connected; when false the process gets `/dev/null`.
     #[serde(default = "default_true")]
     pub stdin: bool,
+    /// **Ours:** the OCI `process.capabilities` the process keeps; `None` keeps agentd's own (a
+    /// process of the VM itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<CapabilitySets>,
+    /// **Ours:** `PR_SET_NO_NEW_PRIVS` before exec (OCI `noNewPrivileges`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// **Ours:** the five capability sets of a process, by name (`CAP_CHOWN`, ...), as in OCI.
+/// Names the guest does not know are ignored (a newer runtime spec), as runc does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilitySets {
+    /// The bounding set.
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    /// The effective set.
+    #[serde(default)]
+    pub effective: Vec<String>,
+    /// The inheritable set.
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    /// The permitted set.
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    /// The ambient set.
+    #[serde(default)]
+    pub ambient: Vec<String>,
 }
 
 impl Default for ExecRequest {
@@ -250,6 +278,8 @@ impl Default for ExecRequest {
             rlimits: Vec::new(),
             container: None,
             stdin: true,
+            capabilities: None,
+            no_new_privileges: false,
         }
     }
 }

@@ -45,9 +45,17 @@ prop_compose! {
         additional_gids in proptest::collection::vec(any::<u32>(), 0..3),
         tty: bool, rows: u16, cols: u16, container in opt_text(), stdin: bool,
         rl in proptest::collection::vec(("[a-z]{2,8}", any::<u64>(), any::<u64>()), 0..3),
+        caps in proptest::option::of(proptest::collection::vec("CAP_[A-Z_]{2,12}", 0..4)),
+        no_new_privileges: bool,
     ) -> ExecRequest {
         let rlimits = rl.into_iter().map(|(resource, soft, hard)| Rlimit { resource, soft, hard }).collect();
-        ExecRequest { cmd, args, env, cwd, user, additional_gids, tty, rows, cols, rlimits, container, stdin }
+        let capabilities = caps.map(|c| CapabilitySets {
+            bounding: c.clone(), effective: c.clone(), inheritable: Vec::new(), permitted: c, ambient: Vec::new(),
+        });
+        ExecRequest {
+            cmd, args, env, cwd, user, additional_gids, tty, rows, cols, rlimits, container, stdin,
+            capabilities, no_new_privileges,
+        }
     }
 }
 

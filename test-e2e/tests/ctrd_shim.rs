@@ -651,3 +651,48 @@ fn long_ids_namespaces_and_state_directories() {
     assert_eq!(stdout(&left), "", "files left in the shim state");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// The container's capabilities and `NoNewPrivs` are what runc gives the same spec: containerd's
+/// defaults (14 capabilities, no new privileges), and a spec that adds one, drops one and allows
+/// new privileges. Applied inside the guest: the container, not the VM, is what the spec confines.
+/// (ctr 1.6 has no flag for a non-root user; the CRI suite's runAsUser cases will cover it.)
+#[test]
+fn capabilities_and_no_new_privs_as_runc_gives_them() {
+    let ns = "caps";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    let cmd = [
+        "grep",
+        "-E",
+        "^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs)",
+        "/proc/self/status",
+    ];
+    let cases: [&[&str]; 2] = [
+        &[],
+        &[
+            "--cap-add",
+            "CAP_SYS_ADMIN",
+            "--cap-drop",
+            "CAP_CHOWN",
+            "--allow-new-privs",
+        ],
+    ];
+    for (i, flags) in cases.iter().enumerate() {
+        let mut args = vec!["run", "--rm"];
+        args.extend(*flags);
+        let runc_id = container_id(&format!("runc{i}"));
+        args.extend([BUSYBOX, &runc_id]);
+        args.extend(cmd);
+        let runc = ctrd.ctr(ns, &args);
+        assert_eq!(runc.status.code(), Some(0), "runc: {}", text(&runc));
+        let mut flags = flags.to_vec();
+        flags.insert(0, "--rm");
+        let ours = run_msb(&ctrd, ns, &flags, &container_id(&format!("msb{i}")), &cmd);
+        assert_eq!(
+            (stdout(&ours), ours.status.code()),
+            (stdout(&runc), Some(0)),
+            "case {i}: {flags:?}\n{}",
+            text(&ours)
+        );
+    }
+}
