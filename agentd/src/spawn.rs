@@ -729,6 +729,26 @@ mod tests {
 
     /// The child allocates the terminal from the devpts at `/dev/pts` (here the host's): its
     /// name resolves there, it is the controlling terminal, it has the size asked for.
+    /// `sh -c SCRIPT` as root in the VM's (here: the host's) namespaces, with `stdio`.
+    fn root_shell(script: &str, stdio: ChildStdio) -> SpawnPlan {
+        let c = |s: &str| CString::new(s).unwrap();
+        SpawnPlan {
+            ns: NsMode::Vm,
+            path: c("/bin/sh"),
+            argv: vec![c("sh"), c("-c"), c(script)],
+            envp: vec![c("PATH=/usr/bin:/bin")],
+            cwd: c("/"),
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+            rlimits: vec![],
+            cgroup_procs: None,
+            stdio,
+            caps: None,
+            no_new_privs: false,
+        }
+    }
+
     #[test]
     fn a_terminal_allocated_by_the_child_is_named_and_controlling() {
         let root = nix::unistd::geteuid().is_root();
@@ -738,26 +758,10 @@ mod tests {
             );
             return;
         }
-        let c = |s: &str| CString::new(s).unwrap();
-        let plan = SpawnPlan {
-            ns: NsMode::Vm,
-            path: c("/bin/sh"),
-            argv: vec![
-                c("sh"),
-                c("-c"),
-                c("tty && echo ctty >/dev/tty && stty size"),
-            ],
-            envp: vec![c("PATH=/usr/bin:/bin")],
-            cwd: c("/"),
-            uid: 0,
-            gid: 0,
-            groups: vec![0],
-            rlimits: vec![],
-            cgroup_procs: None,
-            stdio: ChildStdio::Terminal { rows: 5, cols: 7 },
-            caps: None,
-            no_new_privs: false,
-        };
+        let plan = root_shell(
+            "tty && echo ctty >/dev/tty && stty size",
+            ChildStdio::Terminal { rows: 5, cols: 7 },
+        );
         let spawned = spawn(plan, |_| {}).unwrap();
         let master = spawned.terminal.expect("the master came back");
         assert!(cloexec(&master));
@@ -789,7 +793,6 @@ mod tests {
             msb_test_e2e::require("needs root (the child drops capabilities root holds)");
             return;
         }
-        let c = |s: &str| CString::new(s).unwrap();
         let (r, w) = sys::pipe().unwrap();
         let null = || sys::open_wo(std::path::Path::new("/dev/null")).unwrap();
         let sets = msb_protocol::types::CapabilitySets {
@@ -799,30 +802,17 @@ mod tests {
             permitted: vec!["CAP_CHOWN".into(), "CAP_KILL".into()],
             ambient: vec![],
         };
-        let plan = SpawnPlan {
-            ns: NsMode::Vm,
-            path: c("/bin/sh"),
-            argv: vec![
-                c("sh"),
-                c("-c"),
-                c("grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status"),
-            ],
-            envp: vec![c("PATH=/usr/bin:/bin")],
-            cwd: c("/"),
-            uid: 0,
-            gid: 0,
-            groups: vec![0],
-            rlimits: vec![],
-            cgroup_procs: None,
-            stdio: ChildStdio::Fds {
+        let mut plan = root_shell(
+            "grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status",
+            ChildStdio::Fds {
                 stdin: null(),
                 stdout: w,
                 stderr: null(),
                 tty: false,
             },
-            caps: Some(crate::caps::CapMasks::new(&sets)),
-            no_new_privs: true,
-        };
+        );
+        plan.caps = Some(crate::caps::CapMasks::new(&sets));
+        plan.no_new_privs = true;
         let spawned = spawn(plan, |_| {}).unwrap();
         let mut out = String::new();
         std::fs::File::from(r).read_to_string(&mut out).unwrap();
