@@ -117,6 +117,22 @@ struct Booted {
     pod: Option<PodRootfs>,
 }
 
+/// A pod container's root in the running VM: its layer images into the share, its upper a
+/// directory on the pod disk (nothing for the shim to remove: the pod's VM owns it all).
+fn pod_root(
+    pod: &PodRootfs,
+    root: &ContainerRoot<'_>,
+    images: &[PathBuf],
+) -> Result<PreparedRootfs, PodVmError> {
+    let mut spec = tokio::task::block_in_place(|| pod.add_container(root.container, images))
+        .map_err(rootfs_err)?;
+    spec.readonly = root.source.readonly;
+    Ok(PreparedRootfs {
+        spec,
+        owned_files: Vec::new(),
+    })
+}
+
 fn rootfs_err(e: rootfs::RootfsError) -> PodVmError {
     PodVmError::Rootfs(e.into())
 }
@@ -191,9 +207,9 @@ impl RuntimePodVm {
             })
             .map_err(rootfs_err)?;
             let vm = self.boot_vm(Some(kind), boot.disks, boot.shares).await?;
+            let prepared = pod_root(&pod, first, &images);
             *booted = Some(Booted { vm, pod: Some(pod) });
-            drop(booted);
-            return self.add_rootfs(first).await;
+            return prepared;
         }
         let mut single = tokio::task::block_in_place(|| {
             rootfs::single(
@@ -236,13 +252,7 @@ impl PodVm for RuntimePodVm {
                 .into(),
             ));
         };
-        let mut spec = tokio::task::block_in_place(|| pod.add_container(root.container, &images))
-            .map_err(rootfs_err)?;
-        spec.readonly = root.source.readonly;
-        Ok(PreparedRootfs {
-            spec,
-            owned_files: Vec::new(),
-        })
+        pod_root(pod, root, &images)
     }
 
     async fn create_container(&self, create: ContainerCreate) -> Result<(), PodVmError> {
