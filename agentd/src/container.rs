@@ -12,11 +12,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use msb_protocol::types::{ContainerCreate, StorageRef};
+use msb_protocol::consts::VOLUMES_MOUNT_POINT;
+use msb_protocol::types::{ContainerCreate, NamespaceSource, StorageRef};
 
 use crate::cgroup::Cgroup;
 use crate::mount_opts;
-use crate::spawn::{MountOp, RootSetup, RootStep};
+use crate::spawn::{MountOp, NsSource, RootSetup, RootStep};
 use crate::storage;
 use crate::sys;
 
@@ -57,25 +58,6 @@ pub fn disk_by_serial(serial: &str) -> Result<PathBuf, ContainerError> {
         }
     }
     Err(ContainerError::NoDisk(serial.to_owned()))
-}
-
-/// The hostname of a new container's UTS namespace: its own, or else that of the container
-/// whose UTS namespace it is to share (`namespaces.share_uts_with`; `hostname_of` looks that
-/// one's up). A CRI pod's containers name no hostname and share the sandbox container's UTS
-/// namespace, which holds the pod's hostname. agentd gives every container a UTS namespace of
-/// its own, so the sharing is by value, at create: a later `sethostname` in one container is not
-/// seen in the other.
-pub fn uts_hostname(
-    spec: &ContainerCreate,
-    hostname_of: impl FnOnce(&str) -> Option<String>,
-) -> Option<String> {
-    spec.hostname.clone().or_else(|| {
-        spec.namespaces
-            .share_uts_with
-            .as_deref()
-            .filter(|other| *other != spec.id)
-            .and_then(hostname_of)
-    })
 }
 
 /// Destinations agentd always provides itself; spec mounts there are skipped.
@@ -158,6 +140,10 @@ impl Container {
     }
 
     fn mount_storage(&mut self, base: &Path) -> Result<(), ContainerError> {
+        // The volume share, if a bind needs it: mounted once for the VM.
+        for m in self.spec.mounts.iter().filter(|m| m.kind == "bind") {
+            storage::ensure_for(storage::check_path(&m.source)?)?;
+        }
         let mut lowers = Vec::new();
         for (i, lower) in self.spec.rootfs.lower.clone().iter().enumerate() {
             match lower {
@@ -238,12 +224,74 @@ impl Container {
             self.rootfs.display()
         )))?;
         self.mounted.push(self.rootfs.clone());
+        // The container's `/dev/shm`, in the VM's mount namespace so that the containers that
+        // share its IPC namespace can bind the same one (as CRI shares the sandbox's).
+        let shm = base.join("shm");
+        fs::create_dir_all(&shm).map_err(io_err(format!("mkdir {}", shm.display())))?;
+        sys::mount(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .map_err(io_err(format!("mount tmpfs on {}", shm.display())))?;
+        self.mounted.push(shm);
         Ok(())
     }
 
-    /// The child's plan for this container's root: /proc, a minimal /dev, a read-only /sys,
-    /// the spec's mounts, the hostname.
-    pub fn root_setup(&self) -> Result<RootSetup, ContainerError> {
+    /// Where namespace `kind` (`pid`, `ipc`, `uts`) of this container comes from: for one
+    /// shared with another container of the pod (in `others`), that one's init's, which must be
+    /// running.
+    fn ns_source(
+        &self,
+        source: &NamespaceSource,
+        kind: &str,
+        others: &HashMap<String, Container>,
+    ) -> Result<NsSource, ContainerError> {
+        let other = match source {
+            NamespaceSource::New => return Ok(NsSource::New),
+            NamespaceSource::Vm => return Ok(NsSource::Vm),
+            NamespaceSource::Container(other) if *other == self.id => return Ok(NsSource::New),
+            NamespaceSource::Container(other) => other,
+        };
+        let unavailable = |why: &str| {
+            ContainerError::Unsupported(format!(
+                "the {kind} namespace of container {other}, which container {} shares: {why}",
+                self.id
+            ))
+        };
+        let o = others
+            .get(other)
+            .ok_or_else(|| unavailable("no such container"))?;
+        let pid = o
+            .init_pid
+            .filter(|_| !o.init_exited)
+            .ok_or_else(|| unavailable("its process is not running"))?;
+        sys::open_ro(Path::new(&format!("/proc/{pid}/ns/{kind}")))
+            .map(NsSource::Join)
+            .map_err(io_err(format!(
+                "open the {kind} namespace of container {other}"
+            )))
+    }
+
+    /// The child's plan for this container's root: its namespaces (`others` are the VM's
+    /// containers, whose namespaces it may share), /proc, a minimal /dev, /dev/shm (the one of
+    /// the container whose IPC namespace it shares), /sys (read-only unless the spec mounts it
+    /// read-write, as for a privileged container), the spec's mounts, sysctls, the hostname,
+    /// read-only and masked paths.
+    pub fn root_setup(
+        &self,
+        others: &HashMap<String, Container>,
+    ) -> Result<RootSetup, ContainerError> {
+        let ns = &self.spec.namespaces;
+        let pid = self.ns_source(&ns.pid, "pid", others)?;
+        let ipc = self.ns_source(&ns.ipc, "ipc", others)?;
+        let uts = self.ns_source(&ns.uts, "uts", others)?;
+        let shm_of = match &ns.ipc {
+            NamespaceSource::Container(other) if matches!(ipc, NsSource::Join(_)) => other,
+            _ => &self.id,
+        };
         let r = |p: &str| -> Result<CString, ContainerError> {
             sys::cpath(self.rootfs.join(p.trim_start_matches('/')))
                 .map_err(io_err(format!("path {p}")))
@@ -305,13 +353,16 @@ impl Container {
             nosuid | noexec,
             "newinstance,ptmxmode=0666,mode=0620,gid=5",
         )?);
-        steps.push(mount(
-            "shm",
-            "/dev/shm",
-            "tmpfs",
-            nosuid | nodev | noexec,
-            "mode=1777,size=65536k",
-        )?);
+        steps.push(RootStep::Mount(MountOp {
+            src: Some(
+                sys::cpath(Path::new("/run/msb/c").join(shm_of).join("shm"))
+                    .map_err(io_err("shm path"))?,
+            ),
+            target: r("/dev/shm")?,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+        }));
         for (target, link) in [
             ("pts/ptmx", "/dev/ptmx"),
             ("/proc/self/fd", "/dev/fd"),
@@ -321,11 +372,17 @@ impl Container {
         ] {
             steps.push(RootStep::Symlink(c(target), r(link)?));
         }
+        let sys_rw = self.spec.mounts.iter().any(|m| {
+            m.destination.trim_end_matches('/') == "/sys"
+                && m.kind == "sysfs"
+                && mount_opts::parse(&m.options).flags & libc::MS_RDONLY == 0
+        });
+        let sys_ro = if sys_rw { 0 } else { libc::MS_RDONLY };
         steps.push(mount(
             "sysfs",
             "/sys",
             "sysfs",
-            libc::MS_RDONLY | nosuid | nodev | noexec,
+            sys_ro | nosuid | nodev | noexec,
             "",
         )?);
         for m in &self.spec.mounts {
@@ -339,25 +396,28 @@ impl Container {
                     m.destination
                 )));
             }
-            // Parents first, so nested destinations exist.
+            // Parents first, so nested destinations exist; a file bound on a file.
+            let file_bind =
+                m.kind == "bind" && fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
             let mut prefix = String::new();
-            for part in dest.split('/').filter(|p| !p.is_empty()) {
+            let parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty()).collect();
+            for (i, part) in parts.iter().enumerate() {
                 prefix.push('/');
                 prefix.push_str(part);
-                steps.push(RootStep::Mkdir(r(&prefix)?, 0o755));
+                if file_bind && i + 1 == parts.len() {
+                    steps.push(RootStep::Mknod(r(&prefix)?, libc::S_IFREG | 0o644, 0));
+                } else {
+                    steps.push(RootStep::Mkdir(r(&prefix)?, 0o755));
+                }
             }
             let opts = mount_opts::parse(&m.options);
             match m.kind.as_str() {
                 "tmpfs" | "proc" | "sysfs" | "devpts" | "mqueue" => {
                     steps.push(mount(&m.kind, dest, &m.kind, opts.flags, &opts.data)?);
                 }
-                "cgroup" | "cgroup2" => steps.push(mount(
-                    "cgroup2",
-                    dest,
-                    "cgroup2",
-                    opts.flags | libc::MS_RDONLY,
-                    "",
-                )?),
+                "cgroup" | "cgroup2" => {
+                    steps.push(mount("cgroup2", dest, "cgroup2", opts.flags, "")?);
+                }
                 "bind" => {
                     let src = sys::cpath(&m.source)
                         .map_err(io_err(format!("bind source {}", m.source)))?;
@@ -369,7 +429,12 @@ impl Container {
                         flags: libc::MS_BIND | rec,
                         data: None,
                     }));
-                    if opts.flags & libc::MS_RDONLY != 0 {
+                    // A volume of the share is made read-only by the host, on its own bind
+                    // (as runc's, not recursive: a mount inside it keeps its own mode), and
+                    // virtiofs hands the host's EROFS back; read-only here would cover those
+                    // mounts too, which are one file system in the guest.
+                    let volume = Path::new(&m.source).starts_with(VOLUMES_MOUNT_POINT);
+                    if opts.flags & libc::MS_RDONLY != 0 && !volume {
                         steps.push(RootStep::Mount(MountOp {
                             src: None,
                             target: r(dest)?,
@@ -388,17 +453,47 @@ impl Container {
                 }
             }
         }
+        let mut sysctls = Vec::new();
+        for (name, value) in &self.spec.sysctls {
+            let file = msb_protocol::types::sysctl_path(name).ok_or_else(|| {
+                ContainerError::Unsupported(format!("{name:?} is not a sysctl name"))
+            })?;
+            sysctls.push((
+                r(&format!("/proc/sys/{file}"))?,
+                sys::cstr(value).map_err(io_err(format!("sysctl {name}")))?,
+            ));
+        }
+        let in_root = |what: &str, paths: &[String]| {
+            paths
+                .iter()
+                .map(|p| {
+                    if !msb_protocol::types::is_clean_absolute(p) {
+                        return Err(ContainerError::Unsupported(format!(
+                            "{what} {p:?} must be absolute without '.' or '..'"
+                        )));
+                    }
+                    sys::cstr(p).map_err(io_err(format!("{what} {p}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let hostname = match uts {
+            NsSource::New => self.spec.hostname.as_deref(),
+            NsSource::Join(_) | NsSource::Vm => None,
+        };
         Ok(RootSetup {
             rootfs: sys::cpath(&self.rootfs).map_err(io_err("rootfs path"))?,
+            pid,
+            ipc,
+            uts,
             steps,
-            hostname: self
-                .spec
-                .hostname
-                .as_deref()
+            hostname: hostname
                 .map(sys::cstr)
                 .transpose()
                 .map_err(io_err("hostname"))?,
+            sysctls,
             readonly: self.spec.rootfs.readonly,
+            readonly_paths: in_root("readonly path", &self.spec.readonly_paths)?,
+            masked_paths: in_root("masked path", &self.spec.masked_paths)?,
         })
     }
 
@@ -424,52 +519,5 @@ impl Container {
                 tracing::warn!(container = %self.id, "remove upper {}: {e}", upper.display());
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(id: &str, hostname: Option<&str>, share_uts_with: Option<&str>) -> ContainerCreate {
-        ContainerCreate {
-            id: id.into(),
-            rootfs: msb_protocol::types::RootfsSpec {
-                lower: Vec::new(),
-                upper: StorageRef::Serial("upper".into()),
-                fstype: "ext4".into(),
-                readonly: false,
-            },
-            mounts: Vec::new(),
-            hostname: hostname.map(Into::into),
-            namespaces: msb_protocol::types::NamespaceSpec {
-                share_uts_with: share_uts_with.map(Into::into),
-                ..Default::default()
-            },
-            handoff_init: None,
-            resources: Default::default(),
-            sysctls: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn uts_hostname_comes_from_the_shared_namespace_when_unset() {
-        let pod = |id: &str| (id == "sandbox").then(|| "pod-host".to_owned());
-        // A pod's container: the sandbox's hostname.
-        assert_eq!(
-            uts_hostname(&spec("app", None, Some("sandbox")), pod).as_deref(),
-            Some("pod-host")
-        );
-        // Its own wins; nothing to share or an unknown container: none.
-        assert_eq!(
-            uts_hostname(&spec("app", Some("own"), Some("sandbox")), pod).as_deref(),
-            Some("own")
-        );
-        assert_eq!(uts_hostname(&spec("app", None, None), pod), None);
-        assert_eq!(uts_hostname(&spec("app", None, Some("gone")), pod), None);
-        assert_eq!(
-            uts_hostname(&spec("sandbox", None, Some("sandbox")), pod),
-            None
-        );
     }
 }

@@ -4,8 +4,8 @@
 //! leave the initramfs for a tmpfs root, mount cgroup2, apply the `MSB_*` settings, then open the
 //! `agent` port ([`port`]) and serve the protocol ([`server`], the dispatcher): containers
 //! ([`container`], [`storage`], [`cgroup`], OOM reports in [`oom`]), processes ([`prepare`] turns
-//! a request into a plan, [`spawn`] starts it, [`exec`] runs its session, [`reaper`] reaps),
-//! files ([`fs`]) and shutdown ([`shutdown`]).
+//! a request into a plan, [`seccomp`] compiles its container's profile, [`spawn`] starts it,
+//! [`exec`] runs its session, [`reaper`] reaps), files ([`fs`]) and shutdown ([`shutdown`]).
 //!
 //! Threads, not async: the dispatcher is the main thread and the only one that spawns; each
 //! process has small threads for its streams and exit; one thread reaps; one writes the port.
@@ -27,6 +27,7 @@ pub mod oom;
 pub mod port;
 pub mod prepare;
 pub mod reaper;
+pub mod seccomp;
 pub mod server;
 pub mod shutdown;
 pub mod spawn;
@@ -64,6 +65,9 @@ pub fn run(boot_ns: u64) -> ! {
     let loaded = modules::load_all(&release);
     if let Err(e) = init::leave_initramfs().and_then(|_| init::late_mounts()) {
         fatal(&e.to_string());
+    }
+    if let Err(e) = sys::loopback_up() {
+        tracing::warn!("bring up lo: {e}");
     }
     match &env {
         Ok(env) => init::apply_boot_env(env),

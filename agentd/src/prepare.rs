@@ -62,6 +62,7 @@ pub fn other(message: String) -> ExecFailed {
 pub fn prepare(containers: &Containers, req: &mut ExecRequest) -> Result<Prepared, ExecFailed> {
     // Namespaces and the root the process sees, as a VM path prefix.
     let mut handoff = None;
+    let mut profile = None;
     let (ns, root, cgroup_procs, is_init) = match &req.container {
         None => (NsMode::Vm, PathBuf::from("/"), None, false),
         Some(cid) => {
@@ -74,13 +75,18 @@ pub fn prepare(containers: &Containers, req: &mut ExecRequest) -> Result<Prepare
                     "container {cid} is not running (its init exited)"
                 )));
             }
+            // Its init and every exec get the container's profile, as under runc.
+            profile = c.spec.seccomp.clone();
             let procs = sys::open_wo(&c.cgroup.procs_path())
                 .map_err(|e| other(format!("open cgroup of {cid}: {e}")))?;
             match c.init_pid {
                 None => {
                     handoff = c.spec.handoff_init.clone();
                     (
-                        NsMode::NewContainer(c.root_setup().map_err(|e| other(e.to_string()))?),
+                        NsMode::NewContainer(
+                            c.root_setup(&containers)
+                                .map_err(|e| other(e.to_string()))?,
+                        ),
                         c.rootfs.clone(),
                         Some(procs),
                         true,
@@ -106,6 +112,12 @@ pub fn prepare(containers: &Containers, req: &mut ExecRequest) -> Result<Prepare
             }
         }
     };
+    // Compiled here, outside the lock: the child may not allocate.
+    let seccomp = profile
+        .as_ref()
+        .map(crate::seccomp::compile)
+        .transpose()
+        .map_err(|e| other(format!("seccomp profile: {e}")))?;
     // Handoff-init: the image's init system becomes the container's PID 1 instead of the
     // process (which such images start as a service of their own).
     if let Some(h) = handoff {
@@ -245,6 +257,7 @@ pub fn prepare(containers: &Containers, req: &mut ExecRequest) -> Result<Prepare
         stdio: child_stdio,
         caps: req.capabilities.as_ref().map(crate::caps::CapMasks::new),
         no_new_privs: req.no_new_privileges,
+        seccomp,
     };
     Ok(Prepared {
         plan,
@@ -334,6 +347,10 @@ pub fn child_failure(step: Step, errno: i32, req: &ExecRequest) -> ExecFailed {
         Step::Terminal => (
             ExecFailureKind::PtySetupFailed,
             format!("allocate a terminal from the container's /dev/pts/ptmx: {err}"),
+        ),
+        Step::Seccomp => (
+            ExecFailureKind::Other,
+            format!("install the container's seccomp filter: {err}"),
         ),
         other => (
             ExecFailureKind::Other,

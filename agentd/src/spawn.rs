@@ -4,9 +4,10 @@
 //!
 //! Three modes:
 //! - [`NsMode::Vm`]: a plain fork in the VM.
-//! - [`NsMode::NewContainer`]: the container's init. `clone` with new PID, mount, UTS and IPC
-//!   namespaces; the child sets up the root ([`RootSetup`]) and `pivot_root`s into it, so the
-//!   process is PID 1 of its own PID namespace while its parent stays agentd.
+//! - [`NsMode::NewContainer`]: the container's init. `clone` with a new mount namespace and new,
+//!   joined or the VM's PID, IPC and UTS namespaces ([`NsSource`]: a pod's containers share the
+//!   sandbox container's); the child sets up the root ([`RootSetup`]) and `pivot_root`s into it.
+//!   With a new PID namespace the process is its PID 1, while its parent stays agentd.
 //! - [`NsMode::Join`]: another process of a running container. The calling thread first enters
 //!   the container's PID namespace for its children (`setns` on this thread only), so the new
 //!   process is agentd's direct child (agentd can wait for it) yet inside the container; the child
@@ -57,17 +58,44 @@ pub enum RootStep {
     Symlink(CString, CString),
 }
 
+/// Where one namespace of a new container comes from.
+#[derive(Debug)]
+pub enum NsSource {
+    /// A new one (a `clone` flag).
+    New,
+    /// That namespace (`/proc/<init>/ns/<kind>` of another container), joined with `setns`.
+    Join(OwnedFd),
+    /// agentd's own, the VM's.
+    Vm,
+}
+
 /// How the child prepares a new container's root.
 #[derive(Debug)]
 pub struct RootSetup {
     /// The merged root, a mount point in the VM.
     pub rootfs: CString,
+    /// PID namespace.
+    pub pid: NsSource,
+    /// IPC namespace.
+    pub ipc: NsSource,
+    /// UTS namespace.
+    pub uts: NsSource,
     /// Steps before `pivot_root`.
     pub steps: Vec<RootStep>,
     /// Hostname of the new UTS namespace.
     pub hostname: Option<CString>,
+    /// `(file, value)`: sysctls written before `pivot_root`, once the container's `/proc` is
+    /// mounted (so they land in its namespaces); files under `<root>/proc/sys`.
+    pub sysctls: Vec<(CString, CString)>,
     /// Remount the root read-only after `pivot_root`.
     pub readonly: bool,
+    /// Paths made read-only after `pivot_root` (so that they resolve inside the root), as runc's
+    /// `readonlyPath`: a recursive bind onto itself, remounted read-only keeping `nosuid`,
+    /// `nodev` and `noexec`. A missing path is skipped.
+    pub readonly_paths: Vec<CString>,
+    /// Paths masked after the read-only ones, as runc's `maskPath`: `/dev/null` bound over a
+    /// file, an empty read-only tmpfs over a directory. A missing path is skipped.
+    pub masked_paths: Vec<CString>,
 }
 
 /// Namespaces of the new process.
@@ -147,6 +175,10 @@ pub struct SpawnPlan {
     pub caps: Option<crate::caps::CapMasks>,
     /// `PR_SET_NO_NEW_PRIVS` before exec.
     pub no_new_privs: bool,
+    /// The container's seccomp filter, installed where runc installs it: before the user and
+    /// the capabilities change (installing needs `CAP_SYS_ADMIN` then), or, with
+    /// `no_new_privs`, right before `execve` ([`crate::seccomp`]).
+    pub seccomp: Option<crate::seccomp::Filter>,
 }
 
 /// The step at which a child failed.
@@ -169,6 +201,12 @@ pub enum Step {
     Exec = 7,
     /// Allocating the container's terminal ([`ChildStdio::Terminal`]).
     Terminal = 8,
+    /// Writing the container's sysctls.
+    Sysctl = 9,
+    /// Read-only and masked paths.
+    MaskPaths = 10,
+    /// Installing the seccomp filter.
+    Seccomp = 11,
 }
 
 impl Step {
@@ -181,6 +219,9 @@ impl Step {
             5 => Step::Cwd,
             6 => Step::User,
             8 => Step::Terminal,
+            9 => Step::Sysctl,
+            10 => Step::MaskPaths,
+            11 => Step::Seccomp,
             _ => Step::Exec,
         }
     }
@@ -239,20 +280,35 @@ pub fn spawn(plan: SpawnPlan, register: impl FnOnce(i32)) -> Result<Spawned, Spa
         .collect();
 
     let mut flags = libc::SIGCHLD as libc::c_long;
-    let mut restore_pidns: Option<OwnedFd> = None;
+    // The PID namespace of the child: `clone` cannot join one, so this thread enters it for its
+    // children (`setns` affects only them) and leaves it again below.
+    let mut join_pidns = None;
     match &plan.ns {
         NsMode::Vm => {}
-        NsMode::NewContainer(_) => {
-            flags |=
-                (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
-                    as libc::c_long;
+        NsMode::NewContainer(root) => {
+            let mut new = libc::CLONE_NEWNS;
+            for (source, flag) in [
+                (&root.pid, libc::CLONE_NEWPID),
+                (&root.ipc, libc::CLONE_NEWIPC),
+                (&root.uts, libc::CLONE_NEWUTS),
+            ] {
+                if matches!(source, NsSource::New) {
+                    new |= flag;
+                }
+            }
+            flags |= new as libc::c_long;
+            if let NsSource::Join(pid) = &root.pid {
+                join_pidns = Some(pid);
+            }
         }
-        NsMode::Join { pid, .. } => {
-            let own = sys::open_ro(std::path::Path::new("/proc/thread-self/ns/pid"))
-                .map_err(SpawnError::Parent)?;
-            sys::setns(pid, CloneFlags::CLONE_NEWPID).map_err(SpawnError::Parent)?;
-            restore_pidns = Some(own);
-        }
+        NsMode::Join { pid, .. } => join_pidns = Some(pid),
+    }
+    let mut restore_pidns: Option<OwnedFd> = None;
+    if let Some(pid) = join_pidns {
+        let own = sys::open_ro(std::path::Path::new("/proc/thread-self/ns/pid"))
+            .map_err(SpawnError::Parent)?;
+        sys::setns(pid, CloneFlags::CLONE_NEWPID).map_err(SpawnError::Parent)?;
+        restore_pidns = Some(own);
     }
 
     // SAFETY: a fork-like clone (no new stack, no shared memory): the child gets a copy of this
@@ -446,6 +502,9 @@ unsafe fn child(
                 Step::Rlimit
             );
         }
+        if let Some(f) = plan.seccomp.as_ref().filter(|_| !plan.no_new_privs) {
+            try_sys!(f.install(), err, Step::Seccomp);
+        }
         // Capabilities as runc applies them: the bounding set shrinks while we are still root
         // with every capability, KEEPCAPS carries the permitted set across setuid, then the
         // three sets and the ambient one are set; no_new_privs last before exec.
@@ -509,6 +568,9 @@ unsafe fn child(
             );
         }
         try_sys!(libc::chdir(plan.cwd.as_ptr()), err, Step::Cwd);
+        if let Some(f) = plan.seccomp.as_ref().filter(|_| plan.no_new_privs) {
+            try_sys!(f.install(), err, Step::Seccomp);
+        }
         libc::execve(plan.path.as_ptr(), argv, envp);
         fail(err, Step::Exec)
     }
@@ -620,6 +682,15 @@ unsafe fn send_fd(sock: RawFd, fd: RawFd) -> libc::c_int {
 unsafe fn setup_root(root: &RootSetup, err: RawFd) {
     // SAFETY: raw system calls on strings prepared by the parent; nothing allocates or locks.
     unsafe {
+        // Joined before any mount: an `mqueue` mount belongs to the IPC namespace of its mounter.
+        for (source, kind) in [
+            (&root.ipc, libc::CLONE_NEWIPC),
+            (&root.uts, libc::CLONE_NEWUTS),
+        ] {
+            if let NsSource::Join(fd) = source {
+                try_sys!(libc::setns(fd.as_raw_fd(), kind), err, Step::Setup);
+            }
+        }
         try_sys!(
             libc::mount(
                 std::ptr::null(),
@@ -676,6 +747,18 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
                 Step::Setup
             );
         }
+        for (file, value) in &root.sysctls {
+            let fd = libc::open(
+                file.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            );
+            try_sys!(fd, err, Step::Sysctl);
+            let n = value.count_bytes();
+            if usize::try_from(libc::write(fd, value.as_ptr().cast(), n)).ok() != Some(n) {
+                fail(err, Step::Sysctl);
+            }
+            libc::close(fd);
+        }
         try_sys!(libc::chdir(root.rootfs.as_ptr()), err, Step::Setup);
         try_sys!(
             libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
@@ -701,6 +784,96 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
                 Step::Setup
             );
         }
+        for path in &root.readonly_paths {
+            readonly_path(path, err);
+        }
+        for path in &root.masked_paths {
+            mask_path(path, err);
+        }
+    }
+}
+
+/// `errno` is `ENOENT`: a missing path, which runc skips for masked and read-only paths.
+///
+/// # Safety
+/// Child only, as for [`child`].
+unsafe fn missing() -> bool {
+    // SAFETY: reading errno of this thread.
+    unsafe { *libc::__errno_location() == libc::ENOENT }
+}
+
+/// runc's `readonlyPath`, after `pivot_root`.
+///
+/// # Safety
+/// Child only, as for [`child`].
+unsafe fn readonly_path(path: &CString, err: RawFd) {
+    // SAFETY: raw system calls on a string prepared by the parent and a stack buffer.
+    unsafe {
+        if libc::mount(
+            path.as_ptr(),
+            path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ) == -1
+        {
+            if missing() {
+                return;
+            }
+            fail(err, Step::MaskPaths);
+        }
+        // nix's statfs on a `CStr` is the bare system call on a stack buffer.
+        let Ok(st) = nix::sys::statfs::statfs(path.as_c_str()) else {
+            fail(err, Step::MaskPaths)
+        };
+        // `f_flags` holds ST_* bits, equal to the MS_* ones for these three.
+        let keep = st.flags().bits() & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+        try_sys!(
+            libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                keep | libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null()
+            ),
+            err,
+            Step::MaskPaths
+        );
+    }
+}
+
+/// runc's `maskPath`, after `pivot_root`.
+///
+/// # Safety
+/// Child only, as for [`child`].
+unsafe fn mask_path(path: &CString, err: RawFd) {
+    // SAFETY: raw system calls on strings prepared by the parent or static.
+    unsafe {
+        if libc::mount(
+            c"/dev/null".as_ptr(),
+            path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) == 0
+            || missing()
+        {
+            return;
+        }
+        if *libc::__errno_location() != libc::ENOTDIR {
+            fail(err, Step::MaskPaths);
+        }
+        try_sys!(
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                path.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_RDONLY,
+                std::ptr::null()
+            ),
+            err,
+            Step::MaskPaths
+        );
     }
 }
 
@@ -746,6 +919,7 @@ mod tests {
             stdio,
             caps: None,
             no_new_privs: false,
+            seccomp: None,
         }
     }
 
@@ -821,5 +995,60 @@ mod tests {
         unsafe { libc::waitpid(spawned.pid, &mut status, 0) };
         // The shell runs as root, so exec gives it the bounding set: CHOWN (bit 0) and KILL (5).
         assert_eq!(out, "CapBnd:\t0000000000000021\nNoNewPrivs:\t1\n");
+    }
+
+    /// The container's seccomp filter reaches the exec, installed before the capabilities are
+    /// dropped (CAP_SYS_ADMIN is gone after) or, with no_new_privs, just before execve.
+    #[test]
+    fn a_seccomp_filter_confines_the_exec() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            msb_test_e2e::require("needs root (installing a filter without no_new_privs)");
+            return;
+        }
+        let profile: msb_protocol::seccomp::Seccomp = serde_json::from_str(
+            r#"{"default_action": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("d");
+        for nnp in [false, true] {
+            let (r, w) = sys::pipe().unwrap();
+            let null = || sys::open_wo(std::path::Path::new("/dev/null")).unwrap();
+            let mut plan = root_shell(
+                &format!(
+                    "mkdir {} 2>/dev/null; echo $?; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status",
+                    target.display()
+                ),
+                ChildStdio::Fds {
+                    stdin: null(),
+                    stdout: w,
+                    stderr: null(),
+                    tty: false,
+                },
+            );
+            let chown = msb_protocol::types::CapabilitySets {
+                bounding: vec!["CAP_CHOWN".into()],
+                effective: vec!["CAP_CHOWN".into()],
+                permitted: vec!["CAP_CHOWN".into()],
+                ..Default::default()
+            };
+            plan.caps = Some(crate::caps::CapMasks::new(&chown));
+            plan.no_new_privs = nnp;
+            plan.seccomp = Some(crate::seccomp::compile(&profile).unwrap());
+            let spawned = spawn(plan, |_| {}).unwrap();
+            let mut out = String::new();
+            std::fs::File::from(r).read_to_string(&mut out).unwrap();
+            let mut status = 0;
+            // SAFETY: waitpid on our own child writes into a valid local.
+            unsafe { libc::waitpid(spawned.pid, &mut status, 0) };
+            assert_eq!(
+                out,
+                format!("1\nNoNewPrivs:\t{}\nSeccomp:\t2\n", u8::from(nnp)),
+                "no_new_privs {nnp}"
+            );
+            assert!(!target.exists());
+        }
     }
 }

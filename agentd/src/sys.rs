@@ -171,6 +171,18 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The terminal ioctls agentd makes: nix has no safe wrapper for them, these give each one its
 /// argument type.
 mod ioctl {
+    nix::ioctl_readwrite_bad!(
+        /// SIOCGIFFLAGS: reads an interface's flags into the ifreq.
+        siocgifflags,
+        libc::SIOCGIFFLAGS,
+        libc::ifreq
+    );
+    nix::ioctl_write_ptr_bad!(
+        /// SIOCSIFFLAGS: sets an interface's flags from the ifreq.
+        siocsifflags,
+        libc::SIOCSIFFLAGS,
+        libc::ifreq
+    );
     nix::ioctl_write_ptr_bad!(
         /// TIOCSPTLCK: (un)locks a pseudo-terminal's slave.
         tiocsptlck,
@@ -307,6 +319,31 @@ pub fn open_ro(path: &Path) -> io::Result<OwnedFd> {
 /// Opens a file write-only and close-on-exec.
 pub fn open_wo(path: &Path) -> io::Result<OwnedFd> {
     open(path, std::fs::OpenOptions::new().write(true))
+}
+
+/// Brings interface `lo` up, as every network namespace's loopback must be for `127.0.0.1` and
+/// `::1` to work (the kernel creates it down).
+pub fn loopback_up() -> io::Result<()> {
+    let sock = nix::sys::socket::socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: an all-zero ifreq is a valid value (empty name, zero flags).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+        *dst = libc::c_char::from_ne_bytes([*src]);
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own, on a socket we own;
+    // `ifru_flags` is the union member those two use.
+    unsafe {
+        ioctl::siocgifflags(sock.as_raw_fd(), &mut req)?;
+        let up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+        req.ifr_ifru.ifru_flags |= up;
+        ioctl::siocsifflags(sock.as_raw_fd(), &req)?;
+    }
+    Ok(())
 }
 
 /// setns(2) on this thread.

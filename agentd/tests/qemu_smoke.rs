@@ -226,6 +226,9 @@ fn create(g: &mut Guest, id: &str, resources: Resources) {
             handoff_init: None,
             resources,
             sysctls: vec![],
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            seccomp: None,
         },
     );
     let m = g.recv();
@@ -296,6 +299,9 @@ fn container_lifecycle_in_a_real_guest() {
             handoff_init: None,
             resources: Default::default(),
             sysctls: vec![],
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            seccomp: None,
         },
     );
     let created = g.recv();

@@ -65,6 +65,18 @@ pub enum BundleError {
         /// Its type.
         typ: String,
     },
+    /// A value the guest must not act on (a sysctl name or a path that could leave its tree).
+    #[error("{}: {field}: {value:?} {why}", path.display())]
+    InvalidValue {
+        /// The file.
+        path: PathBuf,
+        /// The field, JSON-path style (`linux.maskedPaths[2]`).
+        field: String,
+        /// The value.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// An OCI bundle: a directory holding `config.json` (and maybe `rootfs/`).
@@ -165,6 +177,33 @@ impl Bundle {
         sandbox_id: Option<&str>,
     ) -> Result<ContainerSpec, BundleError> {
         container_spec(&self.spec, id, sandbox_id, &self.config_path())
+    }
+
+    /// Settings of the spec that confine a process through the host's kernel and so do not
+    /// apply in the guest, each as `field=value`: AppArmor and SELinux (the guest kernel has
+    /// neither; the VM boundary stands in for them, as in Kata) and the host's devices (a
+    /// privileged CRI container lists every device of the node, which the VM does not have).
+    /// The caller logs them; they are not errors, so specs written for runc run unchanged.
+    pub fn ignored_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(p) = self.spec.process() {
+            if let Some(a) = p.apparmor_profile().as_deref().filter(|a| !a.is_empty()) {
+                out.push(format!("process.apparmorProfile={a}"));
+            }
+            if let Some(l) = p.selinux_label().as_deref().filter(|l| !l.is_empty()) {
+                out.push(format!("process.selinuxLabel={l}"));
+            }
+        }
+        if let Some(linux) = self.spec.linux() {
+            if let Some(l) = linux.mount_label().as_deref().filter(|l| !l.is_empty()) {
+                out.push(format!("linux.mountLabel={l}"));
+            }
+            let devices = linux.devices().as_deref().unwrap_or_default();
+            if !devices.is_empty() {
+                out.push(format!("linux.devices=<{} host devices>", devices.len()));
+            }
+        }
+        out
     }
 
     /// The whole `core.container.create` for container `id` on the given root.

@@ -11,7 +11,9 @@
 
 use std::path::Path;
 
-use msb_protocol::types::{ContainerCreate, ContainerMount, NamespaceSpec, Resources, RootfsSpec};
+use msb_protocol::types::{
+    ContainerCreate, ContainerMount, NamespaceSource, NamespaceSpec, Resources, RootfsSpec,
+};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
 use crate::bundle::BundleError;
@@ -25,12 +27,20 @@ pub struct HostBindMount {
     pub destination: String,
     /// Its options (`rbind`, `ro`, ...).
     pub options: Vec<String>,
+    /// How many of [`ContainerSpec::mounts`] come before it in the spec: where it goes back
+    /// once the caller has made it a mount the guest can provide, so the spec's order holds.
+    pub position: usize,
 }
 
 impl HostBindMount {
     /// Whether the spec asks for a read-only bind.
     pub fn readonly(&self) -> bool {
         self.options.iter().any(|o| o == "ro")
+    }
+
+    /// Whether the spec asks for a recursive bind (`rbind`, or type `rbind`).
+    pub fn recursive(&self) -> bool {
+        self.options.iter().any(|o| o == "rbind")
     }
 }
 
@@ -49,6 +59,12 @@ pub struct ContainerSpec {
     pub resources: Resources,
     /// sysctls, sorted by name.
     pub sysctls: Vec<(String, String)>,
+    /// `linux.maskedPaths`.
+    pub masked_paths: Vec<String>,
+    /// `linux.readonlyPaths`.
+    pub readonly_paths: Vec<String>,
+    /// `linux.seccomp` ([`crate::seccomp`]).
+    pub seccomp: Option<msb_protocol::seccomp::Seccomp>,
 }
 
 impl ContainerSpec {
@@ -63,6 +79,9 @@ impl ContainerSpec {
             handoff_init: None,
             resources: self.resources,
             sysctls: self.sysctls,
+            masked_paths: self.masked_paths,
+            readonly_paths: self.readonly_paths,
+            seccomp: self.seccomp,
         }
     }
 }
@@ -85,11 +104,14 @@ pub(crate) fn container_spec(
         .enumerate()
     {
         let destination = m.destination().to_string_lossy().into_owned();
-        let options = m.options().clone().unwrap_or_default();
+        let mut options = m.options().clone().unwrap_or_default();
         let typ = m.typ().clone().unwrap_or_default();
         let is_bind =
             typ == "bind" || typ == "rbind" || options.iter().any(|o| o == "bind" || o == "rbind");
         if is_bind {
+            if typ == "rbind" && !options.iter().any(|o| o == "rbind") {
+                options.push("rbind".to_owned());
+            }
             out.host_binds.push(HostBindMount {
                 source: m
                     .source()
@@ -98,6 +120,7 @@ pub(crate) fn container_spec(
                     .unwrap_or_default(),
                 destination,
                 options,
+                position: out.mounts.len(),
             });
             continue;
         }
@@ -131,27 +154,75 @@ pub(crate) fn container_spec(
             .into_iter()
             .collect();
         sysctls.sort();
-        out.sysctls = sysctls;
-        if let Some(sandbox) = sandbox_id.filter(|s| *s != id) {
-            for ns in linux.namespaces().as_deref().unwrap_or_default() {
-                if ns
-                    .path()
-                    .as_ref()
-                    .map_or(true, |p| p.as_os_str().is_empty())
-                {
-                    continue;
-                }
-                let slot = match ns.typ() {
-                    LinuxNamespaceType::Pid => &mut out.namespaces.share_pid_with,
-                    LinuxNamespaceType::Ipc => &mut out.namespaces.share_ipc_with,
-                    LinuxNamespaceType::Uts => &mut out.namespaces.share_uts_with,
-                    _ => continue,
-                };
-                *slot = Some(sandbox.to_owned());
+        let invalid = |field: String, value: &str, why| BundleError::InvalidValue {
+            path: config_path.to_path_buf(),
+            field,
+            value: value.to_owned(),
+            why,
+        };
+        for (name, _) in &sysctls {
+            if msb_protocol::types::sysctl_path(name).is_none() {
+                return Err(invalid(
+                    "linux.sysctl".to_owned(),
+                    name,
+                    "is not a sysctl name ([A-Za-z0-9_.-/], no empty, '.' or '..' component)",
+                ));
             }
+        }
+        out.sysctls = sysctls;
+        out.namespaces = namespaces(linux, id, sandbox_id);
+        let paths = |field: &str, list: &Option<Vec<String>>| {
+            let list = list.clone().unwrap_or_default();
+            for (i, p) in list.iter().enumerate() {
+                if !msb_protocol::types::is_clean_absolute(p) {
+                    return Err(invalid(
+                        format!("linux.{field}[{i}]"),
+                        p,
+                        "must be absolute without '.' or '..'",
+                    ));
+                }
+            }
+            Ok(list)
+        };
+        out.masked_paths = paths("maskedPaths", linux.masked_paths())?;
+        out.readonly_paths = paths("readonlyPaths", linux.readonly_paths())?;
+        if let Some(s) = linux.seccomp() {
+            out.seccomp = Some(
+                crate::seccomp::seccomp_from_linux(s)
+                    .map_err(|e| invalid(e.field, &e.value, e.why))?,
+            );
         }
     }
     Ok(out)
+}
+
+/// The PID, IPC and UTS namespaces of container `id`, as runc would give them, in the VM.
+///
+/// A kind the spec does not list is the host's under runc, here the VM's
+/// ([`NamespaceSource::Vm`]); one listed without a path is new. One listed with a path is
+/// joined: that path names a process of the host (for CRI, the sandbox container's init), which
+/// in a VM means the pod's sandbox container, the only one CRI joins. A path in a spec that is
+/// not a pod's (no sandbox, or the sandbox itself) names nothing in the VM: the namespace is new.
+fn namespaces(
+    linux: &oci_spec::runtime::Linux,
+    id: &str,
+    sandbox_id: Option<&str>,
+) -> NamespaceSpec {
+    let listed = linux.namespaces().as_deref().unwrap_or_default();
+    let source = |kind: LinuxNamespaceType| match listed.iter().find(|ns| ns.typ() == kind) {
+        None => NamespaceSource::Vm,
+        Some(ns) => match (ns.path(), sandbox_id.filter(|s| *s != id)) {
+            (Some(p), Some(sandbox)) if !p.as_os_str().is_empty() => {
+                NamespaceSource::Container(sandbox.to_owned())
+            }
+            _ => NamespaceSource::New,
+        },
+    };
+    NamespaceSpec {
+        pid: source(LinuxNamespaceType::Pid),
+        ipc: source(LinuxNamespaceType::Ipc),
+        uts: source(LinuxNamespaceType::Uts),
+    }
 }
 
 /// Maps OCI Linux resources (also what `Update` carries) to the guest's cgroup v2 limits.

@@ -12,6 +12,7 @@ mod bundle;
 mod container;
 mod process;
 mod rootfs;
+mod seccomp;
 
 pub use bundle::{Bundle, BundleError, CONFIG_FILE};
 pub use container::{resources_from_json, resources_from_linux, ContainerSpec, HostBindMount};

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use msb_oci::{Bundle, BundleError, HostBindMount};
 use msb_protocol::types::{
-    CapabilitySets, ContainerMount, ExecRequest, NamespaceSpec, Resources, Rlimit, RootfsSpec,
-    StorageRef,
+    CapabilitySets, ContainerMount, ExecRequest, NamespaceSource, NamespaceSpec, Resources, Rlimit,
+    RootfsSpec, StorageRef,
 };
 
 /// containerd's default capabilities (its `oci.WithDefaultSpec`), sorted.
@@ -197,10 +197,22 @@ fn cri_container_of_a_pod() {
     assert_eq!(
         spec.namespaces,
         NamespaceSpec {
-            share_pid_with: Some("5f0c".into()),
-            share_ipc_with: Some("5f0c".into()),
-            share_uts_with: Some("5f0c".into()),
+            pid: NamespaceSource::Container("5f0c".into()),
+            ipc: NamespaceSource::Container("5f0c".into()),
+            uts: NamespaceSource::Container("5f0c".into()),
         }
+    );
+    assert_eq!(spec.masked_paths.len(), 10);
+    assert_eq!(spec.masked_paths[0], "/proc/acpi");
+    assert_eq!(
+        spec.readonly_paths,
+        [
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger"
+        ]
     );
     // The cgroup mount becomes cgroup2; /dev/shm appears twice as in the spec (tmpfs, then the
     // pod's shared bind, which is a host path and so is set apart).
@@ -233,22 +245,26 @@ fn cri_container_of_a_pod() {
             HostBindMount {
                 source: format!("{sandboxes}/hosts"),
                 destination: "/etc/hosts".into(),
-                options: opts.clone()
+                options: opts.clone(),
+                position: 7,
             },
             HostBindMount {
                 source: format!("{sandboxes}/hostname"),
                 destination: "/etc/hostname".into(),
-                options: opts.clone()
+                options: opts.clone(),
+                position: 7,
             },
             HostBindMount {
                 source: format!("{sandboxes}/resolv.conf"),
                 destination: "/etc/resolv.conf".into(),
-                options: opts.clone()
+                options: opts.clone(),
+                position: 7,
             },
             HostBindMount {
                 source: "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/5f0c/shm".into(),
                 destination: "/dev/shm".into(),
-                options: opts
+                options: opts,
+                position: 7,
             },
         ]
     );
@@ -318,4 +334,83 @@ fn unreadable_and_malformed_configs() {
     let err = Bundle::load(dir.path()).unwrap_err();
     assert!(matches!(err, BundleError::ParseConfig { .. }));
     assert_eq!(err.to_string(), format!("parse {}", path.display()));
+}
+
+/// The CRI fixture with its `linux` section edited by `edit`.
+fn edited_cri_bundle(edit: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, Bundle) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cri-container.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(src).unwrap()).unwrap();
+    edit(&mut v["linux"]);
+    std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+    let b = Bundle::load(dir.path()).unwrap();
+    (dir, b)
+}
+
+/// A kind the spec does not list is the host's under runc: in the guest, the VM's own. One
+/// listed without a path is new.
+#[test]
+fn unlisted_namespaces_are_the_vms_and_pathless_ones_new() {
+    let (_dir, b) = edited_cri_bundle(|linux| {
+        linux["namespaces"] = serde_json::json!([
+            {"type": "ipc"}, {"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}
+        ]);
+    });
+    let spec = b.container_spec("9a1e", Some("5f0c")).unwrap();
+    assert_eq!(
+        spec.namespaces,
+        NamespaceSpec {
+            pid: NamespaceSource::Vm,
+            ipc: NamespaceSource::New,
+            uts: NamespaceSource::Vm,
+        }
+    );
+}
+
+#[test]
+fn a_bad_sysctl_name_or_masked_path_names_the_field() {
+    let config = |dir: &tempfile::TempDir| dir.path().join("config.json").display().to_string();
+    let (dir, b) = edited_cri_bundle(|linux| {
+        linux["sysctl"] = serde_json::json!({"net/../../../etc/x": "1"});
+    });
+    let err = b.container_spec("9a1e", Some("5f0c")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: linux.sysctl: \"net/../../../etc/x\" is not a sysctl name ([A-Za-z0-9_.-/], no empty, '.' or '..' component)",
+            config(&dir)
+        )
+    );
+    let (dir, b) = edited_cri_bundle(|linux| {
+        linux["readonlyPaths"] = serde_json::json!(["/proc/sys", "/proc/../etc"]);
+    });
+    let err = b.container_spec("9a1e", Some("5f0c")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: linux.readonlyPaths[1]: \"/proc/../etc\" must be absolute without '.' or '..'",
+            config(&dir)
+        )
+    );
+}
+
+/// AppArmor, SELinux and host devices are listed for a debug log, not refused.
+#[test]
+fn host_confinement_settings_are_listed_as_ignored() {
+    let (_dir, b) = edited_cri_bundle(|linux| {
+        linux["mountLabel"] = serde_json::json!("system_u:object_r:container_file_t:s0");
+        linux["devices"] = serde_json::json!([
+            {"path": "/dev/sda", "type": "b", "major": 8, "minor": 0},
+            {"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232}
+        ]);
+    });
+    assert_eq!(
+        b.ignored_settings(),
+        [
+            "linux.mountLabel=system_u:object_r:container_file_t:s0",
+            "linux.devices=<2 host devices>"
+        ]
+    );
+    let (_dir, b) = bundle("ctr-run.json");
+    assert_eq!(b.ignored_settings(), Vec::<String>::new());
 }

@@ -14,6 +14,14 @@ pub const RUNTIME_FS_TAG: &str = "msb_runtime";
 /// Where agentd mounts the runtime share inside the guest.
 pub const RUNTIME_MOUNT_POINT: &str = "/.msb";
 
+/// virtio-fs tag of a VM's volume share: the host directories and files its containers bind
+/// (read-write; each volume is a bind mount on the host, read-only where the spec says `ro`).
+pub const VOLUMES_FS_TAG: &str = "msb_volumes";
+
+/// Where agentd mounts the volume share, on first use: volume `n` of container `c` is
+/// `VOLUMES_MOUNT_POINT/c/n`, which agentd binds at the spec's destination.
+pub const VOLUMES_MOUNT_POINT: &str = "/run/msb/volumes";
+
 /// Where agentd mounts, on first use, a disk that several containers share (a pod's upper disk):
 /// a [`crate::types::StorageRef::Dir`] under `DISKS_MOUNT_DIR/<serial>/` makes agentd mount the
 /// disk with that serial there (ext4) and keep it until shutdown.

@@ -556,18 +556,36 @@ pub struct ContainerMount {
     pub options: Vec<String>,
 }
 
-/// Which namespaces a container shares with another container of the pod.
+/// Where one namespace of a container comes from (OCI `linux.namespaces`).
+///
+/// In the guest, "the host" is the pod's VM: an OCI spec that names no namespace of a kind
+/// (runc: stay in the host's) gets the VM's own, shared with agentd and with every other
+/// container of the VM that asks for the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NamespaceSource {
+    /// A new namespace of the container's own (the spec lists the kind without a path).
+    #[default]
+    New,
+    /// The namespace of that container of the pod (the spec joins it by path).
+    Container(String),
+    /// The VM's own (the spec does not list the kind).
+    Vm,
+}
+
+/// The PID, IPC and UTS namespaces of a container; its mount namespace is always its own, its
+/// network namespace always the VM's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NamespaceSpec {
-    /// Join this container's PID namespace.
+    /// PID namespace.
     #[serde(default)]
-    pub share_pid_with: Option<String>,
-    /// Join this container's IPC namespace.
+    pub pid: NamespaceSource,
+    /// IPC namespace; a container sharing another's also shares its `/dev/shm`.
     #[serde(default)]
-    pub share_ipc_with: Option<String>,
-    /// Join this container's UTS namespace.
+    pub ipc: NamespaceSource,
+    /// UTS namespace (hostname); the container's `hostname` is set only in a new one.
     #[serde(default)]
-    pub share_uts_with: Option<String>,
+    pub uts: NamespaceSource,
 }
 
 /// Resource limits of a container's cgroup.
@@ -614,9 +632,49 @@ pub struct ContainerCreate {
     /// cgroup limits.
     #[serde(default)]
     pub resources: Resources,
-    /// sysctls to set in the container's namespaces.
+    /// sysctls to set in the container's namespaces, before its process starts: OCI names
+    /// (`kernel.shm_rmid_forced`, or with `/` separators when a component holds a dot).
     #[serde(default)]
     pub sysctls: Vec<(String, String)>,
+    /// Paths made inaccessible in the container (OCI `linux.maskedPaths`): `/dev/null` over a
+    /// file, an empty read-only tmpfs over a directory; a missing path is skipped.
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    /// Paths made read-only in the container (OCI `linux.readonlyPaths`); a missing path is
+    /// skipped.
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    /// **Ours:** the seccomp profile (OCI `linux.seccomp`) every process of the container gets,
+    /// its init and each exec; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<crate::seccomp::Seccomp>,
+}
+
+/// The file under `/proc/sys` of sysctl `name`, relative (`kernel/shm_rmid_forced`), or `None`
+/// for a name that is not one: empty, with characters outside `[A-Za-z0-9_.-/]`, or with an
+/// empty, `.` or `..` component. As sysctl(8): a name holding a `/` uses `/` as its separator
+/// (so a component may hold a dot, `net/ipv4/conf/eth0.1/forwarding`), else the dots are.
+pub fn sysctl_path(name: &str) -> Option<String> {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+    {
+        return None;
+    }
+    let path = if name.contains('/') {
+        name.to_owned()
+    } else {
+        name.replace('.', "/")
+    };
+    path.split('/')
+        .all(|c| !c.is_empty() && c != "." && c != "..")
+        .then_some(path)
+}
+
+/// Whether `path` is absolute, with no `.` or `..` component: a path in the container that a
+/// guest may resolve without it pointing elsewhere by its spelling.
+pub fn is_clean_absolute(path: &str) -> bool {
+    path.starts_with('/') && path.split('/').all(|c| c != "." && c != "..")
 }
 
 /// `core.container.created` (guest -> host): the root is ready.
@@ -769,4 +827,45 @@ pub struct ContainerPidsReply {
 pub struct ContainerOom {
     /// Container id.
     pub id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_names_become_proc_sys_paths_as_sysctl8_spells_them() {
+        let p = |n: &str| sysctl_path(n);
+        assert_eq!(
+            p("kernel.shm_rmid_forced").as_deref(),
+            Some("kernel/shm_rmid_forced")
+        );
+        assert_eq!(p("fs.mqueue.msg_max").as_deref(), Some("fs/mqueue/msg_max"));
+        assert_eq!(
+            p("net/ipv4/conf/eth0.1/forwarding").as_deref(),
+            Some("net/ipv4/conf/eth0.1/forwarding")
+        );
+        for bad in [
+            "",
+            ".",
+            "kernel..x",
+            "kernel.",
+            "/kernel/x",
+            "net/../../etc",
+            "a b",
+            "k=1",
+            "x/./y",
+        ] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn clean_absolute_paths() {
+        assert!(is_clean_absolute("/proc/kcore"));
+        assert!(is_clean_absolute("/bin/.hidden"));
+        assert!(!is_clean_absolute("proc/kcore"));
+        assert!(!is_clean_absolute("/proc/../etc/shadow"));
+        assert!(!is_clean_absolute("/proc/./x"));
+    }
 }

@@ -75,16 +75,26 @@ prop_compose! {
         share_pid_with in opt_text(),
         memory_limit: Option<u64>, cpu_quota: Option<i64>, cpu_period: Option<u64>, pids_limit: Option<i64>,
         sysctls in proptest::collection::vec((text(), text()), 0..2),
+        masked_paths in proptest::collection::vec(text(), 0..2),
+        readonly_paths in proptest::collection::vec(text(), 0..2),
+        ipc_vm: bool,
     ) -> ContainerCreate {
         ContainerCreate {
             id,
             rootfs: RootfsSpec { lower, upper, fstype, readonly },
             mounts: mounts.into_iter().map(|(destination, kind, source, options)| ContainerMount { destination, kind, source, options }).collect(),
             hostname,
-            namespaces: NamespaceSpec { share_pid_with, share_ipc_with: None, share_uts_with: None },
+            namespaces: NamespaceSpec {
+                pid: share_pid_with.map_or(NamespaceSource::New, NamespaceSource::Container),
+                ipc: if ipc_vm { NamespaceSource::Vm } else { NamespaceSource::New },
+                uts: NamespaceSource::New,
+            },
             handoff_init,
             resources: Resources { memory_limit, cpu_quota, cpu_period, cpu_weight: None, pids_limit },
             sysctls,
+            masked_paths,
+            readonly_paths,
+            seccomp: None,
         }
     }
 }

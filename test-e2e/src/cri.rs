@@ -138,10 +138,15 @@ impl Cri {
 
     /// `RunPodSandbox` with `handler`; the pod's id.
     pub fn run_pod(&self, config: &PodSandboxConfig, handler: Handler) -> CriResult<String> {
+        self.run_pod_named(config, handler.name())
+    }
+
+    /// `RunPodSandbox` with the runtime handler named `handler` (`runc-net`, ...).
+    pub fn run_pod_named(&self, config: &PodSandboxConfig, handler: &str) -> CriResult<String> {
         let mut c = self.runtime.clone();
         let req = api::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: handler.name().into(),
+            runtime_handler: handler.into(),
         };
         self.call("RunPodSandbox", CALL_TIMEOUT, async move {
             c.run_pod_sandbox(req).await
@@ -295,6 +300,34 @@ impl Cri {
         self.call("ExecSync", within, async move { c.exec_sync(req).await })
     }
 
+    /// `Exec`: the streaming server's URL of the session ([`crate::cri_stream`]).
+    pub fn exec(&self, req: api::ExecRequest) -> CriResult<String> {
+        let mut c = self.runtime.clone();
+        self.call("Exec", CALL_TIMEOUT, async move { c.exec(req).await })
+            .map(|r| r.url)
+    }
+
+    /// `Attach`: the streaming server's URL of the session ([`crate::cri_stream`]).
+    pub fn attach(&self, req: api::AttachRequest) -> CriResult<String> {
+        let mut c = self.runtime.clone();
+        self.call("Attach", CALL_TIMEOUT, async move { c.attach(req).await })
+            .map(|r| r.url)
+    }
+
+    /// `PortForward` of `ports` of pod `pod`: the streaming server's URL of the session. Over
+    /// WebSocket the ports come from this request only.
+    pub fn port_forward(&self, pod: &str, ports: &[i32]) -> CriResult<String> {
+        let mut c = self.runtime.clone();
+        let req = api::PortForwardRequest {
+            pod_sandbox_id: pod.into(),
+            port: ports.to_vec(),
+        };
+        self.call("PortForward", CALL_TIMEOUT, async move {
+            c.port_forward(req).await
+        })
+        .map(|r| r.url)
+    }
+
     /// `ContainerStats` of container `id`.
     pub fn container_stats(&self, id: &str) -> CriResult<api::ContainerStats> {
         let mut c = self.runtime.clone();
@@ -416,6 +449,26 @@ pub fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
         linux: Some(LinuxContainerConfig::default()),
         ..Default::default()
     }
+}
+
+/// The pod's Linux security context (namespace options, `privileged`, ...), made empty first
+/// when the config has none.
+pub fn pod_security(config: &mut PodSandboxConfig) -> &mut api::LinuxSandboxSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The container's Linux security context (user, groups, capabilities, masked paths, ...),
+/// made empty first when the config has none.
+pub fn container_security(config: &mut ContainerConfig) -> &mut api::LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
 }
 
 /// A filter on pods by id.
@@ -631,6 +684,19 @@ impl CriTest {
         id
     }
 
+    /// Runs pod `config` with this test's handler on the pod network (handler `<name>-net`, the
+    /// `bridge` network of `hack/lib/containerd.sh`, 169.254.200.0/24, MTU 1400; containerd
+    /// 1.7); its id.
+    pub fn run_pod_on_network(&self, config: &PodSandboxConfig) -> String {
+        let handler = format!("{}-net", self.handler.name());
+        let id = self
+            .cri
+            .run_pod_named(config, &handler)
+            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", self.log()));
+        self.pods.lock().expect("pods").push(id.clone());
+        id
+    }
+
     /// Runs critest's default pod (name `<prefix>-<pid>-<n>`); its id and config.
     pub fn run_default_pod(&self, prefix: &str) -> (String, PodSandboxConfig) {
         let config = pod_config(&unique_name(prefix));
@@ -752,6 +818,15 @@ impl CriTest {
             })
             .collect();
         assert!(files.is_empty(), "shim state files left: {files:?}");
+        // Nor a mount: a microsandbox pod's volume binds, runc's and containerd's own.
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|point| ids.iter().any(|id| point.contains(id.as_str())))
+            .map(str::to_owned)
+            .collect();
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
         // Drop has nothing left to do.
         self.pods.lock().expect("pods").clear();
     }

@@ -6,6 +6,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod cri_stream;
 pub mod ctr;
 pub mod guest;
 pub mod ids;

@@ -238,3 +238,22 @@ fn a_terminal_is_the_containers_own() {
         r.stderr
     );
 }
+
+/// The VM's loopback is up: a server on 127.0.0.1 answers a client in the same container (it
+/// failed with "Network is unreachable" while agentd left `lo` down).
+#[test]
+fn loopback_is_up() {
+    let Some(_) = assets() else { return };
+    let root = rootfs();
+    let r = run(
+        root.path(),
+        "mkdir /tmp/www && echo hello >/tmp/www/index.html && httpd -p 127.0.0.1:8080 -h /tmp/www \
+         && wget -qO- http://127.0.0.1:8080/index.html",
+    );
+    assert_eq!(
+        (String::from_utf8_lossy(&r.stdout).as_ref(), r.code),
+        ("hello\n", 0),
+        "{}",
+        r.stderr
+    );
+}

@@ -91,6 +91,9 @@ async fn one_vm_many_processes() {
                 ..Default::default()
             },
             sysctls: vec![],
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            seccomp: None,
         })
         .await
         .unwrap();

@@ -11,30 +11,21 @@ use msb_protocol::types::{
 };
 
 use super::Server;
-use crate::container::{uts_hostname, Container};
+use crate::container::Container;
 use crate::lock;
 
 impl Server {
-    /// `core.container.create`: mounts the storage and creates the cgroup. A container that
-    /// shares another's UTS namespace without a hostname of its own takes that one's
-    /// ([`uts_hostname`]).
-    pub(super) fn create(&self, id: u32, mut c: ContainerCreate) {
+    /// `core.container.create`: mounts the storage and creates the cgroup.
+    pub(super) fn create(&self, id: u32, c: ContainerCreate) {
         let cid = c.id.clone();
-        {
-            let containers = lock(&self.containers);
-            if containers.contains_key(&cid) {
-                drop(containers);
-                return self.out.send(
-                    id,
-                    &ContainerFailed {
-                        id: cid.clone(),
-                        message: format!("container {cid} already exists"),
-                    },
-                );
-            }
-            c.hostname = uts_hostname(&c, |other| {
-                containers.get(other).and_then(|o| o.spec.hostname.clone())
-            });
+        if lock(&self.containers).contains_key(&cid) {
+            return self.out.send(
+                id,
+                &ContainerFailed {
+                    id: cid.clone(),
+                    message: format!("container {cid} already exists"),
+                },
+            );
         }
         match Container::create(c) {
             Ok(container) => {

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 
 use msb_protocol::types::{
     ErrorKind, ExecFailed, ExecFailureKind, ExecRequest, ExecResize, ExecSignal, ExecStarted,
-    ExecStdin,
+    ExecStdin, NamespaceSource,
 };
 use msb_protocol::Payload;
 
@@ -98,6 +98,14 @@ impl Server {
                 if let Some(c) = all.get_mut(&cid) {
                     c.init_exited = true;
                     crate::oom::report(&out, c);
+                    // With a PID namespace of its own, the kernel has killed the rest with
+                    // its init; in a shared one, the container ends with its init as under
+                    // runc, which kills what is left in its cgroup.
+                    if c.spec.namespaces.pid != NamespaceSource::New {
+                        if let Err(e) = c.cgroup.signal_all(libc::SIGKILL) {
+                            tracing::warn!(container = %cid, "kill what is left: {e}");
+                        }
+                    }
                 }
             }
         };

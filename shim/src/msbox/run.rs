@@ -90,6 +90,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
                 ..Default::default()
             },
             sysctls: Vec::new(),
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            seccomp: None,
         })
         .await?;
     let mut command = args.command.clone();
