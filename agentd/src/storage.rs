@@ -1,5 +1,6 @@
 //! Storage that outlives one container: the runtime share (virtio-fs, where a pod's EROFS images
-//! arrive after boot) and disks several containers use (a pod's ext4 upper disk). Each is mounted
+//! arrive after boot), the volume share (virtio-fs, read-write: the host paths containers bind)
+//! and disks several containers use (a pod's ext4 upper disk). Each is mounted
 //! on first use and kept until shutdown; image lowers are loop-mounted read-only.
 //!
 //! This is how containers reach a VM that is already running: neither QEMU `microvm` nor libkrun
@@ -12,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
+use msb_protocol::consts::{VOLUMES_FS_TAG, VOLUMES_MOUNT_POINT};
 use msb_protocol::{DISKS_MOUNT_DIR, RUNTIME_FS_TAG, RUNTIME_MOUNT_POINT};
 
 use crate::container::{disk_by_serial, ContainerError};
@@ -59,6 +61,20 @@ pub fn ensure_for(path: &Path) -> Result<(), ContainerError> {
             )
             .map_err(io_err(format!(
                 "mount the runtime share {RUNTIME_FS_TAG} (virtiofs) on {RUNTIME_MOUNT_POINT}"
+            )))
+        });
+    }
+    if path.starts_with(VOLUMES_MOUNT_POINT) {
+        return ensure_mounted(Path::new(VOLUMES_MOUNT_POINT), || {
+            sys::mount(
+                Some(VOLUMES_FS_TAG),
+                Path::new(VOLUMES_MOUNT_POINT),
+                Some("virtiofs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                None,
+            )
+            .map_err(io_err(format!(
+                "mount the volume share {VOLUMES_FS_TAG} (virtiofs) on {VOLUMES_MOUNT_POINT}"
             )))
         });
     }

@@ -14,6 +14,7 @@
 //!   single container's VM and of a pod's.
 //! - [`vm`]: the owned value tying it together ([`Vm`]); dropping it leaves nothing behind.
 //! - [`socket_path`]: binds and connects Unix sockets whose paths exceed `sun_path`.
+//! - [`volumes`]: host directories and files bound into a VM's read-write volume share.
 
 pub mod agent;
 pub mod assets;
@@ -26,6 +27,7 @@ pub mod rootfs;
 pub mod socket_path;
 pub mod vm;
 pub mod vmm;
+pub mod volumes;
 
 pub use agent::{AgentClient, AgentError, ExecEvent, ExecSession, StdinSender};
 pub use assets::GuestAssets;

@@ -307,7 +307,8 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.vmm.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Never through a volume still bound in it (that would delete the host's files).
+        let _ = crate::volumes::remove_tree(&self.dir);
     }
 }
 

@@ -46,10 +46,9 @@ fn cleanup_record(bundle: &Path, rec: &BundleRecord) {
         let _ = std::fs::remove_file(f);
     }
     if rec.sandbox_id == rec.container_id {
-        if let Err(e) = std::fs::remove_dir_all(&rec.vm_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %rec.vm_dir.display(), error = %e, "remove VM directory");
-            }
+        // Volumes a crashed shim left bound are detached first, never descended into.
+        if let Err(e) = msb_runtime::volumes::remove_tree(&rec.vm_dir) {
+            tracing::warn!(dir = %rec.vm_dir.display(), error = %e, "remove VM directory");
         }
     }
     let _ = std::fs::remove_file(bundle.join(RECORD_FILE));

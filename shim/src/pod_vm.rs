@@ -63,6 +63,9 @@ pub enum PodVmError {
     /// The VM or its agent connection is gone.
     #[error("sandbox is gone: {0}")]
     Gone(String),
+    /// A host volume could not be shared with the VM.
+    #[error("share host volume {0}")]
+    Volume(String, #[source] Cause),
     /// Anything else on the way to the guest.
     #[error("sandbox")]
     Other(#[source] Cause),
@@ -132,7 +135,12 @@ pub struct ContainerRoot<'a> {
     pub source: &'a OciRootfsSource,
     /// Size of its writable upper, bytes (sparse).
     pub upper_size: u64,
+    /// Whether it binds host paths: a VM booted for it then gets a volume share (a pod's VM
+    /// always does, for its later containers).
+    pub has_volumes: bool,
 }
+
+pub use msb_runtime::volumes::{HostVolume, Propagation, SharedVolume};
 
 /// One VM.
 #[async_trait]
@@ -142,15 +150,15 @@ pub trait PodVm: Send + Sync + Debug {
     async fn add_rootfs(&self, root: &ContainerRoot<'_>) -> Result<PreparedRootfs, PodVmError>;
     /// Prepares the container's root and namespaces.
     async fn create_container(&self, create: ContainerCreate) -> Result<(), PodVmError>;
-    /// Writes a small file into a created container's root (host file binds such as the CRI's
-    /// `/etc/hosts`, copied at create time).
-    async fn write_file(
+    /// Binds host path `source` (a directory or regular file) as volume `index` of
+    /// `container` into the VM's volume share, before the container is created; returns where
+    /// the guest finds it. The volumes of a container go at [`PodVm::delete_container`].
+    async fn add_volume(
         &self,
         container: &str,
-        path: &str,
-        data: Vec<u8>,
-        mode: u32,
-    ) -> Result<(), PodVmError>;
+        index: usize,
+        volume: &HostVolume,
+    ) -> Result<SharedVolume, PodVmError>;
     /// Starts a process (the init when `key.exec_id` is `None`).
     async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<GuestProcess, PodVmError>;
     /// Delivers a signal to a process, or with `all` to every process of its container.

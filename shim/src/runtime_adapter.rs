@@ -17,14 +17,15 @@ use msb_protocol::types::{
 };
 use msb_runtime::rootfs::{self, layer_cache, PodRootfs};
 use msb_runtime::vmm::{parse_backend, DiskSpec, ShareSpec};
+use msb_runtime::volumes::VolumeShare;
 use msb_runtime::{AgentClient, ExecEvent, GuestAssets};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::VmSettings;
 use crate::output_gate::OutputGate;
 use crate::pod_vm::{
-    ContainerRoot, GuestProcess, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory,
-    PreparedRootfs, ProcessKey,
+    ContainerRoot, GuestProcess, HostVolume, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory,
+    PreparedRootfs, ProcessKey, SharedVolume,
 };
 
 /// The production factory.
@@ -110,11 +111,13 @@ fn vm_hostname(id: &str) -> Option<msb_protocol::boot::Hostname> {
     msb_protocol::boot::Hostname::parse(&name).ok()
 }
 
-/// A booted VM and, for a pod, where its later containers' layer images go.
+/// A booted VM, for a pod where its later containers' layer images go, and its volume share.
 #[derive(Debug)]
 struct Booted {
     vm: msb_runtime::Vm,
     pod: Option<PodRootfs>,
+    /// Dropped after `vm` (fields drop in order): the volumes are unbound once the VMM is gone.
+    volumes: Option<VolumeShare>,
 }
 
 /// A pod container's root in the running VM: its layer images into the share, its upper a
@@ -206,9 +209,16 @@ impl RuntimePodVm {
                 PodRootfs::prepare(&self.dir, kind, first.upper_size)
             })
             .map_err(rootfs_err)?;
-            let vm = self.boot_vm(Some(kind), boot.disks, boot.shares).await?;
+            let (volumes, volume_shares) = self.volume_share(true)?;
+            let mut shares = boot.shares;
+            shares.extend(volume_shares);
+            let vm = self.boot_vm(Some(kind), boot.disks, shares).await?;
             let prepared = pod_root(&pod, first, &images);
-            *booted = Some(Booted { vm, pod: Some(pod) });
+            *booted = Some(Booted {
+                vm,
+                pod: Some(pod),
+                volumes,
+            });
             return prepared;
         }
         let mut single = tokio::task::block_in_place(|| {
@@ -220,13 +230,31 @@ impl RuntimePodVm {
             )
         })
         .map_err(rootfs_err)?;
-        let vm = self.boot_vm(self.backend, single.disks, Vec::new()).await?;
-        *booted = Some(Booted { vm, pod: None });
+        let (volumes, shares) = self.volume_share(first.has_volumes)?;
+        let vm = self.boot_vm(self.backend, single.disks, shares).await?;
+        *booted = Some(Booted {
+            vm,
+            pod: None,
+            volumes,
+        });
         single.spec.readonly = first.source.readonly;
         Ok(PreparedRootfs {
             spec: single.spec,
             owned_files: vec![single.upper],
         })
+    }
+
+    /// The volume share to boot with, if `wanted`, and its share spec.
+    fn volume_share(
+        &self,
+        wanted: bool,
+    ) -> Result<(Option<VolumeShare>, Vec<ShareSpec>), PodVmError> {
+        if !wanted {
+            return Ok((None, Vec::new()));
+        }
+        let (share, spec) = tokio::task::block_in_place(|| VolumeShare::prepare(&self.dir))
+            .map_err(|e| PodVmError::Boot(e.into()))?;
+        Ok((Some(share), vec![spec]))
     }
 
     fn process_id(&self, key: &ProcessKey) -> Result<u32, PodVmError> {
@@ -262,23 +290,30 @@ impl PodVm for RuntimePodVm {
             .map_err(agent_err)
     }
 
-    async fn write_file(
+    async fn add_volume(
         &self,
         container: &str,
-        path: &str,
-        data: Vec<u8>,
-        mode: u32,
-    ) -> Result<(), PodVmError> {
-        self.agent()?
-            .write_file(Some(container), path, mode, &data)
-            .await
-            .map_err(|e| match e {
-                msb_runtime::AgentError::Fs { path, message } => PodVmError::Container {
-                    id: container.to_owned(),
-                    message: format!("copy of the host file for {path}: {message}"),
-                },
-                other => agent_err(other),
-            })
+        index: usize,
+        volume: &HostVolume,
+    ) -> Result<SharedVolume, PodVmError> {
+        let booted = self.vm.lock().await;
+        let what = || format!("{} of container {container}", volume.source.display());
+        let share = booted
+            .as_ref()
+            .and_then(|b| b.volumes.as_ref())
+            .ok_or_else(|| {
+                PodVmError::Volume(
+                    what(),
+                    format!(
+                        "VM {} was booted without a volume share (its first container bound \
+                         no host path)",
+                        self.id
+                    )
+                    .into(),
+                )
+            })?;
+        tokio::task::block_in_place(|| share.add(container, index, volume))
+            .map_err(|e| PodVmError::Volume(what(), e.into()))
     }
 
     async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<GuestProcess, PodVmError> {
@@ -408,10 +443,24 @@ impl PodVm for RuntimePodVm {
 
     async fn delete_container(&self, container: &str) -> Result<(), PodVmError> {
         lock(&self.processes).retain(|k, _| k.container != container);
-        match self.agent() {
+        let res = match self.agent() {
             Ok(agent) => agent.container_delete(container).await.map_err(agent_err),
             Err(_) => Ok(()),
+        };
+        // Unbound once the guest has let go of them (or is gone).
+        if let Some(share) = self
+            .vm
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|b| b.volumes.as_ref())
+        {
+            if let Err(e) = tokio::task::block_in_place(|| share.remove(container)) {
+                tracing::warn!(sandbox = %self.id, container, error = %crate::error::chain(&e),
+                    "remove volumes");
+            }
         }
+        res
     }
 
     async fn shutdown(&self) -> Result<(), PodVmError> {
@@ -421,7 +470,9 @@ impl PodVm for RuntimePodVm {
                 .await
                 .map_err(|e| PodVmError::Other(e.into()))?;
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Err(e) = msb_runtime::volumes::remove_tree(&self.dir) {
+            tracing::warn!(sandbox = %self.id, dir = %self.dir.display(), error = %e, "remove VM directory");
+        }
         // Each VM's end is the moment to drop the images of layers containerd has removed
         // since: a few stats per cached image, and no image in use can go (see
         // msb_runtime::rootfs::layer_cache).

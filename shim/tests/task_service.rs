@@ -755,10 +755,10 @@ async fn containers_of_one_pod_share_one_vm() {
         serde_json::from_slice(&std::fs::read(app.join("config.json")).unwrap()).unwrap();
     spec["annotations"]["io.kubernetes.cri.sandbox-id"] = "pod1".into();
     std::fs::write(app.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
-    // The CRI's /etc/hosts bind is a host file: its content is copied in.
+    // The CRI's host binds go through the VM's volume share, in the spec's order; its
+    // /dev/shm bind is left to the guest.
     let hosts = h.tmp.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
-    std::fs::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     spec["mounts"][7]["source"] = hosts.to_string_lossy().into_owned().into();
     std::fs::write(app.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
     h.svc.create(h.create_req("app", &app, "")).await.unwrap();
@@ -766,13 +766,39 @@ async fn containers_of_one_pod_share_one_vm() {
     assert_eq!(h.factory.sandboxes().len(), 1);
     let vm = h.vm(0);
     assert_eq!(vm.id(), "pod1");
-    assert!(vm
+    let sandboxes = "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/5f0c";
+    let volumes: Vec<String> = vm
         .calls()
-        .contains(&"write_file app /etc/hosts \"127.0.0.1 localhost\\n\" 644".to_string()));
-    let app_create = &vm.creates()[1];
+        .into_iter()
+        .filter(|c| c.starts_with("add_volume"))
+        .collect();
     assert_eq!(
-        app_create.namespaces.share_pid_with.as_deref(),
-        Some("pod1")
+        volumes,
+        [
+            format!("add_volume app 2 {sandboxes}/resolv.conf rec=true ro=false"),
+            format!("add_volume app 1 {sandboxes}/hostname rec=true ro=false"),
+            format!("add_volume app 0 {} rec=true ro=false", hosts.display()),
+        ]
+    );
+    let app_create = &vm.creates()[1];
+    let binds: Vec<(&str, &str)> = app_create
+        .mounts
+        .iter()
+        .filter(|m| m.kind == "bind")
+        .map(|m| (m.destination.as_str(), m.source.as_str()))
+        .collect();
+    assert_eq!(
+        binds,
+        [
+            ("/etc/hosts", "/run/msb/volumes/app/0"),
+            ("/etc/hostname", "/run/msb/volumes/app/1"),
+            ("/etc/resolv.conf", "/run/msb/volumes/app/2"),
+        ]
+    );
+    assert_eq!(app_create.mounts[7].destination, "/etc/hosts");
+    assert_eq!(
+        app_create.namespaces.pid,
+        msb_protocol::types::NamespaceSource::Container("pod1".into())
     );
     assert_eq!(
         msb_shim::shim::grouping(&app, "app"),

@@ -111,8 +111,10 @@ fn ctr_run_with_both_runtime_names_and_exact_statuses() {
     assert!(exit.contains("\"exit_status\":137"), "{exit}");
 }
 
+/// A single container's host binds, a file and a directory, through its VM's volume share: read,
+/// written both ways, read-only where asked; nothing of them is left bound afterwards.
 #[test]
-fn host_file_binds_are_copied_into_the_container() {
+fn host_binds_reach_the_container_through_the_volume_share() {
     let ns = "binds";
     let Some(ctrd) = setup(ns) else { return };
     let b1 = container_id("b1");
@@ -120,25 +122,51 @@ fn host_file_binds_are_copied_into_the_container() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, "10.1.2.3 msb-test\n").unwrap();
-    let mount = format!(
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("in"), "from the host\n").unwrap();
+    let file = format!(
         "type=bind,src={},dst=/etc/deep/hosts,options=rbind:ro",
         hosts.display()
+    );
+    let rw = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        data.display()
     );
     let o = run_msb(
         &ctrd,
         ns,
-        &["--rm", "--mount", &mount],
+        &["--rm", "--mount", &file, "--mount", &rw],
         &b1,
-        &["sh", "-c", "cat /etc/deep/hosts; hostname"],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/deep/hosts /data/in; hostname; echo out >/data/out; \
+             echo x >>/etc/deep/hosts || echo refused",
+        ],
     );
-    // The copy, and the VM's hostname (the container id, cut to a host name's 63 characters)
-    // since ctr sets none.
+    // The VM's hostname is the container id, cut to a host name's 63 characters (ctr sets none).
     assert_eq!(
         (stdout(&o), o.status.code()),
-        (format!("10.1.2.3 msb-test\n{}\n", &b1[..63]), Some(0)),
+        (
+            format!("10.1.2.3 msb-test\nfrom the host\n{}\nrefused\n", &b1[..63]),
+            Some(0)
+        ),
         "{}",
         text(&o)
     );
+    assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "out\n");
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        "10.1.2.3 msb-test\n"
+    );
+    let left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&b1))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
 }
 
 #[test]
@@ -691,6 +719,85 @@ fn capabilities_and_no_new_privs_as_runc_gives_them() {
         assert_eq!(
             (stdout(&ours), ours.status.code()),
             (stdout(&runc), Some(0)),
+            "case {i}: {flags:?}\n{}",
+            text(&ours)
+        );
+    }
+}
+
+/// A seccomp profile confines the container as runc confines it, inside the guest: ctr's
+/// default profile (`--seccomp`: `unshare` is denied without CAP_SYS_ADMIN, even for a user
+/// namespace, which needs no capability), and a profile of
+/// ours (`--seccomp-profile`) with an errno of its own, an argument condition and a default that
+/// allows, installed both ways runc installs it (right before `execve` with no new privileges,
+/// the default; before the capabilities are dropped with `--allow-new-privs`). Same standard
+/// output, standard error and exit status as runc, and the expected ones.
+#[test]
+fn seccomp_profiles_confine_as_runc_confines() {
+    let ns = "seccomp";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slot = GuestSlot::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.json");
+    // mkdir: EPERM; chmod: ENOSYS; kill only with signal 0; everything else allowed.
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+          {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"},
+          {"names": ["chmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+          {"names": ["kill"], "action": "SCMP_ACT_ERRNO",
+           "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_NE"}]}]}"#,
+    )
+    .unwrap();
+    let profile = profile.to_str().unwrap();
+    let script = "grep '^Seccomp:' /proc/self/status; mkdir /tmp/d; echo mkdir=$?; \
+        touch /tmp/f; chmod 600 /tmp/f; echo chmod=$?; kill -0 $$; echo kill0=$?; \
+        trap '' USR1; kill -USR1 $$; echo usr1=$?; unshare -U true; echo unshare=$?";
+    let ours_denied = "Seccomp:\t2\nmkdir=1\nchmod=1\nkill0=0\nusr1=1\nunshare=0\n";
+    let cases: [(&[&str], &str); 3] = [
+        (&["--seccomp", "--seccomp-profile", profile], ours_denied),
+        (
+            &[
+                "--seccomp",
+                "--seccomp-profile",
+                profile,
+                "--allow-new-privs",
+            ],
+            ours_denied,
+        ),
+        (
+            &["--seccomp"],
+            "Seccomp:\t2\nmkdir=0\nchmod=0\nkill0=0\nusr1=0\nunshare=1\n",
+        ),
+    ];
+    for (i, (flags, want)) in cases.iter().enumerate() {
+        let cmd = ["sh", "-c", script];
+        let mut args = vec!["run", "--rm"];
+        args.extend(*flags);
+        let runc_id = container_id(&format!("runc{i}"));
+        args.extend([BUSYBOX, &runc_id]);
+        args.extend(cmd);
+        let runc = ctrd.ctr(ns, &args);
+        assert_eq!(
+            (stdout(&runc).as_str(), runc.status.code()),
+            (*want, Some(0)),
+            "runc, case {i}: {flags:?}\n{}",
+            text(&runc)
+        );
+        let mut flags = flags.to_vec();
+        flags.insert(0, "--rm");
+        let ours = run_msb(&ctrd, ns, &flags, &container_id(&format!("msb{i}")), &cmd);
+        assert_eq!(
+            (
+                stdout(&ours),
+                String::from_utf8_lossy(&ours.stderr),
+                ours.status.code()
+            ),
+            (
+                stdout(&runc),
+                String::from_utf8_lossy(&runc.stderr),
+                Some(0)
+            ),
             "case {i}: {flags:?}\n{}",
             text(&ours)
         );

@@ -18,8 +18,8 @@ use msb_protocol::types::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    ContainerRoot, GuestProcess, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory,
-    PreparedRootfs, ProcessKey,
+    ContainerRoot, GuestProcess, HostVolume, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory,
+    PreparedRootfs, ProcessKey, SharedVolume,
 };
 use crate::config::VmSettings;
 
@@ -255,18 +255,25 @@ impl PodVm for FakePodVm {
         Ok(())
     }
 
-    async fn write_file(
+    async fn add_volume(
         &self,
         container: &str,
-        path: &str,
-        data: Vec<u8>,
-        mode: u32,
-    ) -> Result<(), PodVmError> {
+        index: usize,
+        volume: &HostVolume,
+    ) -> Result<SharedVolume, PodVmError> {
         self.record(format!(
-            "write_file {container} {path} {:?} {mode:o}",
-            String::from_utf8_lossy(&data)
+            "add_volume {container} {index} {} rec={} ro={}",
+            volume.source.display(),
+            volume.recursive,
+            volume.read_only
         ));
-        Ok(())
+        Ok(SharedVolume {
+            guest_path: format!(
+                "{}/{container}/{index}",
+                msb_protocol::consts::VOLUMES_MOUNT_POINT
+            ),
+            is_dir: volume.source.is_dir(),
+        })
     }
 
     async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<GuestProcess, PodVmError> {

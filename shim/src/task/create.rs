@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use containerd_shim::api::{CreateTaskRequest, CreateTaskResponse};
 use msb_oci::{Bundle, OciRootfsSource, RootfsMount};
+use msb_protocol::types::ContainerMount;
 
 use super::{Container, Pod, Process, TaskService};
 use crate::config::{check_id, runtime_options_config_path, ShimConfig, SANDBOX_ID_ANNOTATION};
 use crate::error::ShimError;
 use crate::events::{EventMount, TaskEvent, TaskIo};
-use crate::pod_vm::{ContainerRoot, PodVm, PreparedRootfs, ProcessKey};
+use crate::pod_vm::{ContainerRoot, HostVolume, PodVm, PreparedRootfs, ProcessKey, Propagation};
 use crate::record::BundleRecord;
 
 impl TaskService {
@@ -27,6 +28,9 @@ impl TaskService {
             return Err(ShimError::AlreadyExists(format!("container {id}")));
         }
         let bundle = Bundle::load(&req.bundle)?;
+        for setting in bundle.ignored_settings() {
+            tracing::debug!(container = %id, "ignored in the VM: {setting}");
+        }
         let annotations = bundle.annotations();
         let sandbox_id = annotations
             .get(SANDBOX_ID_ANNOTATION)
@@ -58,7 +62,7 @@ impl TaskService {
             .collect();
         let source = OciRootfsSource::from_mounts(bundle.dir(), &mounts, &bundle.root_path())?;
         let mut cspec = bundle.container_spec(&id, Some(&sandbox_id))?;
-        let copies = host_file_copies(&id, std::mem::take(&mut cspec.host_binds));
+        let binds = volumes_to_share(&id, std::mem::take(&mut cspec.host_binds));
         let mut init = bundle.init_exec(&id)?;
         init.tty = req.terminal;
         init.stdin = !req.stdin.is_empty();
@@ -67,6 +71,7 @@ impl TaskService {
             container: &id,
             source: &source,
             upper_size: cconfig.upper_size,
+            has_volumes: !binds.is_empty(),
         };
         let (sandbox, first_root) = self
             .vm_for(&sandbox_id, &cconfig.vm, &config.state_dir, &root)
@@ -84,12 +89,28 @@ impl TaskService {
         };
         prepared.spec.readonly |= bundle.root_readonly() || source.readonly;
         let result = async {
+            // In reverse, so that each goes back where the spec had it.
+            for (index, bind) in binds.iter().enumerate().rev() {
+                let volume = HostVolume {
+                    source: PathBuf::from(&bind.source),
+                    recursive: bind.recursive(),
+                    read_only: bind.readonly(),
+                    propagation: Propagation::from_options(&bind.options),
+                };
+                let shared = sandbox.add_volume(&id, index, &volume).await?;
+                cspec.mounts.insert(
+                    bind.position,
+                    ContainerMount {
+                        destination: bind.destination.clone(),
+                        kind: "bind".into(),
+                        source: shared.guest_path,
+                        options: bind.options.clone(),
+                    },
+                );
+            }
             let mut create = cspec.into_create(&id, prepared.spec.clone());
             create.handoff_init = cconfig.handoff_init.clone();
             sandbox.create_container(create).await?;
-            for (path, data, mode) in copies {
-                sandbox.write_file(&id, &path, data, mode).await?;
-            }
             Ok::<_, ShimError>(())
         }
         .await;
@@ -199,7 +220,7 @@ impl TaskService {
         {
             Ok(s) => s,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = msb_runtime::volumes::remove_tree(&dir);
                 return Err(e.into());
             }
         };
@@ -238,40 +259,25 @@ impl TaskService {
             }
             if let Some(pod) = pod {
                 pod.watcher.abort();
-                let _ = std::fs::remove_dir_all(&pod.dir);
+                let _ = msb_runtime::volumes::remove_tree(&pod.dir);
             }
         }
     }
 }
 
-/// Largest host file a bind mount is copied for.
-pub const MAX_BIND_COPY: u64 = 1 << 20;
-
-/// Host bind mounts the guest cannot see: small regular files (the CRI's `/etc/hosts`,
-/// `/etc/hostname`, `/etc/resolv.conf`) are copied into the container at create time; anything
-/// else (directories, devices, large files) is skipped with a warning, as there is no host
-/// directory sharing yet.
-fn host_file_copies(id: &str, binds: Vec<msb_oci::HostBindMount>) -> Vec<(String, Vec<u8>, u32)> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = Vec::new();
-    for bind in binds {
-        let md = std::fs::metadata(&bind.source);
-        match md {
-            Ok(md) if md.is_file() && md.len() <= MAX_BIND_COPY => {
-                match std::fs::read(&bind.source) {
-                    Ok(data) => {
-                        tracing::debug!(container = %id, source = %bind.source,
-                            destination = %bind.destination, "copying host file bind");
-                        out.push((bind.destination, data, md.permissions().mode() & 0o7777));
-                    }
-                    Err(e) => tracing::warn!(container = %id, source = %bind.source, error = %e,
-                        "read host file for bind mount; skipped"),
-                }
+/// The host binds of container `id` that go through the VM's volume share: all but the
+/// spec's `/dev/shm`, which the guest provides itself (each container's own tmpfs, or the one of
+/// the container whose IPC namespace it shares, as CRI's pod `/dev/shm`).
+fn volumes_to_share(id: &str, binds: Vec<msb_oci::HostBindMount>) -> Vec<msb_oci::HostBindMount> {
+    binds
+        .into_iter()
+        .filter(|b| {
+            let shm = b.destination.trim_end_matches('/') == "/dev/shm";
+            if shm {
+                tracing::debug!(container = %id, source = %b.source,
+                    "/dev/shm bind left to the guest (the pod's shm is the VM's)");
             }
-            _ => tracing::warn!(container = %id, source = %bind.source,
-                destination = %bind.destination,
-                "host bind mount not provided inside the VM (no host directory sharing yet)"),
-        }
-    }
-    out
+            !shm
+        })
+        .collect()
 }

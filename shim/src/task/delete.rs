@@ -61,7 +61,7 @@ impl TaskService {
                 tracing::warn!(sandbox = %container.sandbox_id, error = %e, "shut down VM");
             }
             pod.watcher.abort();
-            let _ = std::fs::remove_dir_all(&pod.dir);
+            let _ = msb_runtime::volumes::remove_tree(&pod.dir);
         }
         for f in &container.owned_files {
             if let Err(e) = std::fs::remove_file(f) {
