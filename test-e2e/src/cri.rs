@@ -471,6 +471,15 @@ pub fn container_security(config: &mut ContainerConfig) -> &mut api::LinuxContai
         .get_or_insert_with(Default::default)
 }
 
+/// The stdout and stderr of an `ExecSync` as text, and its exit code: what a case compares.
+pub fn output(r: &ExecSyncResponse) -> (String, String, i32) {
+    (
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+        r.exit_code,
+    )
+}
+
 /// A filter on pods by id.
 pub fn pod_id_filter(id: &str) -> PodSandboxFilter {
     PodSandboxFilter {

@@ -17,12 +17,12 @@
 //! `euid=0(root)`.
 
 use msb_test_e2e::cri::api::{
-    security_profile::ProfileType, Capability, ContainerConfig, ContainerState, ExecSyncResponse,
-    PodSandboxConfig, SecurityProfile,
+    security_profile::ProfileType, Capability, ContainerConfig, ContainerState, PodSandboxConfig,
+    SecurityProfile,
 };
 use msb_test_e2e::cri::{
-    container_config, container_security, pod_config, pod_security, unique_name, CriTest, Handler,
-    LogStream,
+    container_config, container_security, output, pod_config, pod_security, unique_name, CriTest,
+    Handler, LogStream,
 };
 
 use super::{run, wait_log};
@@ -95,15 +95,6 @@ per_handler! {
     no_new_privs_true => runc_no_new_privs_true, microsandbox_no_new_privs_true;
     /// critest NoNewPrivs: "should allow privilege escalation when false" (adapted likewise).
     no_new_privs_false => runc_no_new_privs_false, microsandbox_no_new_privs_false;
-}
-
-/// stdout and stderr as text, and the exit code.
-fn output(r: &ExecSyncResponse) -> (String, String, i32) {
-    (
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-        r.exit_code,
-    )
 }
 
 fn profile(kind: ProfileType, localhost_ref: &str) -> Option<SecurityProfile> {

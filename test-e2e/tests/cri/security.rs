@@ -23,12 +23,12 @@ use std::net::TcpListener;
 use std::process::Command;
 
 use msb_test_e2e::cri::api::{
-    Capability, ContainerConfig, ContainerState, ExecSyncResponse, Int64Value,
-    LinuxContainerSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    Capability, ContainerConfig, ContainerState, Int64Value, LinuxContainerSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig,
 };
 use msb_test_e2e::cri::{
-    container_config, container_security, pod_config, pod_security, read_log, unique_name, CriTest,
-    Handler, LogStream,
+    container_config, container_security, output, pod_config, pod_security, read_log, unique_name,
+    CriTest, Handler, LogStream,
 };
 use msb_test_e2e::ctr::eventually;
 
@@ -106,15 +106,6 @@ per_handler! {
     safe_sysctls => runc_safe_sysctls, microsandbox_safe_sysctls;
     /// critest PodSandbox: "should support unsafe sysctls" (`fs.mqueue.msg_max`).
     unsafe_sysctls => runc_unsafe_sysctls, microsandbox_unsafe_sysctls;
-}
-
-/// stdout and stderr as text, and the exit code.
-fn output(r: &ExecSyncResponse) -> (String, String, i32) {
-    (
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-        r.exit_code,
-    )
 }
 
 /// Creates container `config` in `pod`, starts it and waits (60 s) until it runs; its id.

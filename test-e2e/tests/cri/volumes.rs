@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use msb_test_e2e::cri::api::{ContainerState, Mount, MountPropagation};
-use msb_test_e2e::cri::{container_config, container_security, unique_name, CriTest, Handler};
+use msb_test_e2e::cri::{
+    container_config, container_security, output, unique_name, CriTest, Handler,
+};
 use msb_test_e2e::ctr::eventually;
 
 use super::run;
@@ -83,12 +85,7 @@ impl Drop for HostMounts {
 
 /// `cmd` in container `c`: (stdout, stderr, exit code).
 fn exec(t: &CriTest, c: &str, cmd: &[&str]) -> (String, String, i32) {
-    let r = t.exec(c, cmd);
-    (
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-        r.exit_code,
-    )
+    output(&t.exec(c, cmd))
 }
 
 /// A running container of `pod` with `mounts`, privileged if asked.
