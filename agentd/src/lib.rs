@@ -5,7 +5,7 @@
 //! `agent` port ([`port`]) and serve the protocol ([`server`], the dispatcher): containers
 //! ([`container`], [`storage`], [`cgroup`], OOM reports in [`oom`]), processes ([`prepare`] turns
 //! a request into a plan, [`seccomp`] compiles its container's profile, [`spawn`] starts it,
-//! [`exec`] runs its session, [`reaper`] reaps), files ([`fs`]) and shutdown ([`shutdown`]).
+//! [`exec`] runs its session, [`reaper`] reaps), files ([`fs`]), the pod network ([`net`]) and shutdown ([`shutdown`]).
 //!
 //! Threads, not async: the dispatcher is the main thread and the only one that spawns; each
 //! process has small threads for its streams and exit; one thread reaps; one writes the port.
@@ -23,6 +23,7 @@ pub mod fs;
 pub mod init;
 pub mod modules;
 pub mod mount_opts;
+pub mod net;
 pub mod oom;
 pub mod port;
 pub mod prepare;

@@ -7,7 +7,8 @@
 //!   `core.relay.client.disconnected`);
 //! - `process`: `core.exec.*`, a process and its session (preparation in [`crate::prepare`]);
 //! - `containers`: `core.container.*`, a container's lifecycle;
-//! - `files`: `core.fs.*`.
+//! - `files`: `core.fs.*`;
+//! - `net`: `core.net.configure`, the pod network.
 //!
 //! It runs on agentd's main thread, which is also the only thread that spawns processes (a
 //! spawn into a running container switches this thread's PID namespace for children, see
@@ -17,6 +18,7 @@
 mod containers;
 mod control;
 mod files;
+mod net;
 mod process;
 
 use std::fs::File;
@@ -120,6 +122,7 @@ impl Server {
             ContainerDelete::TYPE => self.on(&msg, |s, d: ContainerDelete| s.delete(id, d)),
             FsRequest::TYPE => self.on(&msg, |s, r: FsRequest| s.fs_request(id, r)),
             FsData::TYPE => self.on(&msg, |s, d: FsData| s.fs_data(id, d)),
+            NetConfigure::TYPE => self.on(&msg, |s, c: NetConfigure| s.net_configure(id, c)),
             other => {
                 let kind = if msg.flags == Flags::NONE || msg.flags.contains(Flags::SESSION_START) {
                     ErrorKind::UnsupportedMessageType

@@ -106,6 +106,18 @@ _ctrd_cri_config() {
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.microsandbox]
     runtime_type = "$MSB_CTRD_RUNTIME_TYPE"
 TOML
+      # 1.7 only: the same handlers on the pod network of $MSB_CTRD_DIR/cni-net (per-handler
+      # CNI directories are a 1.7 feature), for the pod networking tests.
+      if [ "$version" = 1.7 ]; then
+        cat <<TOML
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-net]
+    runtime_type = "io.containerd.runc.v2"
+    cni_conf_dir = "$MSB_CTRD_DIR/cni-net"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.microsandbox-net]
+    runtime_type = "$MSB_CTRD_RUNTIME_TYPE"
+    cni_conf_dir = "$MSB_CTRD_DIR/cni-net"
+TOML
+      fi
       ;;
     2.*)
       cat <<TOML
@@ -143,6 +155,38 @@ _ctrd_cni_config() {
 JSON
 }
 
+# The pod network of the `*-net` handlers, in $1: Debian's `bridge` plugin on the host bridge
+# $MSB_CTRD_NET_BRIDGE (default msb-cni0, 169.254.200.1/24, made on first use and kept), MTU
+# 1400 (not the default, so that tests see it carried), `host-local` addresses from
+# 169.254.200.0/24 recorded under $MSB_CTRD_DIR, a default route through the bridge, and
+# `portmap` for the pods' host ports (iptables DNAT rules of its own, removed with each pod). No
+# masquerading of pod traffic: nothing leaves the link-local range.
+_ctrd_cni_net_config() {
+  mkdir -p "$1" || return 1
+  cat >"$1/10-msb-net.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "msb-net",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "${MSB_CTRD_NET_BRIDGE:-msb-cni0}",
+      "isGateway": true,
+      "ipMasq": false,
+      "mtu": 1400,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$MSB_CTRD_DIR/cni-ipam",
+        "ranges": [[{ "subnet": "169.254.200.0/24", "gateway": "169.254.200.1" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+JSON
+}
+
 # Whether a containerd answers on $MSB_CTRD_SOCK. Only asked once the socket exists: ctr 1.6 and
 # 1.7 keep retrying a missing socket for 10 s before they fail.
 _ctrd_answers() {
@@ -159,6 +203,7 @@ ctrd_start() {
   ctrd_config "$version" "$optdir" "$cri" >"$MSB_CTRD_DIR/config.toml" || return 1
   if [ "$cri" = cri ]; then
     _ctrd_cni_config "$MSB_CTRD_DIR/cni" || return 1
+    _ctrd_cni_net_config "$MSB_CTRD_DIR/cni-net" || return 1
   fi
   if _ctrd_answers; then
     return 0

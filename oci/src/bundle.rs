@@ -206,6 +206,22 @@ impl Bundle {
         out
     }
 
+    /// The network namespace the spec joins by path (`linux.namespaces[network].path`): for
+    /// a CRI pod's sandbox container, the namespace CNI prepared. `None` for a new namespace,
+    /// none at all (the host's), or an empty path: the VM then has loopback only.
+    pub fn network_namespace(&self) -> Option<PathBuf> {
+        self.spec
+            .linux()
+            .as_ref()?
+            .namespaces()
+            .as_deref()?
+            .iter()
+            .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?
+            .path()
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// The whole `core.container.create` for container `id` on the given root.
     pub fn container_create(
         &self,

@@ -24,9 +24,9 @@
 //!
 //! Layers: [`frame`] (bytes <-> [`Frame`], blocking and, with the `tokio` feature, async via
 //! [`codec::FrameCodec`]), [`message`] (frame <-> envelope, typed payloads via [`Payload`]),
-//! [`types`] (every payload; a container's seccomp profile is in [`seccomp`]), [`boot`] (the
-//! `MSB_*` kernel command line settings), [`relay`] (id ranges of the VMM's multi-client relay)
-//! and [`consts`].
+//! [`types`] (every payload; a container's seccomp profile is in [`seccomp`], the pod network
+//! in [`net`]), [`boot`] (the `MSB_*` kernel command line settings), [`relay`] (id ranges of the
+//! VMM's multi-client relay) and [`consts`].
 //!
 //! This crate does no I/O of its own beyond the `Read`/`Write`/codec adapters.
 //!
@@ -49,6 +49,7 @@ mod envelope;
 pub mod flags;
 pub mod frame;
 pub mod message;
+pub mod net;
 pub mod relay;
 pub mod seccomp;
 pub mod types;

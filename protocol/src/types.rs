@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::flags::Flags;
 use crate::message::Payload;
+pub use crate::net::{NetConfigure, NetConfigured, NetFailed};
 
 macro_rules! payloads {
     ($( $(#[$doc:meta])* $ty:ident => $name:literal, $flags:ident; )*) => {
@@ -67,6 +68,9 @@ payloads! {
     ContainerStatsReply => "core.container.stats.reply", TERMINAL;
     ContainerPidsReply => "core.container.pids.reply", TERMINAL;
     ContainerOom => "core.container.oom", NONE;
+    NetConfigure => "core.net.configure", SESSION_START;
+    NetConfigured => "core.net.configured", TERMINAL;
+    NetFailed => "core.net.failed", TERMINAL;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 //! - [`host`]: facts about this host (TSC frequency, whether KVM can boot a standard guest).
 //! - [`vmm`]: the backends behind one trait ([`vmm::Backend`]): [`vmm::qemu`] and
 //!   [`vmm::krun`]. The VMM is always a child process in its own process group.
+//! - [`net`]: pod networking: the TAP in the pod's network namespace, redirected to and from
+//!   the pod interface, and what the guest configures.
 //! - [`agent`]: the async client of agentd's protocol (sessions, backpressure).
 //! - [`private`]: directories 0700 and files 0600, whatever the umask.
 //! - [`relay`]: serves several host clients over one agent connection.
@@ -21,6 +23,7 @@ pub mod assets;
 pub mod disks;
 pub mod doctor;
 pub mod host;
+pub mod net;
 pub mod private;
 pub mod relay;
 pub mod rootfs;

@@ -39,6 +39,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// virtio-fs shares of host directories.
     pub shares: Vec<ShareSpec>,
+    /// The pod network's TAP ([`crate::net::PodNetwork::device`]); `None`: loopback only.
+    pub net: Option<crate::net::NetDevice>,
     /// How long the guest may take to send `core.ready`.
     pub ready_timeout: Duration,
     /// The sandbox directory (default `$MSB_RUN_DIR/sandboxes/<id>`); removed with the sandbox.
@@ -59,6 +61,7 @@ impl VmConfig {
             boot_env: BootEnv::default(),
             disks: Vec::new(),
             shares: Vec::new(),
+            net: None,
             ready_timeout: Duration::from_secs(60),
         }
     }
@@ -151,6 +154,7 @@ impl Vm {
             cmdline: cfg.boot_env.to_cmdline_words(),
             disks: cfg.disks.clone(),
             shares: cfg.shares.clone(),
+            net: cfg.net.clone(),
             agent_socket: dir.join("agent.sock"),
             console_log: dir.join("console.log"),
         };

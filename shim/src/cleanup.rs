@@ -46,6 +46,17 @@ fn cleanup_record(bundle: &Path, rec: &BundleRecord) {
         let _ = std::fs::remove_file(f);
     }
     if rec.sandbox_id == rec.container_id {
+        // The pod network's redirect on the pod interface (its TAP died with the VMM), found
+        // through the bundle's own spec: a host-device interface goes back to the host with
+        // whatever filters it carries.
+        if let Some(netns) = msb_oci::Bundle::load(bundle)
+            .ok()
+            .and_then(|b| b.network_namespace())
+        {
+            if let Err(e) = msb_runtime::net::cleanup_netns(&netns) {
+                tracing::warn!(netns = %netns.display(), error = %e, "remove the pod network's redirect");
+            }
+        }
         // Volumes a crashed shim left bound are detached first, never descended into.
         if let Err(e) = msb_runtime::volumes::remove_tree(&rec.vm_dir) {
             tracing::warn!(dir = %rec.vm_dir.display(), error = %e, "remove VM directory");

@@ -160,6 +160,9 @@ pub struct VmSettings {
     /// one upper disk on which each container has its own directory, since no disk can be
     /// added to a running VM.
     pub pod: bool,
+    /// The pod's network namespace, prepared by CNI (the booting container's
+    /// `linux.namespaces[network].path`); `None`: the VM has loopback only.
+    pub netns: Option<PathBuf>,
 }
 
 /// Settings of one container after annotations.
@@ -280,6 +283,7 @@ impl ShimConfig {
                 pod: annotations
                     .get(SANDBOX_ID_ANNOTATION)
                     .is_some_and(|s| !s.is_empty()),
+                netns: None,
             },
             upper_size: cfg.upper_size,
             handoff_init: cfg.handoff_init,

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use msb_protocol::types::{
     ContainerCreate, ContainerStatsReply, ExecRequest, ExecResize, ExecSignal, Resources,
 };
+use msb_runtime::net::PodNetwork;
 use msb_runtime::rootfs::{self, layer_cache, PodRootfs};
 use msb_runtime::vmm::{parse_backend, DiskSpec, ShareSpec};
 use msb_runtime::volumes::VolumeShare;
@@ -118,6 +119,9 @@ struct Booted {
     pod: Option<PodRootfs>,
     /// Dropped after `vm` (fields drop in order): the volumes are unbound once the VMM is gone.
     volumes: Option<VolumeShare>,
+    /// The pod network when the sandbox names a network namespace; dropped (torn down) after
+    /// `vm`, whose VMM holds the TAP's other descriptor.
+    net: Option<PodNetwork>,
 }
 
 /// A pod container's root in the running VM: its layer images into the share, its upper a
@@ -147,14 +151,44 @@ impl RuntimePodVm {
             .ok_or_else(|| PodVmError::Other(format!("sandbox {} has not booted", self.id).into()))
     }
 
-    /// Boots the VM with these disks and shares and starts forwarding its events.
+    /// The pod network of the sandbox's namespace, when it names one and `backend` can serve it
+    /// (else the VM keeps loopback only, as a container without a namespace path does).
+    fn pod_network(
+        &self,
+        backend: Option<msb_runtime::BackendKind>,
+    ) -> Result<Option<PodNetwork>, PodVmError> {
+        let Some(netns) = &self.config.netns else {
+            return Ok(None);
+        };
+        let (kind, _) = msb_runtime::vmm::select_backend(backend);
+        if !kind.serves_pod_network() {
+            tracing::warn!(sandbox = %self.id, netns = %netns.display(),
+                "the {kind} backend cannot serve a pod network yet: the VM has loopback only");
+            return Ok(None);
+        }
+        match tokio::task::block_in_place(|| PodNetwork::setup(netns)) {
+            Ok(net) => Ok(Some(net)),
+            // A namespace with `lo` only (a CNI network that makes no interface): so has the VM.
+            Err(msb_runtime::net::NetError::NoInterface(_)) => {
+                tracing::info!(sandbox = %self.id, netns = %netns.display(),
+                    "no pod interface in the network namespace: the VM has loopback only");
+                Ok(None)
+            }
+            Err(e) => Err(PodVmError::Boot(e.into())),
+        }
+    }
+
+    /// Boots the VM with these disks and shares, and the pod network when the sandbox has one,
+    /// and starts forwarding its events.
     async fn boot_vm(
         &self,
         backend: Option<msb_runtime::BackendKind>,
         disks: Vec<DiskSpec>,
         shares: Vec<ShareSpec>,
-    ) -> Result<msb_runtime::Vm, PodVmError> {
+    ) -> Result<(msb_runtime::Vm, Option<PodNetwork>), PodVmError> {
+        let net = self.pod_network(backend)?;
         let mut cfg = msb_runtime::VmConfig::new(&self.id);
+        cfg.net = net.as_ref().map(PodNetwork::device);
         cfg.dir = self.dir.clone();
         cfg.backend = backend;
         cfg.vcpus = self.config.vcpus.clamp(1, 255) as u8;
@@ -166,6 +200,13 @@ impl RuntimePodVm {
         let sb = msb_runtime::Vm::start(cfg)
             .await
             .map_err(|e| PodVmError::Boot(e.into()))?;
+        if let Some(net) = &net {
+            // Before any container: they all share the VM's network namespace.
+            sb.agent()
+                .net_configure(&net.guest_config())
+                .await
+                .map_err(|e| PodVmError::Boot(e.into()))?;
+        }
         let agent = sb.agent().clone();
         *lock(&self.vmm_pid) = u32::try_from(sb.vmm_pid()).ok();
         *lock(&self.agent) = Some(agent.clone());
@@ -180,7 +221,7 @@ impl RuntimePodVm {
                 reason: "the agent connection closed".into(),
             });
         });
-        Ok(sb)
+        Ok((sb, net))
     }
 
     /// The cached layer images of a container's root (built on first use).
@@ -212,12 +253,13 @@ impl RuntimePodVm {
             let (volumes, volume_shares) = self.volume_share(true)?;
             let mut shares = boot.shares;
             shares.extend(volume_shares);
-            let vm = self.boot_vm(Some(kind), boot.disks, shares).await?;
+            let (vm, net) = self.boot_vm(Some(kind), boot.disks, shares).await?;
             let prepared = pod_root(&pod, first, &images);
             *booted = Some(Booted {
                 vm,
                 pod: Some(pod),
                 volumes,
+                net,
             });
             return prepared;
         }
@@ -231,11 +273,12 @@ impl RuntimePodVm {
         })
         .map_err(rootfs_err)?;
         let (volumes, shares) = self.volume_share(first.has_volumes)?;
-        let vm = self.boot_vm(self.backend, single.disks, shares).await?;
+        let (vm, net) = self.boot_vm(self.backend, single.disks, shares).await?;
         *booted = Some(Booted {
             vm,
             pod: None,
             volumes,
+            net,
         });
         single.spec.readonly = first.source.readonly;
         Ok(PreparedRootfs {
@@ -305,8 +348,7 @@ impl PodVm for RuntimePodVm {
                 PodVmError::Volume(
                     what(),
                     format!(
-                        "VM {} was booted without a volume share (its first container bound \
-                         no host path)",
+                        "VM {} was booted without a volume share (its first container bound                          no host path)",
                         self.id
                     )
                     .into(),
@@ -465,10 +507,16 @@ impl PodVm for RuntimePodVm {
 
     async fn shutdown(&self) -> Result<(), PodVmError> {
         lock(&self.agent).take();
-        if let Some(Booted { vm: sb, .. }) = self.vm.lock().await.take() {
-            sb.shutdown(msb_protocol::SHUTDOWN_HOST_TIMEOUT)
-                .await
-                .map_err(|e| PodVmError::Other(e.into()))?;
+        if let Some(Booted { vm: sb, net, .. }) = self.vm.lock().await.take() {
+            let stopped = sb.shutdown(msb_protocol::SHUTDOWN_HOST_TIMEOUT).await;
+            // After the VMM is gone (the TAP's other descriptor with it), also when the stop
+            // failed: the pod interface's redirect is removed, the TAP closed.
+            if let Some(mut net) = net {
+                if let Err(e) = tokio::task::block_in_place(|| net.teardown()) {
+                    tracing::warn!(sandbox = %self.id, error = %e, "pod network teardown");
+                }
+            }
+            stopped.map_err(|e| PodVmError::Other(e.into()))?;
         }
         if let Err(e) = msb_runtime::volumes::remove_tree(&self.dir) {
             tracing::warn!(sandbox = %self.id, dir = %self.dir.display(), error = %e, "remove VM directory");

@@ -7,8 +7,10 @@
 //! (runtime info, idempotence on unknown ids) run once.
 //!
 //! Images come from `hack/lib/containerd.sh` (busybox, and the pause image: busybox with
-//! entrypoint `tail -f /dev/null`), never from a registry; pods get only `lo` (the one CNI
-//! network names the address `127.0.0.1` and creates nothing). One containerd serves the whole process ([`Containerd::shared_cri`]); each test
+//! entrypoint `tail -f /dev/null`), never from a registry. Pods of handlers `runc` and
+//! `microsandbox` get only `lo` (their CNI network names the address `127.0.0.1` and creates
+//! nothing); those of `runc-net` and `microsandbox-net` a bridge network of the test's own
+//! (`tests/cri/network.rs`). One containerd serves the whole process ([`Containerd::shared_cri`]); each test
 //! looks only at its own pods and removes them, and checks afterwards that no pod, container,
 //! process (shim, VMM) or shim state file of them is left. The table of cases and results is in
 //! docs/KUBERNETES.md.
@@ -70,6 +72,8 @@ macro_rules! per_handler {
     )*};
 }
 
+#[path = "cri/network.rs"]
+mod network;
 #[path = "cri/seccomp.rs"]
 mod seccomp;
 #[path = "cri/security.rs"]

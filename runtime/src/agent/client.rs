@@ -51,6 +51,9 @@ pub enum AgentError {
         /// The guest's message.
         message: String,
     },
+    /// The guest could not configure the pod network.
+    #[error("guest network: {0}")]
+    Network(String),
     /// The guest answered with something unexpected or undecodable.
     #[error("unexpected reply: {0}")]
     Protocol(String),
@@ -369,6 +372,16 @@ impl AgentClient {
         self.call::<_, ContainerDone>(&ContainerDelete { id: id.into() })
             .await
             .map(drop)
+    }
+
+    /// Configures the pod network in the guest (`core.net.configure`).
+    pub async fn net_configure(&self, c: &NetConfigure) -> Result<(), AgentError> {
+        let mut s = self.request(c).await?;
+        let m = s.recv().await?;
+        if m.kind == NetFailed::TYPE {
+            return Err(AgentError::Network(m.decode::<NetFailed>()?.message));
+        }
+        reply::<NetConfigured>(NetConfigure::TYPE, m).map(drop)
     }
 
     /// A container's cgroup figures.

@@ -307,6 +307,14 @@ impl Backend for Krun {
             // up front what will most likely happen.
             tracing::warn!(sandbox = %spec.id, "krun requested although {why}; the guest will most likely fail (use --backend qemu)");
         }
+        if spec.net.is_some() {
+            // msb_krun's own TAP backend opens a TAP by name, in the VMM's (the host's)
+            // namespace; the pod's TAP lives in the pod's. An fd-backed net backend is needed.
+            return Err(VmmError::Unsupported {
+                backend: BackendKind::Krun,
+                what: "a pod network (its TAP descriptor) yet".into(),
+            });
+        }
         let program = self.program()?;
         let config = LaunchConfig::from_spec(spec, self.krunfw(spec)?);
         let log_path = spec.dir.join("krun.log");

@@ -59,6 +59,15 @@ impl BackendKind {
     }
 }
 
+impl BackendKind {
+    /// Whether the backend can serve a pod network (the TAP made in the pod's namespace, as a
+    /// descriptor). QEMU can; `msb_krun`'s TAP backend opens a TAP by name, in the VMM's own
+    /// (the host's) namespace, so krun needs an fd-backed network backend first.
+    pub fn serves_pod_network(self) -> bool {
+        matches!(self, BackendKind::Qemu)
+    }
+}
+
 /// Parses `auto|krun|qemu`; `auto` is `None`.
 pub fn parse_backend(s: &str) -> Result<Option<BackendKind>, String> {
     match s {
@@ -125,6 +134,8 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// Shares.
     pub shares: Vec<ShareSpec>,
+    /// The pod network's TAP, served as a virtio-net device ([`crate::net`]).
+    pub net: Option<crate::net::NetDevice>,
     /// Host side of the `agent` port.
     pub agent_socket: PathBuf,
     /// The guest console's log file.
@@ -377,6 +388,7 @@ pub(crate) fn sample_spec() -> VmSpec {
             },
         ],
         shares: vec![],
+        net: None,
         agent_socket: "/d/agent.sock".into(),
         console_log: "/d/console.log".into(),
     }

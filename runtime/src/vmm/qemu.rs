@@ -15,6 +15,11 @@
 //! - shares: one `virtiofsd` per share (a companion process of the VM, `--sandbox chroot`,
 //!   `--readonly` when asked) and a `vhost-user-fs-device`; vhost-user needs the guest memory
 //!   in a shared memfd (`memory-backend-memfd,share=on`).
+//! - the pod network: `-netdev tap,fd=N,vhost=off` with a `virtio-net-device` carrying the pod
+//!   interface's `mac=` and `host_mtu=`. The TAP was made in the pod's namespace
+//!   ([`crate::net`]); QEMU stays in the host's and inherits the descriptor (close-on-exec
+//!   cleared for QEMU only). `vhost=off`: `/dev/vhost-net` may be absent (QEMU 7.2 aborts when
+//!   asked for it) and under TCG it cannot help.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -126,6 +131,16 @@ impl Qemu {
             a.push(format!(
                 "virtio-blk-device,drive=disk{i},serial={}",
                 d.serial
+            ));
+        }
+        if let Some(net) = &spec.net {
+            a.push("-netdev".into());
+            a.push(format!("tap,id=net0,fd={},vhost=off", net.fd()));
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-net-device,netdev=net0,mac={},host_mtu={}",
+                msb_protocol::net::format_mac(&net.mac),
+                net.mtu
             ));
         }
         Ok(a)
@@ -263,7 +278,23 @@ impl Backend for Qemu {
         // Last before QEMU, which connects to them: nothing after this may fail without
         // killing them.
         let mut companions = start_virtiofsd(spec)?;
-        let child = tokio::process::Command::new(&self.program)
+        let mut cmd = tokio::process::Command::new(&self.program);
+        if let Some(net) = &spec.net {
+            let fd = net.fd();
+            // SAFETY: runs in the forked child before exec and only calls fcntl(2), which is
+            // async-signal-safe; `fd` is the TAP's descriptor, open in the parent (the
+            // `NetDevice` in `spec` holds it) and so in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Only this descriptor, only in QEMU: every other stays close-on-exec.
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .current_dir(&spec.dir)
             .args(&args)
             .stdin(Stdio::null())
@@ -310,6 +341,30 @@ mod tests {
              -chardev socket,id=agent,path=agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=agent \
              -drive file=/d/lower.img,if=none,id=disk0,format=raw,readonly=on -device virtio-blk-device,drive=disk0,serial=lower \
              -drive file=/d/upper.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap -device virtio-blk-device,drive=disk1,serial=upper"
+        );
+    }
+
+    #[test]
+    fn a_pod_network_adds_a_virtio_net_device_on_the_inherited_tap() {
+        let tap = std::fs::File::open("/dev/null").unwrap();
+        let net = crate::net::NetDevice {
+            tap: std::sync::Arc::new(std::os::fd::OwnedFd::from(tap)),
+            mac: [0x02, 0x6d, 0x73, 0x62, 0x00, 0x0a],
+            mtu: 1450,
+        };
+        let spec = VmSpec {
+            disks: vec![],
+            net: Some(net.clone()),
+            ..crate::vmm::sample_spec()
+        };
+        let a = Qemu::new().args(&spec, "tcg", None).unwrap().join(" ");
+        assert!(
+            a.ends_with(&format!(
+                "-netdev tap,id=net0,fd={},vhost=off \
+                 -device virtio-net-device,netdev=net0,mac=02:6d:73:62:00:0a,host_mtu=1450",
+                net.fd()
+            )),
+            "{a}"
         );
     }
 

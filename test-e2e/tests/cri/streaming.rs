@@ -6,9 +6,10 @@
 //!
 //! With microsandbox none of this runs in the VM for the stream itself: the streaming server
 //! is containerd's, and it drives the shim's Exec, Start, ResizePty, CloseIO and the process's
-//! FIFOs as it would runc's. Port-forward is the exception: containerd dials the port inside
-//! the pod's network namespace on the host, which the VM is not part of (no pod networking
-//! yet), so for microsandbox the case asserts today's refusal.
+//! FIFOs as it would runc's. Port-forward is the exception: containerd dials the port on the
+//! loopback of the pod's network namespace on the host, which the pod network's redirect does
+//! not carry into the VM (docs/NETWORK.md), so for microsandbox the case asserts today's
+//! refusal.
 
 use std::net::TcpListener;
 use std::time::Duration;

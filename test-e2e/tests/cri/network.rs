@@ -1,0 +1,469 @@
+//! Pod networking through the CRI (ours; critest's networking cases are in the main file): a
+//! pod on the `bridge` network of `hack/lib/containerd.sh` (handlers `runc-net` and
+//! `microsandbox-net`, 169.254.200.0/24, gateway 169.254.200.1 on the host bridge, MTU 1400).
+//! With microsandbox the pod's `eth0` is the guest's virtio-net interface, fed by the TAP the
+//! shim redirects to and from the veth CNI made (docs/NETWORK.md); the same assertions hold
+//! for runc, whose container has the veth itself.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use msb_test_e2e::cri::api::{ContainerState, PodSandboxConfig, PortMapping};
+use msb_test_e2e::cri::{container_config, pod_config, unique_name, CriTest, Handler};
+
+use super::run;
+
+/// The host's address on the pod network (the bridge).
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 200, 1);
+
+per_handler! {
+    /// Ours: the pod's `eth0` has the pod IP CNI gave, its MTU and the default route; a TCP
+    /// server in the pod answers the host at the pod IP; the pod reaches a server on the host.
+    pod_network_both_ways => runc_pod_network_both_ways, microsandbox_pod_network_both_ways;
+    /// critest Networking: "runtime should support port mapping with only container port":
+    /// the web server answers at the pod IP and container port. busybox `httpd` stands in for
+    /// nginx.
+    port_mapping_with_only_container_port => runc_port_mapping_with_only_container_port,
+        microsandbox_port_mapping_with_only_container_port;
+    /// critest Networking: "runtime should support port mapping with host port and container
+    /// port": the web server answers at `127.0.0.1:<host port>` (the `portmap` plugin's DNAT to
+    /// the pod IP). A free port instead of critest's 12000: both handlers run at once.
+    port_mapping_with_host_port_and_container_port =>
+        runc_port_mapping_with_host_port_and_container_port,
+        microsandbox_port_mapping_with_host_port_and_container_port;
+    /// critest Multiple Containers: "should support network": a pod with a web server and a
+    /// busybox container answers at the pod IP. Ours on top: the busybox container shares the
+    /// pod's network (the same `eth0`, the server on `127.0.0.1`).
+    multiple_containers_network => runc_multiple_containers_network,
+        microsandbox_multiple_containers_network;
+    /// Ours: 100 MiB cross the pod network each way intact (sha256), host to pod and pod to
+    /// host; the throughput is printed (docs/PERFORMANCE.md).
+    bulk_100_mib_each_way => runc_bulk_100_mib_each_way, microsandbox_bulk_100_mib_each_way;
+    /// Ours: two pods on one bridge network reach each other by pod IP.
+    two_pods_talk_by_pod_ip => runc_two_pods_talk_by_pod_ip,
+        microsandbox_two_pods_talk_by_pod_ip;
+}
+
+/// Ours: a shim killed with SIGKILL leaves no redirect behind: containerd's `delete` action
+/// kills the VMM (the TAP dies with it) and removes our filter and qdisc from the pod's `eth0`,
+/// before CNI tears the network down. microsandbox only.
+#[test]
+fn microsandbox_killed_shim_leaves_no_redirect() {
+    run(Handler::Microsandbox, killed_shim_leaves_no_redirect);
+}
+
+/// critest's `webServerContainerPort`.
+const WEB_SERVER_PORT: i32 = 80;
+
+/// Whether this test process's containerd has the `*-net` handlers (1.7); else says why not.
+fn has_net_handlers(t: &CriTest) -> bool {
+    if t.cri
+        .version()
+        .is_ok_and(|v| !v.runtime_version.starts_with("1.7"))
+    {
+        msb_test_e2e::skip("the *-net handlers are containerd 1.7's (per-handler CNI)");
+        return false;
+    }
+    true
+}
+
+/// critest's `createWebServerContainer` + `startContainer`, busybox `httpd` serving a page on
+/// [`WEB_SERVER_PORT`].
+fn web_server(t: &CriTest, pod: &str, config: &PodSandboxConfig, prefix: &str) -> String {
+    let server = container_config(
+        &unique_name(prefix),
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo msb-pod-answers >/www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let c = t.create_container(pod, &server, config);
+    t.start_container(&c);
+    c
+}
+
+/// critest's `checkMainPage`: GET `/` at `addr` answers 200 (retried for a minute).
+fn check_main_page(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok(reply)
+        })();
+        match reply {
+            Ok(r) if r.starts_with("HTTP/1.1 200 OK\r\n") => return,
+            Ok(r) if Instant::now() > deadline => panic!("GET http://{addr}/: {r}"),
+            Err(e) if Instant::now() > deadline => panic!("GET http://{addr}/: {e}"),
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// A pod on the network with `mappings`; its id, config and IP.
+fn pod_with_ports(t: &CriTest, mappings: Vec<PortMapping>) -> (String, PodSandboxConfig, Ipv4Addr) {
+    let mut config = pod_config(&unique_name("create-PodSandbox-with-port-mapping"));
+    config.port_mappings = mappings;
+    let pod = t.run_pod_on_network(&config);
+    let ip = pod_ip(t, &pod);
+    (pod, config, ip)
+}
+
+fn pod_ip(t: &CriTest, pod: &str) -> Ipv4Addr {
+    let status = t.pod_status(pod);
+    let ip: Ipv4Addr = status
+        .network
+        .as_ref()
+        .map(|n| n.ip.clone())
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|e| panic!("pod IP of {status:?}: {e}"));
+    assert_eq!(&ip.octets()[..3], &[169, 254, 200], "{ip}");
+    ip
+}
+
+fn port_mapping_with_only_container_port(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    let (pod, config, ip) = pod_with_ports(
+        t,
+        vec![PortMapping {
+            container_port: WEB_SERVER_PORT,
+            ..Default::default()
+        }],
+    );
+    web_server(t, &pod, &config, "container-for-container-port");
+    check_main_page(SocketAddr::from((ip, 80)));
+}
+
+fn port_mapping_with_host_port_and_container_port(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    let host_port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (pod, config, _) = pod_with_ports(
+        t,
+        vec![PortMapping {
+            container_port: WEB_SERVER_PORT,
+            host_port: i32::from(host_port),
+            ..Default::default()
+        }],
+    );
+    web_server(t, &pod, &config, "container-for-host-port");
+    check_main_page(SocketAddr::from(([127, 0, 0, 1], host_port)));
+}
+
+/// Runs `script` in `c` with `sh -c`; its stdout, after asserting exit 0 and no stderr.
+fn sh(t: &CriTest, c: &str, script: &str) -> String {
+    let r = t.exec(c, &["sh", "-c", script]);
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stderr).as_ref()),
+        (0, ""),
+        "{script}: {r:?}"
+    );
+    String::from_utf8(r.stdout).expect("utf-8 output")
+}
+
+/// Connects to `addr` until it answers (the server starts with its container), for 60 s.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("connect {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn pod_network_both_ways(t: &CriTest) {
+    if t.cri
+        .version()
+        .is_ok_and(|v| !v.runtime_version.starts_with("1.7"))
+    {
+        msb_test_e2e::skip("the *-net handlers are containerd 1.7's (per-handler CNI)");
+        return;
+    }
+    let config = pod_config(&unique_name("pod-network"));
+    let pod = t.run_pod_on_network(&config);
+    let status = t.pod_status(&pod);
+    let ip: Ipv4Addr = status
+        .network
+        .as_ref()
+        .map(|n| n.ip.clone())
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|e| panic!("pod IP of {status:?}: {e}"));
+    assert_eq!(&ip.octets()[..3], &[169, 254, 200], "{ip}");
+
+    // A web server in the pod: busybox httpd on port 8080.
+    let server = container_config(
+        &unique_name("pod-network-server"),
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo msb-pod-answers >/www/index.html && exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    let c = t.create_container(&pod, &server, &config);
+    t.start_container(&c);
+    t.wait_state(&c, ContainerState::ContainerRunning);
+
+    // eth0 as CNI configured it: address, MTU, default route through the bridge.
+    let addrs = sh(t, &c, "ip -o -4 addr show dev eth0");
+    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
+    assert_eq!(sh(t, &c, "cat /sys/class/net/eth0/mtu").trim(), "1400");
+    let routes = sh(t, &c, "ip route");
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with(&format!("default via {GATEWAY} dev eth0"))),
+        "{routes}"
+    );
+
+    // The host reaches the pod's server at the pod IP.
+    let mut s = connect(SocketAddr::from((ip, 8080)));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("msb-pod-answers\n"), "{reply}");
+
+    // The pod reaches a server on the host (the bridge's address).
+    let listener = TcpListener::bind((GATEWAY, 0)).expect("listen on the bridge address");
+    let port = listener.local_addr().unwrap().port();
+    let host = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        conn.write_all(b"msb-host-answers\n").unwrap();
+        peer
+    });
+    let got = sh(t, &c, &format!("nc {GATEWAY} {port} </dev/null"));
+    assert_eq!(got, "msb-host-answers\n");
+    let peer = host.join().unwrap();
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(ip),
+        "the pod connects from its IP"
+    );
+}
+
+fn multiple_containers_network(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    let (pod, config, ip) = pod_with_ports(
+        t,
+        vec![PortMapping {
+            container_port: WEB_SERVER_PORT,
+            ..Default::default()
+        }],
+    );
+    web_server(t, &pod, &config, "httpd");
+    let busybox = t.create_container(
+        &pod,
+        &container_config(&unique_name("busybox"), &["sleep", "3600"]),
+        &config,
+    );
+    t.start_container(&busybox);
+    check_main_page(SocketAddr::from((ip, 80)));
+    let addrs = sh(t, &busybox, "ip -o -4 addr show dev eth0");
+    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
+    let page = sh(t, &busybox, "wget -q -O - http://127.0.0.1:80/");
+    assert_eq!(page, "msb-pod-answers\n");
+}
+
+fn two_pods_talk_by_pod_ip(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    let (server_pod, server_config, server_ip) = pod_with_ports(t, Vec::new());
+    web_server(t, &server_pod, &server_config, "server");
+    let (client_pod, client_config, client_ip) = pod_with_ports(t, Vec::new());
+    assert_ne!(server_ip, client_ip);
+    let client = t.create_container(
+        &client_pod,
+        &container_config(&unique_name("client"), &["sleep", "3600"]),
+        &client_config,
+    );
+    t.start_container(&client);
+    // The server starts with its container: retried for a minute.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = t.exec(
+            &client,
+            &["wget", "-q", "-O", "-", &format!("http://{server_ip}:80/")],
+        );
+        if r.exit_code == 0 {
+            assert_eq!(String::from_utf8_lossy(&r.stdout), "msb-pod-answers\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pod to pod: {r:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `(TAP present, eth0's ingress qdisc kind, our filters on eth0)` in the namespace `netns`.
+fn redirect_state(netns: &std::path::Path) -> (bool, Option<String>, usize) {
+    use msb_runtime::net::{in_netns, link, tc, TAP_NAME};
+    in_netns(netns, |h| async move {
+        let tap = link::by_name(&h, TAP_NAME).await.is_ok();
+        let eth0 = link::by_name(&h, "eth0").await?.header.index;
+        Ok((
+            tap,
+            tc::ingress_qdisc(&h, eth0).await?,
+            tc::our_filters(&h, eth0).await?.len(),
+        ))
+    })
+    .unwrap_or_else(|e| panic!("look into {}: {e}", netns.display()))
+}
+
+fn killed_shim_leaves_no_redirect(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    // The sandbox alone: containerd's CRI reports the exit of the killed shim's own task (the
+    // sandbox), not that of further containers it served.
+    let (pod, _, _) = pod_with_ports(t, Vec::new());
+    // The pod's shim runs in the sandbox's bundle, whose spec names the network namespace.
+    let shim: u32 = msb_test_e2e::cri::processes_naming(std::slice::from_ref(&pod))
+        .iter()
+        .find(|l| l.contains("containerd-shim-microsandbox-v1"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("the pod's shim process");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/proc/{shim}/cwd/config.json")).expect("the sandbox's spec"),
+    )
+    .unwrap();
+    let netns = spec["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .map(std::path::PathBuf::from)
+        .expect("the sandbox's network namespace path");
+    let (tap, qdisc, filters) = redirect_state(&netns);
+    assert!(tap, "no TAP in {}", netns.display());
+    assert_eq!(qdisc.as_deref(), Some("ingress"));
+    assert!(filters > 0, "no redirect filter on eth0");
+
+    let pid = i32::try_from(shim).unwrap();
+    // SAFETY: sending SIGKILL to the shim process found above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = redirect_state(&netns);
+        if state == (false, None, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left 60 s after the shim died (TAP, qdisc, our filters): {state:?}\n{}",
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// 100 MiB.
+const BULK: usize = 100 << 20;
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn mb_per_s(bytes: usize, took: Duration) -> f64 {
+    // Exact enough for a throughput figure: 100 MiB fits an f64 without loss.
+    #[allow(clippy::cast_precision_loss)]
+    let bytes = bytes as f64;
+    bytes / 1e6 / took.as_secs_f64()
+}
+
+fn bulk_100_mib_each_way(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    let (pod, config, ip) = pod_with_ports(t, Vec::new());
+    let c = t.create_container(
+        &pod,
+        &container_config(&unique_name("bulk"), &["sleep", "3600"]),
+        &config,
+    );
+    t.start_container(&c);
+
+    // Host -> pod: the pod's `nc -l` pipes what arrives into sha256sum.
+    let mut data = vec![0u8; BULK];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let want = sha256_hex(&data);
+    let (r, to_pod) = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            t.cri
+                .exec_sync(&c, &["sh", "-c", "nc -l -p 9000 | sha256sum"], 600)
+        });
+        let mut s = connect(SocketAddr::from((ip, 9000)));
+        let started = Instant::now();
+        s.write_all(&data).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let r = receiver
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("receiver exec: {e}"));
+        (r, started.elapsed())
+    });
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
+        (0, format!("{want}  -").as_str()),
+        "{r:?}"
+    );
+
+    // Pod -> host: a file of random bytes, its hash, then sent to a listener on the bridge.
+    let theirs = sh(
+        t,
+        &c,
+        "head -c 104857600 /dev/urandom >/tmp/blob && sha256sum /tmp/blob",
+    );
+    let listener = TcpListener::bind((GATEWAY, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let host = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        let mut got = Vec::with_capacity(BULK);
+        conn.read_to_end(&mut got).unwrap();
+        (got, started.elapsed())
+    });
+    sh(t, &c, &format!("nc {GATEWAY} {port} </tmp/blob"));
+    let (got, to_host) = host.join().unwrap();
+    assert_eq!(got.len(), BULK);
+    assert_eq!(
+        theirs.split_whitespace().next(),
+        Some(sha256_hex(&got).as_str())
+    );
+    eprintln!(
+        "{}: 100 MiB host -> pod {:.1} MB/s ({to_pod:.2?}), pod -> host {:.1} MB/s ({to_host:.2?})",
+        t.handler.name(),
+        mb_per_s(BULK, to_pod),
+        mb_per_s(BULK, to_host)
+    );
+}
