@@ -18,7 +18,7 @@ use msb_shim::config::ShimConfig;
 use msb_shim::error::ShimError;
 use msb_shim::events::{RecordingSink, TaskEvent};
 use msb_shim::pod_vm::fake::{FakeFactory, FakePodVm};
-use msb_shim::pod_vm::{Output, ProcessKey};
+use msb_shim::pod_vm::{Output, PodVmEvent, ProcessKey};
 use msb_shim::task::TaskService;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -402,6 +402,46 @@ async fn oom_kill_publishes_oom_then_exit_137() {
         }
     );
     assert_eq!(exit_of(&ev[3]).3, 137);
+}
+
+/// The guest is untrusted: an OOM event of one pod's VM naming another pod's container, or
+/// none, is dropped; the other pod's own OOM still comes through once.
+#[tokio::test]
+async fn an_oom_event_naming_another_pods_container_is_dropped() {
+    let h = Harness::new();
+    for id in ["a", "b"] {
+        h.create(id, "ctr-run.json").await.unwrap();
+        h.start(id, "").await.unwrap();
+    }
+    for forged in ["b", "nope"] {
+        h.vm(0).send_event(PodVmEvent::Oom {
+            container: forged.into(),
+        });
+    }
+    // a's exit goes through the same watcher after the forged events: once it is published,
+    // they were handled.
+    h.vm(0).exit(
+        &ProcessKey {
+            container: "a".into(),
+            exec_id: None,
+        },
+        0,
+    );
+    assert_eq!(h.wait("a", "").await, 0);
+    h.vm(1).oom("b");
+    assert_eq!(h.wait("b", "").await, 137);
+    let ooms: Vec<TaskEvent> = h
+        .events
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, TaskEvent::Oom { .. }))
+        .collect();
+    assert_eq!(
+        ooms,
+        [TaskEvent::Oom {
+            container_id: "b".into()
+        }]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

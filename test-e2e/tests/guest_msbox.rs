@@ -257,3 +257,49 @@ fn loopback_is_up() {
         r.stderr
     );
 }
+
+/// `msbox run -v` and `--env-file`: a host directory read and written, a read-only one refusing
+/// writes, a variable from a file (a secret need not be on the command line).
+#[test]
+fn volumes_and_env_files() {
+    let Some(_) = assets() else { return };
+    let root = rootfs();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in"), "from the host\n").unwrap();
+    let env = host.path().join("env");
+    std::fs::write(&env, "# secrets\nTOKEN=s3cr3t\n").unwrap();
+    let rw = format!("{}:/data", host.path().display());
+    let ro = format!("{}:/ro:ro", host.path().display());
+    let r = msbox(
+        &[
+            "run",
+            "-v",
+            &rw,
+            "-v",
+            &ro,
+            "--env-file",
+            env.to_str().unwrap(),
+            root.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "cat /data/in; echo out >/data/out; echo $TOKEN; touch /ro/x 2>&1; echo $?",
+        ],
+        None,
+        T,
+    );
+    assert_eq!(
+        (String::from_utf8_lossy(&r.stdout).as_ref(), r.code),
+        (
+            "from the host\ns3cr3t\ntouch: /ro/x: Read-only file system\n1\n",
+            0
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out")).unwrap(),
+        "out\n"
+    );
+    assert!(!host.path().join("x").exists());
+}

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a new microVM from a root file system directory.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check what this host can run: KVM, libkrunfw, QEMU, guest assets, containerd.
     Doctor(doctor::DoctorArgs),
 }
@@ -32,7 +32,7 @@ pub enum Command {
 /// Runs the CLI; returns the process exit code.
 pub async fn main(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run(args) => match run::run(args).await {
+        Command::Run(args) => match run::run(*args).await {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("msbox: {e:#}");

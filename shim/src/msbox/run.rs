@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use msb_protocol::types::{ContainerCreate, ExecRequest, Resources};
+use msb_protocol::types::{ContainerCreate, ContainerMount, ExecRequest, Resources};
 use msb_runtime::vmm::parse_backend;
+use msb_runtime::volumes::{HostVolume, Propagation, VolumeShare};
 use msb_runtime::{disks, rootfs};
 use msb_runtime::{ExecEvent, Vm, VmConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,9 +41,17 @@ pub struct RunArgs {
     /// in the sandbox directory and is removed).
     #[arg(long)]
     pub keep_upper: Option<PathBuf>,
-    /// Environment variables, KEY=VALUE.
+    /// Environment variables, KEY=VALUE (KEY alone: its value here, if set).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
+    /// Files of environment variables, one KEY=VALUE per line as Docker reads them (`#`
+    /// comments and blank lines skipped, KEY alone takes its value here), so that secrets
+    /// need not be on the command line. `-e` wins over them.
+    #[arg(long = "env-file")]
+    pub env_file: Vec<PathBuf>,
+    /// Host directories or files in the container: HOST:GUEST[:ro|:rw], both absolute.
+    #[arg(short = 'v', long = "volume")]
+    pub volume: Vec<String>,
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
@@ -66,6 +75,25 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let dir = cfg.dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let _cleanup = RemoveOnDrop(dir.clone());
+    let volumes = args
+        .volume
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<Result<Vec<_>>>()?;
+    let mut env = Vec::new();
+    for f in &args.env_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("read env file {}", f.display()))?;
+        env.extend(env_lines(&text, |k| std::env::var(k).ok()));
+    }
+    // `-e` as it is (a value may hold anything), a bare KEY from here.
+    env.extend(args.env.iter().filter_map(|e| {
+        if e.contains('=') {
+            Some(e.clone())
+        } else {
+            std::env::var(e).ok().map(|v| format!("{e}={v}"))
+        }
+    }));
     let lower = dir.join("lower.erofs");
     let upper = args
         .keep_upper
@@ -75,13 +103,37 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     disks::make_lower(&args.rootfs, &lower)?;
     let root = rootfs::single("main", &[lower], &upper, args.upper_size << 20)?;
     cfg.disks = root.disks;
+    // Dropped before `_cleanup` and after the VM: unbound once the VMM is gone.
+    let share = if volumes.is_empty() {
+        None
+    } else {
+        let (share, spec) = VolumeShare::prepare(&dir)?;
+        cfg.shares.push(spec);
+        Some(share)
+    };
+    let mut mounts = Vec::new();
+    for (i, (volume, destination)) in volumes.iter().enumerate() {
+        let share = share.as_ref().context("the volume share")?;
+        let shared = share
+            .add("main", i, volume)
+            .with_context(|| format!("volume {}", args.volume[i]))?;
+        mounts.push(ContainerMount {
+            destination: destination.clone(),
+            kind: "bind".into(),
+            source: shared.guest_path,
+            options: vec![
+                "rbind".into(),
+                if volume.read_only { "ro" } else { "rw" }.into(),
+            ],
+        });
+    }
     let sandbox = Vm::start(cfg).await?;
     let agent = sandbox.agent().clone();
     agent
         .container_create(&ContainerCreate {
             id: "main".into(),
             rootfs: root.spec,
-            mounts: Vec::new(),
+            mounts,
             hostname: None,
             namespaces: Default::default(),
             handoff_init: None,
@@ -106,7 +158,6 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     } else {
         (0, 0)
     };
-    let mut env = args.env.clone();
     if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push(format!(
             "TERM={}",
@@ -189,10 +240,82 @@ async fn pump(exec: &mut msb_runtime::ExecSession, interactive: bool, tty: bool)
     }
 }
 
+/// `-v HOST:GUEST[:ro|:rw]`: the host path (symlinks followed when it is bound) and the
+/// destination, both absolute (msbox has no named volumes).
+fn parse_volume(spec: &str) -> Result<(HostVolume, String)> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, guest, read_only) = match parts.as_slice() {
+        [h, g] => (*h, *g, false),
+        [h, g, "ro"] => (*h, *g, true),
+        [h, g, "rw"] => (*h, *g, false),
+        _ => anyhow::bail!("-v {spec:?}: expected HOST:GUEST[:ro|:rw]"),
+    };
+    if !host.starts_with('/') || !msb_protocol::types::is_clean_absolute(guest) {
+        anyhow::bail!(
+            "-v {spec:?}: both paths must be absolute (and the container's without '.' or '..')"
+        );
+    }
+    Ok((
+        HostVolume {
+            source: PathBuf::from(host),
+            recursive: true,
+            read_only,
+            propagation: Propagation::Private,
+        },
+        guest.to_owned(),
+    ))
+}
+
+/// Environment lines as Docker reads `--env-file` and `-e`: `KEY=VALUE` as it is, a bare
+/// `KEY` takes `lookup(KEY)` (dropped when unset), `#` comments and blank lines are skipped.
+fn env_lines(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    text.lines()
+        .map(|l| l.trim_start())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            if l.contains('=') {
+                Some(l.to_owned())
+            } else {
+                let key = l.trim_end();
+                lookup(key).map(|v| format!("{key}={v}"))
+            }
+        })
+        .collect()
+}
+
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // Never through a volume still bound in it.
+        let _ = msb_runtime::volumes::remove_tree(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lines_read_as_docker_reads_them() {
+        let text = "# a comment\n\nA=1\n  B = two words\nSECRET\nUNSET\nC=x=y\n";
+        let lookup = |k: &str| (k == "SECRET").then(|| "s3cr3t".to_owned());
+        assert_eq!(
+            env_lines(text, lookup),
+            ["A=1", "B = two words", "SECRET=s3cr3t", "C=x=y"]
+        );
+    }
+
+    #[test]
+    fn volumes_are_host_colon_guest_with_an_optional_mode() {
+        let (v, g) = parse_volume("/srv/data:/data:ro").unwrap();
+        assert_eq!(
+            (v.source.as_path(), v.read_only, g.as_str()),
+            (std::path::Path::new("/srv/data"), true, "/data")
+        );
+        assert!(!parse_volume("/a:/b").unwrap().0.read_only);
+        for bad in ["data:/data", "/a:b", "/a", "/a:/b:rx", "/a:/../b"] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
     }
 }

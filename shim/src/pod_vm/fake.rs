@@ -138,6 +138,11 @@ impl FakePodVm {
         }
     }
 
+    /// Sends `event` as the guest would, and nothing else (a forged one, say).
+    pub fn send_event(&self, event: PodVmEvent) {
+        let _ = self.events.send(event);
+    }
+
     /// Reports an OOM kill of `container`: the event, then its init exits with 137.
     pub fn oom(&self, container: &str) {
         let _ = self.events.send(PodVmEvent::Oom {

@@ -50,7 +50,8 @@ impl TaskService {
                 ShimConfig::discover(path.as_deref())?
             }
         };
-        let cconfig = config.for_container(&annotations)?;
+        let mut cconfig = config.for_container(&annotations)?;
+        cconfig.vm.netns = bundle.network_namespace();
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -224,7 +225,7 @@ impl TaskService {
                 return Err(e.into());
             }
         };
-        let (watcher, exits) = self.watch_vm(&sandbox);
+        let (watcher, exits) = self.watch_vm(sandbox_id, &sandbox);
         self.inner.tables.lock().await.pods.insert(
             sandbox_id.to_owned(),
             Pod {

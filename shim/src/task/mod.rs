@@ -342,11 +342,13 @@ impl TaskService {
     /// therefore publishes `TaskOOM` before that `TaskExit`, which is what the CRI expects.
     pub(crate) fn watch_vm(
         &self,
+        sandbox_id: &str,
         sandbox: &Arc<dyn PodVm>,
     ) -> (JoinHandle<()>, mpsc::UnboundedSender<ExitNote>) {
         let mut events = sandbox.subscribe();
         let (exits_tx, mut exits) = mpsc::unbounded_channel::<ExitNote>();
         let svc = self.clone();
+        let sandbox_id = sandbox_id.to_owned();
         let task = tokio::spawn(async move {
             let mut events_open = true;
             loop {
@@ -354,6 +356,15 @@ impl TaskService {
                     biased;
                     ev = events.recv(), if events_open => match ev {
                         Ok(PodVmEvent::Oom { container }) => {
+                            // The guest is untrusted: it may name only its own pod's containers.
+                            let ours = svc.inner.tables.lock().await.containers
+                                .get(&container)
+                                .is_some_and(|c| c.sandbox_id == sandbox_id);
+                            if !ours {
+                                tracing::warn!(sandbox = %sandbox_id, container = %container,
+                                    "OOM event for a container not of this pod: dropped");
+                                continue;
+                            }
                             tracing::warn!(container = %container, "OOM kill");
                             svc.publish(TaskEvent::Oom {
                                 container_id: container,
