@@ -67,13 +67,16 @@ pub fn state_files(ns: &str) -> Vec<String> {
         .collect()
 }
 
-/// No VMM of namespace `ns` is left (within 20 s) and no file in its shim state.
+/// No VMM of namespace `ns` is left and no file in its shim state (within 20 s each: a client
+/// such as Docker does not wait for the task's Delete, and the shim removes the VM's directory
+/// only after the VMM and its virtiofsd have exited).
 pub fn assert_nothing_left(ns: &str, log: impl Fn() -> String) {
     assert!(
         eventually(20, || vmms_mentioning(&format!("/{ns}/")) == 0),
         "VMM left in namespace {ns}\n{}",
         tail(&log(), 40)
     );
+    eventually(20, || state_files(ns).is_empty());
     assert_eq!(
         state_files(ns),
         Vec::<String>::new(),
