@@ -1,11 +1,12 @@
 //! [`VmConfigurator`] on `msb_krun::VmBuilder`, and entering the VM.
 
 use std::convert::Infallible;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use msb_krun::{CacheMode, VmBuilder};
 
+use crate::tap::{TapError, TapFd};
 use crate::translate::{ExitObserver, VmConfigurator};
 
 /// Building or entering the VM failed (before libkrun took the process over).
@@ -17,12 +18,17 @@ pub enum KrunError {
     /// `Vm::enter` failed: the libkrunfw library, KVM, a disk image, the console file...
     #[error("start the libkrun VM")]
     Enter(#[source] msb_krun::Error),
+    /// The pod network's TAP descriptor cannot be served.
+    #[error("the pod network")]
+    Net(#[source] TapError),
 }
 
 /// A VM being configured. The builder is taken by value by each call of `msb_krun`, so it
-/// lives in an `Option` that every method takes and puts back.
+/// lives in an `Option` that every method takes and puts back. The builder's calls cannot fail;
+/// ours can (the TAP descriptor), so the first failure waits in `failed` for [`KrunVm::enter`].
 pub struct KrunVm {
     builder: Option<VmBuilder>,
+    failed: Option<KrunError>,
 }
 
 impl std::fmt::Debug for KrunVm {
@@ -35,6 +41,7 @@ impl Default for KrunVm {
     fn default() -> Self {
         KrunVm {
             builder: Some(VmBuilder::new()),
+            failed: None,
         }
     }
 }
@@ -48,6 +55,9 @@ impl KrunVm {
     /// Builds and enters the VM. Returns only on failure: on success libkrun runs the VM and
     /// `_exit`s the process with the guest's exit code when it stops.
     pub fn enter(self) -> Result<Infallible, KrunError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         let vm = self
             .builder
             .expect("the builder is always put back")
@@ -103,6 +113,29 @@ impl VmConfigurator for KrunVm {
 
     fn port(&mut self, name: &str, fd: RawFd) {
         self.with(|b| b.console(|c| c.port(name, fd, fd)));
+    }
+
+    fn net(&mut self, fd: RawFd, mac: [u8; 6], mtu: u32) {
+        if self.failed.is_some() {
+            return;
+        }
+        // Open and a TAP (else say which, without taking the descriptor), then taken over.
+        let tap = crate::tap::describe(fd).and_then(|_| {
+            // SAFETY: `fd` is open (described just above) and nothing else in this process
+            // owns it: the runtime passes the TAP at this number for this purpose only, and
+            // `translate::configure` makes this call once, for the one network of the config.
+            TapFd::new(unsafe { OwnedFd::from_raw_fd(fd) })
+        });
+        match tap {
+            Ok(tap) => {
+                // libkrun's virtio-net has no MTU setting: agentd sets the pod's on the guest
+                // interface (`core.net.configure`), and the config was checked to be at most
+                // what the guest's receive buffers hold.
+                tracing::info!(target: "krun_vmm", "pod network: virtio-net on {} (fd {fd}), MAC {}, MTU {mtu} set by the guest", tap.name(), crate::translate::format_mac(&mac));
+                self.with(|b| b.net(|n| n.mac(mac).custom(Box::new(tap))));
+            }
+            Err(e) => self.failed = Some(KrunError::Net(e)),
+        }
     }
 
     fn on_exit(&mut self, observer: ExitObserver) {

@@ -9,6 +9,8 @@
 //! - [`translate`]: LaunchConfig -> builder calls, through the small [`translate::VmConfigurator`]
 //!   trait, so every field's translation is checked by unit tests without booting anything.
 //! - [`krun`]: that trait on `msb_krun::VmBuilder`, and entering the VM.
+//! - [`tap`]: the pod network's TAP, inherited as a descriptor (fd 4), as a `msb_krun`
+//!   network backend.
 //! - [`agent`]: the `agent` port's host side: listen on the sandbox's socket, accept the
 //!   runtime's one connection, give it to the VM.
 //! - [`verdict`]: when the VM fails, the cause and a suggestion, appended to the guest console
@@ -17,7 +19,10 @@
 pub mod agent;
 pub mod config_fd;
 pub mod krun;
+pub mod tap;
 pub mod translate;
 pub mod verdict;
 
-pub use msb_runtime::vmm::krun::{LaunchConfig, LaunchDisk, LaunchShare, CONFIG_FD};
+pub use msb_runtime::vmm::krun::{
+    LaunchConfig, LaunchDisk, LaunchNet, LaunchShare, CONFIG_FD, NET_FD,
+};

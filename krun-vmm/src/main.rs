@@ -1,8 +1,9 @@
 //! `msb-krun-vmm`: the VMM process of the krun backend (see the `msb_krunvmm` library docs).
 //!
 //! Started by the microsandbox runtime, never by hand: the LaunchConfig arrives as JSON on
-//! fd 3. `msb-krun-vmm --check` reads and translates it, prints the builder calls and exits
-//! without touching KVM (tests and debugging).
+//! fd 3. `msb-krun-vmm --check` reads and translates it, prints the builder calls (and what it
+//! finds on the pod network's descriptor, which it leaves as it is) and exits without touching
+//! KVM (tests and debugging).
 
 use std::convert::Infallible;
 use std::os::fd::AsRawFd;
@@ -45,7 +46,19 @@ fn main() -> ExitCode {
         return match translate::configure(&cfg, -1, Box::new(|_| {}), &mut r) {
             Ok(()) => {
                 println!("{}", r.calls.join("\n"));
-                ExitCode::SUCCESS
+                let Some(net) = &cfg.net else {
+                    return ExitCode::SUCCESS;
+                };
+                match msb_krunvmm::tap::describe(net.fd) {
+                    Ok(tap) => {
+                        println!("fd {}: {tap}", net.fd);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("msb-krun-vmm: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("msb-krun-vmm: {e}");

@@ -13,11 +13,18 @@
 //! - the agent channel is a virtio-console port named `agent` on a connected Unix socket.
 //! - `MSB_*` words on the kernel command line become agentd's environment; libkrun's own words
 //!   (`console=hvc0 panic=-1 quiet` ...) come first.
+//! - a pod network is one virtio-net device with the pod interface's MAC, on the TAP descriptor
+//!   the runtime passed ([`crate::tap`]); agentd finds the interface by that MAC and sets its
+//!   MTU (libkrun's device cannot announce one, hence the limit of [`MAX_NET_MTU`]).
 
 use std::os::fd::RawFd;
 use std::path::Path;
 
-use crate::LaunchConfig;
+use crate::{LaunchConfig, CONFIG_FD};
+pub use msb_runtime::vmm::krun::MAX_NET_MTU;
+
+/// The smallest MTU an Ethernet interface carrying IPv4 takes (`ETH_MIN_MTU`).
+pub const MIN_NET_MTU: u32 = 68;
 
 /// Name of the agent's virtio-console port (agentd looks for it in `/sys/class/virtio-ports`).
 pub const AGENT_PORT: &str = "agent";
@@ -48,6 +55,9 @@ pub trait VmConfigurator {
     fn console_output(&mut self, path: &Path);
     /// A named virtio-console port on a connected descriptor (read and written).
     fn port(&mut self, name: &str, fd: RawFd);
+    /// A virtio-net device with this MAC on the TAP descriptor `fd`, which it takes over; the
+    /// guest sets `mtu` itself.
+    fn net(&mut self, fd: RawFd, mac: [u8; 6], mtu: u32);
     /// Called with the exit code when the VM stops.
     fn on_exit(&mut self, observer: ExitObserver);
 }
@@ -74,6 +84,9 @@ pub enum TranslateError {
     /// libkrun's virtio-fs has no read-only mode; a writable view must never be given instead.
     #[error("read-only virtio-fs share {0:?}: libkrun cannot share a directory read-only")]
     ReadOnlyShare(String),
+    /// A pod network the VMM cannot serve.
+    #[error("pod network: {0}")]
+    Net(String),
     /// A path that is not absolute (the VMM does not know the runtime's working directory).
     #[error("{what} path {path:?} is not absolute")]
     RelativePath {
@@ -105,6 +118,9 @@ pub fn configure(
     }
     for s in &cfg.shares {
         vm.share(&s.tag, &s.host_path);
+    }
+    if let Some(n) = &cfg.net {
+        vm.net(n.fd, n.mac, n.mtu);
     }
     vm.console_output(&cfg.console_log);
     vm.port(AGENT_PORT, agent_fd);
@@ -139,6 +155,29 @@ pub fn validate(cfg: &LaunchConfig) -> Result<(), TranslateError> {
     if let Some(s) = cfg.shares.iter().find(|s| s.read_only) {
         return Err(TranslateError::ReadOnlyShare(s.tag.clone()));
     }
+    if let Some(n) = &cfg.net {
+        // Not a standard stream, not the config's descriptor (closed once read).
+        if n.fd <= 2 || n.fd == CONFIG_FD {
+            return Err(TranslateError::Net(format!(
+                "fd {} cannot be the TAP's descriptor",
+                n.fd
+            )));
+        }
+        // A group address (bit 0 of the first byte) or all zeros is no interface's.
+        if n.mac[0] & 1 != 0 || n.mac == [0; 6] {
+            return Err(TranslateError::Net(format!(
+                "MAC {} is not a unicast address",
+                format_mac(&n.mac)
+            )));
+        }
+        if !(MIN_NET_MTU..=MAX_NET_MTU).contains(&n.mtu) {
+            return Err(TranslateError::Net(format!(
+                "MTU {} is outside {MIN_NET_MTU}..={MAX_NET_MTU} (libkrun's virtio-net cannot \
+                 announce an MTU, so the guest receives frames of at most 1514 bytes)",
+                n.mtu
+            )));
+        }
+    }
     let paths = [
         ("libkrunfw", &cfg.krunfw),
         ("initramfs", &cfg.initramfs),
@@ -156,6 +195,14 @@ pub fn validate(cfg: &LaunchConfig) -> Result<(), TranslateError> {
         }
     }
     Ok(())
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A [`VmConfigurator`] that writes each call down as one line.
@@ -197,6 +244,10 @@ impl VmConfigurator for Recorder {
     fn port(&mut self, name: &str, fd: RawFd) {
         self.calls.push(format!("port {name} fd={fd}"));
     }
+    fn net(&mut self, fd: RawFd, mac: [u8; 6], mtu: u32) {
+        self.calls
+            .push(format!("net fd={fd} mac={} mtu={mtu}", format_mac(&mac)));
+    }
     fn on_exit(&mut self, _observer: ExitObserver) {
         self.calls.push("on_exit".into());
     }
@@ -205,7 +256,7 @@ impl VmConfigurator for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LaunchDisk, LaunchShare};
+    use crate::{LaunchDisk, LaunchNet, LaunchShare};
 
     fn config() -> LaunchConfig {
         LaunchConfig {
@@ -236,6 +287,15 @@ mod tests {
             agent_socket: "/sb/agent.sock".into(),
             agent_accept_timeout_ms: 1000,
             console_log: "/sb/console.log".into(),
+            net: None,
+        }
+    }
+
+    fn net() -> LaunchNet {
+        LaunchNet {
+            fd: 4,
+            mac: [0x02, 0x6d, 0x73, 0x62, 0x00, 0x0a],
+            mtu: 1450,
         }
     }
 
@@ -266,15 +326,61 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_network_is_exactly_one_net_call() {
+        let mut c = config();
+        c.net = Some(net());
+        let with = calls(&c).unwrap();
+        let without = calls(&config()).unwrap();
+        let nets: Vec<_> = with.iter().filter(|c| c.starts_with("net")).collect();
+        assert_eq!(nets, ["net fd=4 mac=02:6d:73:62:00:0a mtu=1450"]);
+        // After the shares, before the console; nothing else changes.
+        assert_eq!(with[8], "net fd=4 mac=02:6d:73:62:00:0a mtu=1450");
+        let rest: Vec<_> = with.iter().filter(|c| !c.starts_with("net")).collect();
+        assert_eq!(rest, without.iter().collect::<Vec<_>>());
+        assert!(!without.iter().any(|c| c.starts_with("net")));
+    }
+
+    #[test]
+    fn refuses_a_pod_network_it_cannot_serve() {
+        let bad = [
+            LaunchNet { fd: 1, ..net() },
+            LaunchNet { fd: 3, ..net() },
+            LaunchNet {
+                mac: [0x03, 0, 0, 0, 0, 1],
+                ..net()
+            },
+            LaunchNet {
+                mac: [0; 6],
+                ..net()
+            },
+            LaunchNet { mtu: 1501, ..net() },
+            LaunchNet { mtu: 9001, ..net() },
+            LaunchNet { mtu: 67, ..net() },
+        ];
+        for n in bad {
+            let mut c = config();
+            c.net = Some(n.clone());
+            assert!(
+                matches!(calls(&c), Err(TranslateError::Net(_))),
+                "{n:?} accepted"
+            );
+        }
+        let mut c = config();
+        c.net = Some(LaunchNet { mtu: 1500, ..net() });
+        assert!(calls(&c).is_ok());
+    }
+
+    #[test]
     fn minimal_config_has_no_cmdline_disks_or_shares() {
         let mut c = config();
         c.cmdline.clear();
         c.disks.clear();
         c.shares.clear();
         let calls = calls(&c).unwrap();
-        assert!(!calls
-            .iter()
-            .any(|c| c.starts_with("cmdline") || c.starts_with("disk") || c.starts_with("share")));
+        assert!(!calls.iter().any(|c| c.starts_with("cmdline")
+            || c.starts_with("disk")
+            || c.starts_with("share")
+            || c.starts_with("net")));
         assert_eq!(calls.len(), 7);
     }
 

@@ -173,6 +173,32 @@ fn udp_to_pod(host: &OwnedFd, stop: mpsc::Receiver<()>) -> std::thread::JoinHand
     })
 }
 
+/// Frames cross the redirect both ways, through the TAP descriptor: the host's ARP request for
+/// the pod IP comes out of the TAP; our ARP reply reaches the host, whose UDP datagrams follow.
+fn frames_cross_both_ways(host: &OwnedFd, tap: &OwnedFd) {
+    // eth0 -> TAP: the host's ARP request for the pod IP comes out of the TAP descriptor.
+    let (stop, stopped) = mpsc::channel();
+    let sender = udp_to_pod(host, stopped);
+    let arp = read_frame(tap, |f| ethertype(f) == 0x0806 && f[21] == 1);
+    assert_eq!(&arp[38..42], &[169, 254, 77, 2], "ARP asks for the pod IP");
+    let host_mac: [u8; 6] = arp[6..12].try_into().unwrap();
+    // TAP -> eth0: our ARP reply reaches the host, whose UDP datagrams then follow.
+    let mut reply = vec![0u8; 10];
+    reply.extend_from_slice(&host_mac);
+    reply.extend_from_slice(&POD_MAC);
+    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    reply.extend_from_slice(&POD_MAC);
+    reply.extend_from_slice(&[169, 254, 77, 2]);
+    reply.extend_from_slice(&host_mac);
+    reply.extend_from_slice(&[169, 254, 77, 1]);
+    nix::unistd::write(tap, &reply).unwrap();
+    let udp = read_frame(tap, |f| ethertype(f) == 0x0800 && f[23] == 17);
+    assert_eq!(&udp[0..6], &POD_MAC, "to the pod's MAC");
+    assert_eq!(&udp[udp.len() - 3..], b"msb");
+    stop.send(()).unwrap();
+    sender.join().unwrap();
+}
+
 #[test]
 fn pod_network_reads_the_veth_redirects_both_ways_and_leaves_nothing() {
     if !is_root() {
@@ -244,28 +270,8 @@ fn pod_network_reads_the_veth_redirects_both_ways_and_leaves_nothing() {
         );
     }
 
-    // eth0 -> TAP: the host's ARP request for the pod IP comes out of the TAP descriptor.
     let tap = pn.device().tap;
-    let (stop, stopped) = mpsc::channel();
-    let sender = udp_to_pod(&host, stopped);
-    let arp = read_frame(&tap, |f| ethertype(f) == 0x0806 && f[21] == 1);
-    assert_eq!(&arp[38..42], &[169, 254, 77, 2], "ARP asks for the pod IP");
-    let host_mac: [u8; 6] = arp[6..12].try_into().unwrap();
-    // TAP -> eth0: our ARP reply reaches the host, whose UDP datagrams then follow.
-    let mut reply = vec![0u8; 10];
-    reply.extend_from_slice(&host_mac);
-    reply.extend_from_slice(&POD_MAC);
-    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
-    reply.extend_from_slice(&POD_MAC);
-    reply.extend_from_slice(&[169, 254, 77, 2]);
-    reply.extend_from_slice(&host_mac);
-    reply.extend_from_slice(&[169, 254, 77, 1]);
-    nix::unistd::write(&tap, &reply).unwrap();
-    let udp = read_frame(&tap, |f| ethertype(f) == 0x0800 && f[23] == 17);
-    assert_eq!(&udp[0..6], &POD_MAC, "to the pod's MAC");
-    assert_eq!(&udp[udp.len() - 3..], b"msb");
-    stop.send(()).unwrap();
-    sender.join().unwrap();
+    frames_cross_both_ways(&host, &tap);
 
     // Teardown removes the veth's qdisc and filter; the TAP goes with its last descriptor.
     pn.teardown().unwrap();
@@ -327,4 +333,90 @@ fn a_namespace_without_eth0_has_no_pod_network() {
     })
     .unwrap();
     assert_eq!(links, vec!["lo".to_owned()]);
+}
+
+/// Runs `tc ARGS` in the namespace `ns` (as an eBPF CNI plugin would change the pod interface).
+fn tc_in(ns: &OwnedFd, args: &str) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!(
+            "--net=/proc/{}/fd/{}",
+            std::process::id(),
+            ns.as_raw_fd()
+        ))
+        .arg("tc")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run nsenter tc");
+    assert!(
+        out.status.success(),
+        "tc {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// How many filter messages on `name`'s ingress hook are not ours.
+fn other_filters(ns: &OwnedFd, name: &'static str) -> usize {
+    in_netns(&ns_path(ns), move |h| async move {
+        let index = net::link::by_name(&h, name).await?.header.index;
+        tc::others(&h, index).await
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_clsact_qdisc_of_an_ebpf_cni_takes_our_filter_and_stays_theirs() {
+    if !is_root() {
+        msb_test_e2e::require("needs root (network namespaces, TAP, traffic control)");
+        return;
+    }
+    let (host, pod) = (new_netns(), new_netns());
+    make_pod(&host, &pod);
+    // The CNI's: a clsact qdisc on the pod interface and a filter of its own on the ingress
+    // hook, ahead of ours, that matches none of the test's traffic (no action: act_gact is
+    // missing from some kernels).
+    tc_in(&pod, "qdisc add dev eth0 clsact");
+    tc_in(
+        &pod,
+        "filter add dev eth0 ingress pref 100 protocol ip u32 match ip dst 192.0.2.1/32 flowid 1:1",
+    );
+    let theirs = other_filters(&pod, "eth0");
+    assert!(theirs > 0);
+
+    let mut pn = PodNetwork::setup(&ns_path(&pod)).expect("set up beside a clsact qdisc");
+    let state = tc_state(&pod, &["eth0", TAP_NAME]);
+    assert_eq!(state[0].0.as_deref(), Some("clsact"), "{state:?}");
+    assert_eq!(state[1].0.as_deref(), Some("ingress"), "{state:?}");
+    for (_, filters) in &state {
+        assert!(
+            !filters.is_empty() && filters.iter().all(|k| k == "u32"),
+            "{state:?}"
+        );
+    }
+    assert_eq!(other_filters(&pod, "eth0"), theirs);
+
+    let tap = pn.device().tap;
+    frames_cross_both_ways(&host, &tap);
+
+    // Teardown: our filter goes, their qdisc and filter stay.
+    pn.teardown().unwrap();
+    assert_eq!(
+        tc_state(&pod, &["eth0"]),
+        vec![(Some("clsact".to_owned()), vec![])]
+    );
+    assert_eq!(other_filters(&pod, "eth0"), theirs);
+    drop(tap);
+    drop(pn);
+
+    // The same after a crashed shim, through cleanup_netns.
+    let pn = PodNetwork::setup(&ns_path(&pod)).unwrap();
+    let tap_fd = pn.device().tap.as_raw_fd();
+    std::mem::forget(pn);
+    nix::unistd::close(tap_fd).unwrap();
+    assert!(!tc_state(&pod, &["eth0"])[0].1.is_empty(), "left behind");
+    net::cleanup_netns(&ns_path(&pod)).unwrap();
+    assert_eq!(
+        tc_state(&pod, &["eth0"]),
+        vec![(Some("clsact".to_owned()), vec![])]
+    );
+    assert_eq!(other_filters(&pod, "eth0"), theirs);
 }

@@ -7,8 +7,16 @@
 //! `u32` and not `matchall`: the latter is missing from some hosts' kernels. Where an eBPF CNI
 //! already put a `clsact` qdisc on the interface, the filter goes on clsact's ingress hook (the
 //! ingress and clsact qdiscs exclude each other; parent `ffff:fff2` names the ingress hook of
-//! either). Our filters carry their own priority ([`FILTER_PRIORITY`]), so cleanup removes
-//! ours and nothing else.
+//! either), and that qdisc stays theirs: [`undo`] removes our filter only. Our filters carry
+//! their own priority ([`FILTER_PRIORITY`]), so cleanup removes ours and nothing else.
+//!
+//! A CNI plugin may be changing the same interface's traffic control while we do: a step the
+//! kernel refuses with `EBUSY` is tried again a few times ([`BUSY_WAITS`]) before it fails with
+//! an error that names the interface and the step; a qdisc that appears between our look and our
+//! add (`EEXIST`) is taken as theirs.
+
+use std::future::Future;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
@@ -26,6 +34,86 @@ const PROTOCOL_ALL: u16 = 0x0003_u16.to_be();
 
 /// `ffff:fff2`: the ingress hook of an `ingress` or a `clsact` qdisc.
 const INGRESS_HOOK: u32 = 0xffff_fff2;
+
+/// The waits before each new try of a step refused with `EBUSY` (6 tries in all, 620 ms of
+/// waiting at most): long enough for a CNI plugin's own traffic-control change to finish, short
+/// enough that a pod start does not stall on an interface that stays busy.
+pub const BUSY_WAITS: [Duration; 5] = [
+    Duration::from_millis(20),
+    Duration::from_millis(40),
+    Duration::from_millis(80),
+    Duration::from_millis(160),
+    Duration::from_millis(320),
+];
+
+/// The errno of a netlink error, if the kernel sent one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// Runs `op` until it succeeds or fails otherwise than with `EBUSY`, waiting `waits[i]` before
+/// try `i + 2`. The error is the last one, with the number of tries made.
+pub async fn retry_busy<T, F, Fut>(
+    waits: &[Duration],
+    mut op: F,
+) -> Result<T, (rtnetlink::Error, usize)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, rtnetlink::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if errno(&e) == Some(libc::EBUSY) && tries <= waits.len() => {
+                tracing::debug!(tries, "traffic control busy, trying again");
+                tokio::time::sleep(waits[tries - 1]).await;
+            }
+            Err(e) => return Err((e, tries)),
+        }
+    }
+}
+
+/// The error of a step on `index` that failed after `tries`: "busy" when the kernel still said
+/// `EBUSY` on the last one.
+async fn step_error(
+    handle: &Handle,
+    index: u32,
+    step: &str,
+    (e, tries): (rtnetlink::Error, usize),
+) -> NetError {
+    let link = link_name(handle, index).await;
+    if errno(&e) == Some(libc::EBUSY) {
+        NetError::netlink(
+            format!("{step} on {link}: busy after {tries} tries (another program, such as a CNI plugin, keeps changing its traffic control)"),
+            e,
+        )
+    } else {
+        NetError::netlink(format!("{step} on {link}"), e)
+    }
+}
+
+/// `interface NAME (index N)`, or `link N` when the name cannot be read.
+async fn link_name(handle: &Handle, index: u32) -> String {
+    let name = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| super::link::name_of(&l).map(str::to_owned));
+    match name {
+        Some(n) => format!("interface {n} (index {index})"),
+        None => format!("link {index}"),
+    }
+}
 
 /// The kind of `index`'s ingress-side qdisc (`ingress` or `clsact`), if it has one.
 pub async fn ingress_qdisc(handle: &Handle, index: u32) -> Result<Option<String>, NetError> {
@@ -63,41 +151,63 @@ fn ifindex(index: u32) -> Result<i32, NetError> {
     i32::try_from(index).map_err(|_| NetError::Other(format!("interface index {index}")))
 }
 
-/// Redirects every frame arriving on `from` out of `to`.
+/// Redirects every frame arriving on `from` out of `to`: on the ingress hook of the `ingress`
+/// or `clsact` qdisc `from` has, else of an `ingress` qdisc added for it.
 pub async fn redirect(handle: &Handle, from: u32, to: u32) -> Result<Redirect, NetError> {
+    let index = ifindex(from)?;
     let added_qdisc = match ingress_qdisc(handle, from).await? {
-        Some(_) => false,
+        Some(kind) => {
+            tracing::debug!(
+                link = from,
+                "redirect on the ingress hook of its {kind} qdisc"
+            );
+            false
+        }
         None => {
-            handle
-                .qdisc()
-                .add(ifindex(from)?)
-                .ingress()
-                .execute()
-                .await
-                .map_err(|e| {
-                    NetError::netlink(format!("add an ingress qdisc to link {from}"), e)
-                })?;
-            true
+            let add = retry_busy(&BUSY_WAITS, || {
+                handle.qdisc().add(index).ingress().execute()
+            })
+            .await;
+            match add {
+                Ok(()) => true,
+                // Added by someone else since we looked (an eBPF CNI's clsact): theirs, and
+                // its ingress hook takes our filter all the same.
+                Err((e, _))
+                    if errno(&e) == Some(libc::EEXIST)
+                        && ingress_qdisc(handle, from).await?.is_some() =>
+                {
+                    false
+                }
+                Err(failed) => {
+                    return Err(step_error(handle, from, "add an ingress qdisc", failed).await)
+                }
+            }
         }
     };
     let done = Redirect {
         index: from,
         added_qdisc,
     };
-    let add = async {
+    let add = retry_busy(&BUSY_WAITS, || async {
         handle
-            .traffic_filter(ifindex(from)?)
+            .traffic_filter(index)
             .add()
             .parent(INGRESS_HOOK)
             .priority(FILTER_PRIORITY)
             .protocol(PROTOCOL_ALL)
-            .redirect(to)
-            .map_err(|e| NetError::netlink("build the redirect filter", e))?
+            .redirect(to)?
             .execute()
             .await
-            .map_err(|e| NetError::netlink(format!("redirect link {from} to link {to}"), e))
-    };
-    if let Err(e) = add.await {
+    })
+    .await;
+    if let Err(failed) = add {
+        let e = step_error(
+            handle,
+            from,
+            &format!("add the filter redirecting to link {to}"),
+            failed,
+        )
+        .await;
         let _ = undo(handle, &done).await;
         return Err(e);
     }
@@ -146,13 +256,7 @@ async fn delete_our_filters(handle: &Handle, index: i32) -> Result<(), rtnetlink
 
 /// Whether a netlink error says the object (or its interface) no longer exists.
 fn is_gone(e: &rtnetlink::Error) -> bool {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => matches!(
-            m.code.map(|c| -c.get()),
-            Some(libc::ENODEV) | Some(libc::ENOENT)
-        ),
-        _ => false,
-    }
+    matches!(errno(e), Some(libc::ENODEV) | Some(libc::ENOENT))
 }
 
 /// Every filter message on `index`'s ingress hook (a `u32` filter dumps as several: its hash
@@ -204,4 +308,68 @@ pub async fn others(handle: &Handle, index: u32) -> Result<usize, NetError> {
         .iter()
         .filter(|f| !is_ours(f))
         .count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::time::Instant;
+
+    fn netlink_error(errno: i32) -> rtnetlink::Error {
+        let mut m = rtnetlink::packet_core::ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(-errno);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    /// An operation that fails with `errno` its first `n` times, then succeeds.
+    fn failing(
+        n: usize,
+        errno: i32,
+        calls: &Cell<usize>,
+    ) -> impl FnMut() -> std::future::Ready<Result<usize, rtnetlink::Error>> + '_ {
+        move || {
+            calls.set(calls.get() + 1);
+            std::future::ready(if calls.get() <= n {
+                Err(netlink_error(errno))
+            } else {
+                Ok(calls.get())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn busy_is_tried_again_with_growing_waits_then_given_up() {
+        // Busy twice: the third try succeeds, after 20 + 40 ms.
+        let calls = Cell::new(0);
+        let start = Instant::now();
+        let r = retry_busy(&BUSY_WAITS, failing(2, libc::EBUSY, &calls)).await;
+        assert_eq!(r.unwrap(), 3);
+        assert!(start.elapsed() >= Duration::from_millis(60));
+
+        // Busy for good: 6 tries (5 waits, 620 ms), then the last EBUSY with the count.
+        let calls = Cell::new(0);
+        let start = Instant::now();
+        let (e, tries) = retry_busy(&BUSY_WAITS, failing(usize::MAX, libc::EBUSY, &calls))
+            .await
+            .unwrap_err();
+        assert_eq!((tries, calls.get()), (6, 6));
+        assert_eq!(errno(&e), Some(libc::EBUSY));
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(620), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+
+        // Any other error: no second try.
+        let calls = Cell::new(0);
+        let (e, tries) = retry_busy(&BUSY_WAITS, failing(1, libc::EPERM, &calls))
+            .await
+            .unwrap_err();
+        assert_eq!((tries, calls.get(), errno(&e)), (1, 1, Some(libc::EPERM)));
+    }
+
+    #[test]
+    fn the_waits_double_from_20_to_320_ms() {
+        let ms: Vec<u128> = BUSY_WAITS.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [20, 40, 80, 160, 320]);
+    }
 }

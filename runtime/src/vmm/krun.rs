@@ -13,16 +13,22 @@
 //! console to [`LaunchConfig::console_log`]. When the VM fails, it appends the cause and a
 //! suggestion to that console log, which is what [`crate::Vm::start`] shows.
 //!
+//! A pod network ([`crate::net`]) reaches the VMM as its TAP's descriptor, inherited as **fd 4**
+//! ([`NET_FD`]) and named by [`LaunchConfig::net`]: the TAP lives in the pod's network namespace
+//! and the VMM in the host's, so the VMM can never open it by name (which is all `msb_krun`'s
+//! own TAP backend does); `msb-krun-vmm` serves the descriptor through a small `NetBackend` of
+//! its own.
+//!
 //! Files in the sandbox directory: `krun.log` (the VMM's own log, like `qemu.log`) and
 //! `console.log` (the guest console, plus the VMM's verdict when the VM failed).
 
 use std::ffi::OsString;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, SealFlag};
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +36,16 @@ use super::{Backend, BackendKind, VmSpec, VmmError, VmmProcess};
 
 /// The descriptor the VMM process reads its [`LaunchConfig`] from.
 pub const CONFIG_FD: i32 = 3;
+
+/// The descriptor the VMM process finds the pod network's TAP on, when [`LaunchConfig::net`] is
+/// set.
+pub const NET_FD: i32 = 4;
+
+/// The largest pod MTU the krun backend carries. libkrun's virtio-net device offers neither
+/// `VIRTIO_NET_F_MTU` nor mergeable receive buffers nor any receive offload, so the guest's
+/// driver posts receive buffers for 1514-byte frames only (what the virtio spec asks of a driver
+/// then) and drops anything longer: a larger MTU would boot a guest whose large frames vanish.
+pub const MAX_NET_MTU: u32 = 1500;
 
 /// The VMM program, looked up next to the current executable, then on PATH.
 pub const VMM_PROGRAM: &str = "msb-krun-vmm";
@@ -77,6 +93,23 @@ pub struct LaunchConfig {
     pub agent_accept_timeout_ms: u64,
     /// The guest console's log file.
     pub console_log: PathBuf,
+    /// The pod network's TAP, if the VM has one. Absent from the JSON when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<LaunchNet>,
+}
+
+/// The pod network of [`LaunchConfig`]: a TAP descriptor the VMM inherits, already configured
+/// by the runtime (`IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`, up, redirected to and from the pod
+/// interface), served as one virtio-net device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchNet {
+    /// The descriptor number in the VMM process ([`NET_FD`]), not the runtime's own.
+    pub fd: i32,
+    /// The guest interface's MAC (the pod interface's).
+    pub mac: [u8; 6],
+    /// The pod interface's MTU (the guest sets it: libkrun cannot announce it).
+    pub mtu: u32,
 }
 
 /// A disk of [`LaunchConfig`].
@@ -135,6 +168,11 @@ impl LaunchConfig {
             agent_socket: spec.agent_socket.clone(),
             agent_accept_timeout_ms: AGENT_ACCEPT_TIMEOUT_MS,
             console_log: spec.console_log.clone(),
+            net: spec.net.as_ref().map(|n| LaunchNet {
+                fd: NET_FD,
+                mac: n.mac,
+                mtu: n.mtu,
+            }),
         }
     }
 
@@ -260,26 +298,53 @@ pub fn spawn_with_config(
     cmd: &mut tokio::process::Command,
     config: &[u8],
 ) -> std::io::Result<tokio::process::Child> {
+    spawn_vmm(cmd, config, None)
+}
+
+/// Spawns `cmd` with `config` on fd [`CONFIG_FD`] and, when given, `tap` on fd [`NET_FD`].
+/// Only the child gets them at those numbers, without close-on-exec; every other descriptor
+/// (`tap`'s own number included) stays close-on-exec, so no other child inherits the TAP.
+pub fn spawn_vmm(
+    cmd: &mut tokio::process::Command,
+    config: &[u8],
+    tap: Option<BorrowedFd<'_>>,
+) -> std::io::Result<tokio::process::Child> {
     let memfd = sealed_memfd(config)?;
-    let raw = memfd.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only calls dup2/fcntl
-    // (nix's wrappers are the bare calls, nothing allocated, errors as errno), which are
-    // async-signal-safe; `raw` stays open in the parent until spawn returns (memfd lives until
-    // the end of this function).
+    // (source in this process, number in the child); -1: nothing to place.
+    let moves: [(RawFd, RawFd); 2] = [
+        (memfd.as_raw_fd(), CONFIG_FD),
+        (tap.map_or(-1, |t| t.as_raw_fd()), NET_FD),
+    ];
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl/dup2 (nix's
+    // wrappers are the bare calls, nothing allocated, errors as errno), which are
+    // async-signal-safe; the sources stay open in the parent until spawn returns (the memfd
+    // lives until the end of this function, `tap` is borrowed for all of it).
     unsafe {
-        cmd.pre_exec(move || {
-            if raw == CONFIG_FD {
-                // dup2 onto itself keeps close-on-exec: clear it instead.
-                fcntl(raw, FcntlArg::F_SETFD(FdFlag::empty()))?;
-            } else {
-                nix::unistd::dup2(raw, CONFIG_FD)?;
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || place_fds(&moves));
     }
     let child = cmd.spawn();
     drop(memfd);
     child
+}
+
+/// In the child before exec: puts each source at its number, without close-on-exec. Each source
+/// is first copied above every target number (close-on-exec, gone at exec), so no `dup2` onto a
+/// target can close a source still to be placed (a TAP that happened to be fd 3, say); and the
+/// final `dup2` always makes a new descriptor, whose close-on-exec is clear.
+fn place_fds(moves: &[(RawFd, RawFd); 2]) -> std::io::Result<()> {
+    let floor = moves.iter().map(|m| m.1).max().unwrap_or(0) + 1;
+    let mut staged = [-1; 2];
+    for (slot, (src, _)) in staged.iter_mut().zip(moves) {
+        if *src >= 0 {
+            *slot = fcntl(*src, FcntlArg::F_DUPFD_CLOEXEC(floor))?;
+        }
+    }
+    for (tmp, (_, dst)) in staged.iter().zip(moves) {
+        if *tmp >= 0 {
+            nix::unistd::dup2(*tmp, *dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// A close-on-exec memfd holding `data`, sealed against any change, read position at 0.
@@ -307,12 +372,15 @@ impl Backend for Krun {
             // up front what will most likely happen.
             tracing::warn!(sandbox = %spec.id, "krun requested although {why}; the guest will most likely fail (use --backend qemu)");
         }
-        if spec.net.is_some() {
-            // msb_krun's own TAP backend opens a TAP by name, in the VMM's (the host's)
-            // namespace; the pod's TAP lives in the pod's. An fd-backed net backend is needed.
+        if let Some(net) = spec.net.as_ref().filter(|n| n.mtu > MAX_NET_MTU) {
             return Err(VmmError::Unsupported {
                 backend: BackendKind::Krun,
-                what: "a pod network (its TAP descriptor) yet".into(),
+                what: format!(
+                    "a pod network with MTU {} (at most {MAX_NET_MTU}: libkrun's virtio-net \
+                     cannot announce an MTU, so the guest takes no longer frames; use the qemu \
+                     backend)",
+                    net.mtu
+                ),
             });
         }
         let program = self.program()?;
@@ -330,7 +398,8 @@ impl Backend for Krun {
             .stderr(log2)
             .process_group(0)
             .kill_on_drop(true);
-        let child = spawn_with_config(&mut cmd, &config.to_json()).map_err(|e| match e.kind() {
+        let tap = spec.net.as_ref().map(|n| n.tap.as_fd());
+        let child = spawn_vmm(&mut cmd, &config.to_json(), tap).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmmError::MissingProgram {
                 program: program.display().to_string(),
                 hint: "build it with `cargo build -p msb-krunvmm`".into(),
@@ -340,7 +409,7 @@ impl Backend for Krun {
                 source: e,
             },
         })?;
-        tracing::debug!(sandbox = %spec.id, "krun: {} (config on fd {CONFIG_FD}), libkrunfw {}", program.display(), config.krunfw.display());
+        tracing::debug!(sandbox = %spec.id, net = config.net.is_some(), "krun: {} (config on fd {CONFIG_FD}, a pod TAP on fd {NET_FD} if net), libkrunfw {}", program.display(), config.krunfw.display());
         VmmProcess::new(child, spec.console_log.clone(), log_path, BackendKind::Krun)
     }
 }
@@ -402,6 +471,100 @@ mod tests {
         assert!(
             lines.next().unwrap().contains("memfd:msb-launch-config"),
             "{text}"
+        );
+    }
+
+    fn net_spec(mtu: u32) -> (VmSpec, std::fs::File) {
+        // Any descriptor stands for the TAP here: what matters is where the child finds it. At
+        // 100 or above, so that its number is none the child's `ls` could open.
+        let tap = tempfile::tempfile().unwrap();
+        let high = fcntl(tap.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(100)).unwrap();
+        // SAFETY: `high` was just returned by F_DUPFD_CLOEXEC, so it is open and owned by no
+        // one else.
+        let high = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
+        let net = crate::net::NetDevice {
+            tap: std::sync::Arc::new(high),
+            mac: [0x02, 0x6d, 0x73, 0x62, 0, 0x0a],
+            mtu,
+        };
+        (
+            VmSpec {
+                net: Some(net),
+                ..spec()
+            },
+            tap,
+        )
+    }
+
+    #[test]
+    fn launch_config_carries_the_pod_network() {
+        let (spec, _tap) = net_spec(1450);
+        let c = LaunchConfig::from_spec(&spec, "/a/libkrunfw.so.5".into());
+        assert_eq!(
+            c.net,
+            Some(LaunchNet {
+                fd: NET_FD,
+                mac: [0x02, 0x6d, 0x73, 0x62, 0, 0x0a],
+                mtu: 1450
+            })
+        );
+        let json = String::from_utf8(c.to_json()).unwrap();
+        assert!(
+            json.ends_with(r#","net":{"fd":4,"mac":[2,109,115,98,0,10],"mtu":1450}}"#),
+            "{json}"
+        );
+        assert_eq!(LaunchConfig::from_json(json.as_bytes()).unwrap(), c);
+        let extra = json.replace(r#""mtu":1450"#, r#""mtu":1450,"name":"tap0_msb""#);
+        assert!(LaunchConfig::from_json(extra.as_bytes()).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_tap_reaches_fd_4_and_only_there() {
+        let (spec, tap) = net_spec(1500);
+        let config = LaunchConfig::from_spec(&spec, "/a/libkrunfw.so.5".into()).to_json();
+        let ours = spec.net.as_ref().unwrap().fd();
+        let target = std::fs::read_link(format!("/proc/self/fd/{ours}")).unwrap();
+        // fd 3 is the config, fd 4 the very file of the TAP's descriptor; its own number (and
+        // every other descriptor of ours) is not inherited.
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "cat <&3; echo; readlink /proc/$$/fd/4; ls /proc/$$/fd | sort -n | tr '\\n' ' '",
+        ])
+        .stdout(Stdio::piped())
+        .process_group(0);
+        let tap_fd = spec.net.as_ref().unwrap().tap.as_fd();
+        let child = spawn_vmm(&mut cmd, &config, Some(tap_fd)).unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next().unwrap().as_bytes(), &config[..]);
+        assert_eq!(lines.next().unwrap(), target.to_str().unwrap(), "{text}");
+        // 0-2, 3, 4, then whatever the shell, `ls` or the test harness hold (not close-on-exec
+        // in the harness, so not ours to judge): never the TAP's own number.
+        let fds: Vec<i32> = lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert_eq!(&fds[..5], &[0, 1, 2, 3, 4], "{text}");
+        assert!(!fds.contains(&ours), "fd {ours} inherited: {text}");
+        drop(tap);
+    }
+
+    #[test]
+    fn krun_refuses_an_mtu_its_guest_cannot_receive() {
+        let (spec, _tap) = net_spec(9001);
+        let e = Krun::new()
+            .with_program("/nonexistent/msb-krun-vmm")
+            .with_krunfw("/nonexistent/libkrunfw.so.5")
+            .launch(&spec)
+            .unwrap_err();
+        assert!(
+            matches!(&e, VmmError::Unsupported { what, .. } if what.contains("MTU 9001")),
+            "{e}"
         );
     }
 

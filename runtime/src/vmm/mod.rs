@@ -61,10 +61,14 @@ impl BackendKind {
 
 impl BackendKind {
     /// Whether the backend can serve a pod network (the TAP made in the pod's namespace, as a
-    /// descriptor). QEMU can; `msb_krun`'s TAP backend opens a TAP by name, in the VMM's own
-    /// (the host's) namespace, so krun needs an fd-backed network backend first.
+    /// descriptor the VMM inherits). Both can: QEMU as `-netdev tap,fd=N`, krun through
+    /// `msb-krun-vmm`'s own fd-backed network backend (`msb_krun`'s TAP backend opens a TAP by
+    /// name, which the VMM, in the host's namespace, could not find). krun carries an MTU of at
+    /// most [`krun::MAX_NET_MTU`].
     pub fn serves_pod_network(self) -> bool {
-        matches!(self, BackendKind::Qemu)
+        match self {
+            BackendKind::Qemu | BackendKind::Krun => true,
+        }
     }
 }
 
