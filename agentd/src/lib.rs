@@ -5,7 +5,8 @@
 //! `agent` port ([`port`]) and serve the protocol ([`server`], the dispatcher): containers
 //! ([`container`], [`storage`], [`cgroup`], OOM reports in [`oom`]), processes ([`prepare`] turns
 //! a request into a plan, [`seccomp`] compiles its container's profile, [`spawn`] starts it,
-//! [`exec`] runs its session, [`reaper`] reaps), files ([`fs`]), the pod network ([`net`]) and shutdown ([`shutdown`]).
+//! [`exec`] runs its session, [`reaper`] reaps), files ([`fs`]), the pod network ([`net`]), port
+//! forwarding ([`forward`]) and shutdown ([`shutdown`]).
 //!
 //! Threads, not async: the dispatcher is the main thread and the only one that spawns; each
 //! process has small threads for its streams and exit; one thread reaps; one writes the port.
@@ -19,6 +20,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod container;
 pub mod exec;
+pub mod forward;
 pub mod fs;
 pub mod init;
 pub mod modules;

@@ -8,7 +8,8 @@
 //! - `process`: `core.exec.*`, a process and its session (preparation in [`crate::prepare`]);
 //! - `containers`: `core.container.*`, a container's lifecycle;
 //! - `files`: `core.fs.*`;
-//! - `net`: `core.net.configure`, the pod network.
+//! - `net`: `core.net.configure`, the pod network;
+//! - `forward`: `core.port.*`, port forwarding into the VM.
 //!
 //! It runs on agentd's main thread, which is also the only thread that spawns processes (a
 //! spawn into a running container switches this thread's PID namespace for children, see
@@ -18,6 +19,7 @@
 mod containers;
 mod control;
 mod files;
+mod forward;
 mod net;
 mod process;
 
@@ -29,6 +31,7 @@ use msb_protocol::{Flags, FrameError, Message, MessageError, Payload};
 
 use crate::container::Containers;
 use crate::exec::Sessions;
+use crate::forward::Forwards;
 use crate::port::{self, Out};
 use crate::reaper::Reaper;
 use crate::sys;
@@ -43,6 +46,8 @@ pub struct Server {
     ready: Ready,
     /// Open `core.fs` write sessions.
     writes: files::Writes,
+    /// Port-forwarding sessions.
+    forwards: Forwards,
 }
 
 impl Server {
@@ -57,6 +62,7 @@ impl Server {
             containers,
             ready,
             writes: files::Writes::default(),
+            forwards: Forwards::default(),
         }
     }
 
@@ -84,7 +90,9 @@ impl Server {
                     }
                 }
             }
-            tracing::info!("host disconnected");
+            // Its port connections were the old host's: nobody acknowledges their data now.
+            let n = self.forwards.forget(0..u32::MAX);
+            tracing::info!(forwards = n, "host disconnected");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -123,6 +131,10 @@ impl Server {
             FsRequest::TYPE => self.on(&msg, |s, r: FsRequest| s.fs_request(id, r)),
             FsData::TYPE => self.on(&msg, |s, d: FsData| s.fs_data(id, d)),
             NetConfigure::TYPE => self.on(&msg, |s, c: NetConfigure| s.net_configure(id, c)),
+            PortConnect::TYPE => self.on(&msg, |s, c: PortConnect| s.port_connect(id, c)),
+            PortData::TYPE => self.on(&msg, |s, d: PortData| s.port_data(id, d)),
+            PortAck::TYPE => self.on(&msg, |s, a: PortAck| s.port_ack(id, a)),
+            PortClose::TYPE => self.on(&msg, |s, _: PortClose| s.port_close(id)),
             other => {
                 let kind = if msg.flags == Flags::NONE || msg.flags.contains(Flags::SESSION_START) {
                     ErrorKind::UnsupportedMessageType

@@ -222,6 +222,20 @@ impl Bundle {
             .filter(|p| !p.as_os_str().is_empty())
     }
 
+    /// Whether the spec lists no network namespace at all: the process would run in the
+    /// host's network (a CRI pod with `hostNetwork`, `ctr run --net-host`).
+    pub fn joins_host_network(&self) -> bool {
+        !self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_deref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            })
+    }
+
     /// The whole `core.container.create` for container `id` on the given root.
     pub fn container_create(
         &self,

@@ -25,8 +25,8 @@
 //! Layers: [`frame`] (bytes <-> [`Frame`], blocking and, with the `tokio` feature, async via
 //! [`codec::FrameCodec`]), [`message`] (frame <-> envelope, typed payloads via [`Payload`]),
 //! [`types`] (every payload; a container's seccomp profile is in [`seccomp`], the pod network
-//! in [`net`]), [`boot`] (the `MSB_*` kernel command line settings), [`relay`] (id ranges of the
-//! VMM's multi-client relay) and [`consts`].
+//! in [`net`], port forwarding in [`port`]), [`boot`] (the `MSB_*` kernel command line
+//! settings), [`relay`] (id ranges of the VMM's multi-client relay) and [`consts`].
 //!
 //! This crate does no I/O of its own beyond the `Read`/`Write`/codec adapters.
 //!
@@ -50,6 +50,7 @@ pub mod flags;
 pub mod frame;
 pub mod message;
 pub mod net;
+pub mod port;
 pub mod relay;
 pub mod seccomp;
 pub mod types;

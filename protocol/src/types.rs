@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::flags::Flags;
 use crate::message::Payload;
 pub use crate::net::{NetConfigure, NetConfigured, NetFailed};
+pub use crate::port::{
+    PortAck, PortClose, PortClosed, PortConnect, PortConnected, PortData, PortListening,
+};
 
 macro_rules! payloads {
     ($( $(#[$doc:meta])* $ty:ident => $name:literal, $flags:ident; )*) => {
@@ -71,6 +74,13 @@ payloads! {
     NetConfigure => "core.net.configure", SESSION_START;
     NetConfigured => "core.net.configured", TERMINAL;
     NetFailed => "core.net.failed", TERMINAL;
+    PortListening => "core.port.listening", NONE;
+    PortConnect => "core.port.connect", SESSION_START;
+    PortConnected => "core.port.connected", NONE;
+    PortData => "core.port.data", NONE;
+    PortAck => "core.port.ack", NONE;
+    PortClose => "core.port.close", NONE;
+    PortClosed => "core.port.closed", TERMINAL;
 }
 
 // ---------------------------------------------------------------------------------------------

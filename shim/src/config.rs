@@ -163,6 +163,11 @@ pub struct VmSettings {
     /// The pod's network namespace, prepared by CNI (the booting container's
     /// `linux.namespaces[network].path`); `None`: the VM has loopback only.
     pub netns: Option<PathBuf>,
+    /// A pod in the host's network (`hostNetwork`: its sandbox spec lists no network
+    /// namespace). The VM still has its own network; its listening ports are forwarded from
+    /// the host's loopback instead of the pod namespace's, which is where the CRI's
+    /// port-forward dials for such a pod.
+    pub host_network: bool,
 }
 
 /// Settings of one container after annotations.
@@ -284,6 +289,7 @@ impl ShimConfig {
                     .get(SANDBOX_ID_ANNOTATION)
                     .is_some_and(|s| !s.is_empty()),
                 netns: None,
+                host_network: false,
             },
             upper_size: cfg.upper_size,
             handoff_init: cfg.handoff_init,

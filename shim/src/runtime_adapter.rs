@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use msb_protocol::types::{
     ContainerCreate, ContainerStatsReply, ExecRequest, ExecResize, ExecSignal, Resources,
 };
+use msb_runtime::net::forward::PortForwarder;
 use msb_runtime::net::PodNetwork;
 use msb_runtime::rootfs::{self, layer_cache, PodRootfs};
 use msb_runtime::vmm::{parse_backend, DiskSpec, ShareSpec};
@@ -121,7 +122,16 @@ struct Booted {
     volumes: Option<VolumeShare>,
     /// The pod network when the sandbox names a network namespace; dropped (torn down) after
     /// `vm`, whose VMM holds the TAP's other descriptor.
-    net: Option<PodNetwork>,
+    net: Option<PodNet>,
+}
+
+/// A pod network and the forwarding of its namespace's loopback ports into the VM.
+#[derive(Debug)]
+struct PodNet {
+    /// Stops forwarding when dropped, before the network goes.
+    forwarder: PortForwarder,
+    /// `None`: a namespace without an interface for the VM, or the host's.
+    network: Option<PodNetwork>,
 }
 
 /// A pod container's root in the running VM: its layer images into the share, its upper a
@@ -185,7 +195,7 @@ impl RuntimePodVm {
         backend: Option<msb_runtime::BackendKind>,
         disks: Vec<DiskSpec>,
         shares: Vec<ShareSpec>,
-    ) -> Result<(msb_runtime::Vm, Option<PodNetwork>), PodVmError> {
+    ) -> Result<(msb_runtime::Vm, Option<PodNet>), PodVmError> {
         let net = self.pod_network(backend)?;
         let mut cfg = msb_runtime::VmConfig::new(&self.id);
         cfg.net = net.as_ref().map(PodNetwork::device);
@@ -200,12 +210,29 @@ impl RuntimePodVm {
         let sb = msb_runtime::Vm::start(cfg)
             .await
             .map_err(|e| PodVmError::Boot(e.into()))?;
-        if let Some(net) = &net {
+        let mut pod_net = None;
+        // A pod's network: its namespace (with or without an interface for the VM), or the
+        // host's for `hostNetwork`; ports are forwarded from that namespace's loopback.
+        let forward_from = match &self.config.netns {
+            Some(ns) => Some(Some(ns.clone())),
+            None => self.config.host_network.then_some(None),
+        };
+        if let Some(from) = forward_from {
+            // Subscribed first: agentd reports its listening ports as soon as the network is up.
+            let events = sb.agent().events();
             // Before any container: they all share the VM's network namespace.
+            let config = net
+                .as_ref()
+                .map(PodNetwork::guest_config)
+                .unwrap_or_default();
             sb.agent()
-                .net_configure(&net.guest_config())
+                .net_configure(&config)
                 .await
                 .map_err(|e| PodVmError::Boot(e.into()))?;
+            pod_net = Some(PodNet {
+                forwarder: PortForwarder::start(from.as_deref(), sb.agent().clone(), events),
+                network: net,
+            });
         }
         let agent = sb.agent().clone();
         *lock(&self.vmm_pid) = u32::try_from(sb.vmm_pid()).ok();
@@ -221,7 +248,7 @@ impl RuntimePodVm {
                 reason: "the agent connection closed".into(),
             });
         });
-        Ok((sb, net))
+        Ok((sb, pod_net))
     }
 
     /// The cached layer images of a container's root (built on first use).
@@ -511,9 +538,12 @@ impl PodVm for RuntimePodVm {
             let stopped = sb.shutdown(msb_protocol::SHUTDOWN_HOST_TIMEOUT).await;
             // After the VMM is gone (the TAP's other descriptor with it), also when the stop
             // failed: the pod interface's redirect is removed, the TAP closed.
-            if let Some(mut net) = net {
-                if let Err(e) = tokio::task::block_in_place(|| net.teardown()) {
-                    tracing::warn!(sandbox = %self.id, error = %e, "pod network teardown");
+            if let Some(PodNet { forwarder, network }) = net {
+                drop(forwarder);
+                if let Some(mut network) = network {
+                    if let Err(e) = tokio::task::block_in_place(|| network.teardown()) {
+                        tracing::warn!(sandbox = %self.id, error = %e, "pod network teardown");
+                    }
                 }
             }
             stopped.map_err(|e| PodVmError::Other(e.into()))?;

@@ -391,6 +391,17 @@ impl PortForward {
         self.conn.send(0, data)
     }
 
+    /// Ends the session from the client's side (a WebSocket close: the end of the data the
+    /// pod's port receives), then reads until the server closes it too; fails after `within`.
+    pub fn finish(mut self, within: Duration) -> anyhow::Result<Forwarded> {
+        self.conn
+            .ws
+            .close(None)
+            .and_then(|()| self.conn.ws.flush())
+            .context("close the port-forward session")?;
+        self.wait(within)
+    }
+
     /// Reads until the server closes the session (the connection in the pod ended, or could
     /// not be made); fails after `within`.
     pub fn wait(&mut self, within: Duration) -> anyhow::Result<Forwarded> {

@@ -29,7 +29,8 @@ impl Server {
     /// their sessions forgotten (nothing more is sent for them: the relay may hand the range to
     /// a new client).
     pub(super) fn client_left(&self, r: RelayClientDisconnected) {
-        let n = exec::forget(&self.sessions, r.id_start..r.id_end_exclusive);
+        let range = r.id_start..r.id_end_exclusive;
+        let n = exec::forget(&self.sessions, range.clone()) + self.forwards.forget(range);
         tracing::debug!(
             n,
             "relay client left; its sessions are killed and forgotten"

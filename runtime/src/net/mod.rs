@@ -13,11 +13,13 @@
 //!   by the VMM and the device dies with the last descriptor.
 //! - [`tc`]: the ingress qdiscs and `u32` redirect filters both ways.
 //! - [`link`]: reading the pod interface; the TAP's MTU and state.
+//! - [`forward`]: the namespace's loopback ports forwarded into the VM (`kubectl port-forward`).
 //!
 //! Everything runs on a short-lived thread of its own that `setns`es into the pod's namespace
 //! ([`in_netns`]): a namespace switch applies to the calling thread only, and no tokio worker
 //! may ever be switched. The VMM itself stays in the host's namespace.
 
+pub mod forward;
 pub mod link;
 pub mod tap;
 pub mod tc;

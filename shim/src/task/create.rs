@@ -52,6 +52,7 @@ impl TaskService {
         };
         let mut cconfig = config.for_container(&annotations)?;
         cconfig.vm.netns = bundle.network_namespace();
+        cconfig.vm.host_network = cconfig.vm.pod && bundle.joins_host_network();
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use msb_test_e2e::cri::api::{ContainerState, PodSandboxConfig, PortMapping};
 use msb_test_e2e::cri::{container_config, pod_config, unique_name, CriTest, Handler};
+use msb_test_e2e::cri_stream::{Forwarded, PortForward};
 
 use super::run;
 
@@ -40,6 +41,11 @@ per_handler! {
     /// Ours: 100 MiB cross the pod network each way intact (sha256), host to pod and pod to
     /// host; the throughput is printed (docs/PERFORMANCE.md).
     bulk_100_mib_each_way => runc_bulk_100_mib_each_way, microsandbox_bulk_100_mib_each_way;
+    /// Ours, `kubectl port-forward` on the pod network: 8 MiB from a server in the pod and
+    /// 8 MiB to one cross CRI PortForward sessions intact (sha256). For microsandbox the
+    /// session goes through the shim's listener in the pod's namespace and the agent channel.
+    port_forward_8_mib_each_way => runc_port_forward_8_mib_each_way,
+        microsandbox_port_forward_8_mib_each_way;
     /// Ours: two pods on one bridge network reach each other by pod IP.
     two_pods_talk_by_pod_ip => runc_two_pods_talk_by_pod_ip,
         microsandbox_two_pods_talk_by_pod_ip;
@@ -465,5 +471,107 @@ fn bulk_100_mib_each_way(t: &CriTest) {
         t.handler.name(),
         mb_per_s(BULK, to_pod),
         mb_per_s(BULK, to_host)
+    );
+}
+
+/// 8 MiB, in the port-forward case.
+const FORWARDED: usize = 8 << 20;
+
+/// A port-forward session of `pod`'s `port`, once something listens there in the pod (`c`'s
+/// `/proc/net/tcp` shows the listener) and a moment more: for microsandbox, the shim's listener
+/// in the pod's namespace follows the VM's within agentd's 200 ms watch interval.
+fn forward_when_listening(t: &CriTest, pod: &str, c: &str, port: u16) -> PortForward {
+    let hex = format!(":{port:04X} ");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sh(t, c, "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true")
+        .lines()
+        .any(|l| l.contains(&hex) && l.split_whitespace().nth(3) == Some("0A"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {port} in {c}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let url = t
+        .cri
+        .port_forward(pod, &[i32::from(port)])
+        .unwrap_or_else(|e| panic!("PortForward {pod}: {e}\n{}", t.log()));
+    PortForward::connect(&url, port).unwrap_or_else(|e| panic!("{url}: {e:#}\n{}", t.log()))
+}
+
+fn port_forward_8_mib_each_way(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    let (pod, config, _) = pod_with_ports(t, Vec::new());
+    let c = t.create_container(
+        &pod,
+        &container_config(&unique_name("forwarded"), &["sleep", "3600"]),
+        &config,
+    );
+    t.start_container(&c);
+
+    // Pod -> client: `nc -l` sends a file and closes; the session ends with it.
+    let theirs = sh(
+        t,
+        &c,
+        &format!("head -c {FORWARDED} /dev/urandom >/tmp/blob && sha256sum /tmp/blob"),
+    );
+    let got: Forwarded = std::thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            t.cri
+                .exec_sync(&c, &["sh", "-c", "nc -l -p 9200 </tmp/blob"], 120)
+        });
+        let mut pf = forward_when_listening(t, &pod, &c, 9200);
+        let got = pf
+            .wait(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", t.log()));
+        assert_eq!(got.error, "", "{}", t.log());
+        let r = server
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("server exec: {e}"));
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        got
+    });
+    assert_eq!(
+        (got.error.as_str(), got.data.len()),
+        ("", FORWARDED),
+        "{}",
+        got.error
+    );
+    assert_eq!(
+        theirs.split_whitespace().next(),
+        Some(sha256_hex(&got.data).as_str())
+    );
+
+    // Client -> pod: `nc -l` pipes what arrives into sha256sum until the session ends.
+    let data: Vec<u8> = (0..FORWARDED)
+        .map(|i| u8::try_from(i % 251).unwrap_or(0))
+        .collect();
+    let r = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            t.cri
+                .exec_sync(&c, &["sh", "-c", "nc -l -p 9201 | sha256sum"], 120)
+        });
+        let mut pf = forward_when_listening(t, &pod, &c, 9201);
+        for chunk in data.chunks(64 << 10) {
+            pf.send(chunk).expect("send to the pod");
+        }
+        let end = pf
+            .finish(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", t.log()));
+        assert_eq!(end.error, "", "{end:?}");
+        receiver
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("receiver exec: {e}"))
+    });
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
+        (0, format!("{}  -", sha256_hex(&data)).as_str()),
+        "{r:?}"
     );
 }

@@ -7,9 +7,10 @@
 //! With microsandbox none of this runs in the VM for the stream itself: the streaming server
 //! is containerd's, and it drives the shim's Exec, Start, ResizePty, CloseIO and the process's
 //! FIFOs as it would runc's. Port-forward is the exception: containerd dials the port on the
-//! loopback of the pod's network namespace on the host, which the pod network's redirect does
-//! not carry into the VM (docs/NETWORK.md), so for microsandbox the case asserts today's
-//! refusal.
+//! loopback of the pod's network namespace on the host (of the host itself with `hostNetwork`),
+//! where the shim listens on each port that listens in the VM and relays the connection over
+//! the agent channel (docs/NETWORK.md, "Port forwarding"); the cases assert the same page as
+//! with runc.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -58,11 +59,9 @@ per_handler! {
     attach => runc_attach, microsandbox_attach;
     /// Ours: attach to a container with a terminal: input, output, a resize, exit.
     attach_tty => runc_attach_tty, microsandbox_attach_tty;
-    /// critest Streaming: "runtime should support portforward". microsandbox: refused (the
-    /// server listens in the VM, containerd dials in the pod's network namespace on the host).
+    /// critest Streaming: "runtime should support portforward".
     portforward => runc_portforward, microsandbox_portforward;
     /// critest Streaming (Linux): "runtime should support portforward in host network".
-    /// microsandbox: refused, as above.
     portforward_in_host_network => runc_portforward_in_host_network,
         microsandbox_portforward_in_host_network;
 }
@@ -350,7 +349,7 @@ fn free_port() -> u16 {
 
 /// critest's web server container in `pod`, listening on `port`, serving (checked from inside
 /// the container, as kubelet's prober would; critest fetches the page from the pod's IP, which
-/// a microsandbox pod does not have yet: its VM has only its loopback).
+/// a pod of these handlers does not have: their CNI network is loopback only).
 fn web_server(
     t: &CriTest,
     pod: &str,
@@ -401,29 +400,15 @@ fn forward_http_get(t: &CriTest, pod: &str, port: u16) -> Forwarded {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", t.log()))
 }
 
-/// The port-forward outcome of `handler`: runc answers the page; microsandbox is refused in the
-/// pod's network namespace on the host (nothing of the VM listens there).
-fn assert_forwarded(t: &CriTest, got: &Forwarded, port: u16) {
+/// The port-forward outcome, the same for both handlers: the page, and a clean end.
+fn assert_forwarded(got: &Forwarded) {
     let text = String::from_utf8_lossy(&got.data);
-    match t.handler {
-        Handler::Runc => {
-            // busybox httpd answers HTTP/1.1 to a 1.0 request, and closes.
-            assert!(
-                text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with(PAGE),
-                "{text:?} {got:?}"
-            );
-            assert_eq!(got.error, "", "{text:?} {got:?}");
-        }
-        Handler::Microsandbox => {
-            assert_eq!(text, "", "{got:?}");
-            assert!(
-                got.error.contains(&format!(
-                    "failed to connect to localhost:{port} inside namespace"
-                )) && got.error.contains("connection refused"),
-                "{got:?}"
-            );
-        }
-    }
+    // busybox httpd answers HTTP/1.1 to a 1.0 request, and closes.
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with(PAGE),
+        "{text:?} {got:?}"
+    );
+    assert_eq!(got.error, "", "{text:?} {got:?}");
 }
 
 fn portforward(t: &CriTest) {
@@ -438,7 +423,7 @@ fn portforward(t: &CriTest) {
     let pod = t.run_pod(&config);
     web_server(t, &pod, &config, PORT);
     let got = forward_http_get(t, &pod, PORT);
-    assert_forwarded(t, &got, PORT);
+    assert_forwarded(&got);
 }
 
 fn portforward_in_host_network(t: &CriTest) {
@@ -461,5 +446,5 @@ fn portforward_in_host_network(t: &CriTest) {
     let pod = t.run_pod(&config);
     web_server(t, &pod, &config, port);
     let got = forward_http_get(t, &pod, port);
-    assert_forwarded(t, &got, port);
+    assert_forwarded(&got);
 }
