@@ -6,7 +6,7 @@
 //! for runc, whose container has the veth itself.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use msb_test_e2e::cri::api::{ContainerState, PodSandboxConfig, PortMapping};
@@ -46,6 +46,11 @@ per_handler! {
     /// session goes through the shim's listener in the pod's namespace and the agent channel.
     port_forward_8_mib_each_way => runc_port_forward_8_mib_each_way,
         microsandbox_port_forward_8_mib_each_way;
+    /// Ours: IPv6 crosses the pod network too. The pod's `eth0` has the link-local address of
+    /// its MAC (EUI-64), the host reaches a server in the pod at that address, and the pod
+    /// reaches the host's bridge at its own (link-local only: the tests use no routable range).
+    ipv6_link_local_both_ways => runc_ipv6_link_local_both_ways,
+        microsandbox_ipv6_link_local_both_ways;
     /// Ours: two pods on one bridge network reach each other by pod IP.
     two_pods_talk_by_pod_ip => runc_two_pods_talk_by_pod_ip,
         microsandbox_two_pods_talk_by_pod_ip;
@@ -573,5 +578,99 @@ fn port_forward_8_mib_each_way(t: &CriTest) {
         (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
         (0, format!("{}  -", sha256_hex(&data)).as_str()),
         "{r:?}"
+    );
+}
+
+/// The host bridge of the `*-net` handlers (`hack/lib/containerd.sh`).
+const BRIDGE: &str = "msb-cni0";
+
+/// The link-local address the kernel gives an interface with `mac` (EUI-64).
+fn eui64_link_local(mac: &str) -> Ipv6Addr {
+    let m: Vec<u8> = mac
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|e| panic!("MAC {mac:?}: {e}")))
+        .collect();
+    assert_eq!(m.len(), 6, "MAC {mac:?}");
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([m[0] ^ 2, m[1]]),
+        u16::from_be_bytes([m[2], 0xff]),
+        u16::from_be_bytes([0xfe, m[3]]),
+        u16::from_be_bytes([m[4], m[5]]),
+    )
+}
+
+/// The link-local address of host interface `name` (`/proc/net/if_inet6`) and its index.
+fn host_link_local(name: &str) -> (Ipv6Addr, u32) {
+    let table = std::fs::read_to_string("/proc/net/if_inet6").expect("/proc/net/if_inet6");
+    for line in table.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() == 6 && f[5] == name && f[3] == "20" {
+            let bits = u128::from_str_radix(f[0], 16).expect("an address in hex");
+            let index = u32::from_str_radix(f[1], 16).expect("an index in hex");
+            return (Ipv6Addr::from(bits), index);
+        }
+    }
+    panic!("{name} has no link-local address:\n{table}");
+}
+
+fn ipv6_link_local_both_ways(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    let (pod, config, _) = pod_with_ports(t, Vec::new());
+    let server = container_config(
+        &unique_name("ipv6-server"),
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo msb-pod-answers-v6 >/www/index.html && exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    let c = t.create_container(&pod, &server, &config);
+    t.start_container(&c);
+    t.wait_state(&c, ContainerState::ContainerRunning);
+
+    // The guest derived the same link-local address from the same MAC as the veth had.
+    let ll = eui64_link_local(&sh(t, &c, "cat /sys/class/net/eth0/address"));
+    let addrs = sh(t, &c, "ip -o -6 addr show dev eth0");
+    assert!(
+        addrs.contains(&format!("inet6 {ll}/64 scope link")),
+        "{addrs}"
+    );
+
+    // The host reaches the pod's server at that address, through the bridge.
+    let (bridge_ll, bridge_index) = host_link_local(BRIDGE);
+    let mut s = connect(SocketAddr::V6(SocketAddrV6::new(ll, 8080, 0, bridge_index)));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("msb-pod-answers-v6\n"), "{reply}");
+
+    // The pod reaches the host's bridge at its link-local address.
+    let ping = t.exec(
+        &c,
+        &[
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "10",
+            "-I",
+            "eth0",
+            &bridge_ll.to_string(),
+        ],
+    );
+    assert_eq!(ping.exit_code, 0, "{ping:?}");
+    assert!(
+        String::from_utf8_lossy(&ping.stdout).contains("1 packets received"),
+        "{ping:?}"
     );
 }
