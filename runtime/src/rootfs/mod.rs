@@ -15,6 +15,12 @@
 //!   ([`BackendKind::serves_read_only_shares`]), and then holds hard links to the cache; otherwise
 //!   the guest could write to it, so it holds copies (a link would let the guest change every
 //!   pod's images).
+//!
+//! A guest-writable share is the guest's ground: the host never opens, creates or tests a path
+//! in it. An image is copied into a host-private staging directory next to the share and moved
+//! in with `renameat` between the two directories' descriptors, which replaces whatever entry
+//! the guest left under that name (a symlink is replaced, never followed; a FIFO is never
+//! opened); what is there is looked at with `fstatat(AT_SYMLINK_NOFOLLOW)` only.
 
 pub mod layer_cache;
 
@@ -116,10 +122,12 @@ pub fn single(
     })
 }
 
-/// A pod VM's root file systems: its share directory and whether the share is read-only.
+/// A pod VM's root file systems: its share directory, whether the share is read-only, and the
+/// host-private directory where images are staged before they are moved into the share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRootfs {
     share: PathBuf,
+    staging: PathBuf,
     read_only: bool,
 }
 
@@ -142,6 +150,8 @@ impl PodRootfs {
     ) -> Result<(PodRootfs, PodBoot), RootfsError> {
         let share = dir.join("share");
         crate::private::create_dir(&share).map_err(RootfsError::io("create", &share))?;
+        let staging = dir.join("share-staging");
+        crate::private::create_dir(&staging).map_err(RootfsError::io("create", &staging))?;
         let upper = dir.join("pod-upper.ext4");
         disks::make_upper(&upper, upper_size)?;
         let read_only = backend.serves_read_only_shares();
@@ -157,7 +167,14 @@ impl PodRootfs {
                 read_only,
             }],
         };
-        Ok((PodRootfs { share, read_only }, boot))
+        Ok((
+            PodRootfs {
+                share,
+                staging,
+                read_only,
+            },
+            boot,
+        ))
     }
 
     /// Puts `container`'s layer images (topmost first) into the running VM's share, where the
@@ -172,6 +189,7 @@ impl PodRootfs {
             return Err(RootfsError::NoLayers(container.to_owned()));
         }
         let mut lower = Vec::new();
+        let dirs = ShareDirs::open(&self.share, &self.staging)?;
         for image in images {
             let Some(name) = image.file_name() else {
                 return Err(RootfsError::Io {
@@ -181,12 +199,11 @@ impl PodRootfs {
                 });
             };
             let link = self.share.join(name);
-            if !link.exists() {
-                let linked = self.read_only && std::fs::hard_link(image, &link).is_ok();
-                if !linked {
-                    copy_atomically(image, &link)
-                        .map_err(RootfsError::io("share a layer image as", &link))?;
-                }
+            let shared = dirs
+                .put(image, name, self.read_only)
+                .map_err(RootfsError::io("share a layer image as", &link))?;
+            if shared {
+                tracing::debug!(image = %image.display(), "layer image shared");
             }
             lower.push(StorageRef::Image(format!(
                 "{RUNTIME_MOUNT_POINT}/{}",
@@ -202,11 +219,70 @@ impl PodRootfs {
     }
 }
 
-/// Copies under a temporary name and renames, so the guest never sees half an image.
-fn copy_atomically(from: &Path, to: &Path) -> std::io::Result<()> {
-    let tmp = to.with_extension("partial");
-    std::fs::copy(from, &tmp)?;
-    std::fs::rename(&tmp, to)
+/// The share and its staging directory, open: every step names an entry relative to one of
+/// them and never resolves a path through the share.
+struct ShareDirs {
+    share: std::fs::File,
+    staging: std::fs::File,
+    staging_path: PathBuf,
+}
+
+impl ShareDirs {
+    fn open(share: &Path, staging: &Path) -> Result<ShareDirs, RootfsError> {
+        let open = |p: &Path| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(p)
+                .map_err(RootfsError::io("open", p))
+        };
+        Ok(ShareDirs {
+            share: open(share)?,
+            staging: open(staging)?,
+            staging_path: staging.to_owned(),
+        })
+    }
+
+    /// Puts `image` into the share as `name`, unless a regular file of that name is there
+    /// already (an earlier container's); returns whether it put it. A read-only share gets a
+    /// hard link to the cache (the guest cannot change it); a writable one a copy, staged on
+    /// the host's side and renamed in, replacing whatever else the guest left under `name`.
+    fn put(&self, image: &Path, name: &std::ffi::OsStr, read_only: bool) -> std::io::Result<bool> {
+        use nix::sys::stat::{fstatat, SFlag};
+        use std::os::fd::AsRawFd;
+        let share = self.share.as_raw_fd();
+        match fstatat(Some(share), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => {
+                return Ok(false)
+            }
+            Ok(_) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if read_only {
+            let linked = nix::unistd::linkat(
+                None,
+                image,
+                Some(share),
+                Path::new(name),
+                nix::fcntl::AtFlags::empty(),
+            );
+            if linked.is_ok() {
+                return Ok(true);
+            }
+        }
+        // Staged under the same name in a directory only the host can reach, then moved.
+        let staged = self.staging_path.join(name);
+        let _ = std::fs::remove_file(&staged);
+        std::fs::copy(image, &staged)?;
+        crate::private::restrict(&staged, crate::private::FILE_MODE)?;
+        nix::fcntl::renameat(Some(self.staging.as_raw_fd()), name, Some(share), name).inspect_err(
+            |_| {
+                let _ = std::fs::remove_file(&staged);
+            },
+        )?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -273,5 +349,51 @@ mod tests {
                 std::fs::metadata(&shared).unwrap().ino() == std::fs::metadata(&img).unwrap().ino();
             assert_eq!(same_inode, linked, "{backend}");
         }
+    }
+
+    /// What a hostile guest can leave in a writable (krun) share: a symlink to a host file
+    /// under the staging name the old code used (which made the root shim write through it), a
+    /// FIFO there (which hung it), and a symlink under an image's own name. The host's file
+    /// stays as it was, Create does not hang, and every image arrives whole.
+    #[test]
+    fn what_a_guest_plants_in_a_writable_share_changes_nothing_outside_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let images = [
+            image(&cache, "0123.erofs"),
+            image(&cache, "4567.erofs"),
+            image(&cache, "89ab.erofs"),
+        ];
+        let victim = tmp.path().join("authorized_keys");
+        std::fs::write(&victim, "the host's own").unwrap();
+        let dir = tmp.path().join("vm");
+        let (pod, _) = PodRootfs::prepare(&dir, BackendKind::Krun, 64 << 20).unwrap();
+        let share = dir.join("share");
+        std::os::unix::fs::symlink(&victim, share.join("0123.partial")).unwrap();
+        nix::unistd::mkfifo(&share.join("4567.partial"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink(&victim, share.join("89ab.erofs")).unwrap();
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = pod.clone();
+        std::thread::spawn(move || tx.send(p.add_container("c3", &images).map(drop)));
+        let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert!(
+            matches!(done, Ok(Ok(()))),
+            "add_container with planted entries: {done:?}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "the host's own");
+        for name in ["0123.erofs", "4567.erofs", "89ab.erofs"] {
+            let p = share.join(name);
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            assert!(meta.file_type().is_file(), "{name}: {:?}", meta.file_type());
+            assert_eq!(std::fs::read(&p).unwrap(), name.as_bytes());
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.join("share-staging"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }
