@@ -279,9 +279,12 @@ async fn ctr_run_lifecycle_with_output_and_exact_events() {
     assert!(bundle.join("microsandbox.json").exists());
 
     let pid = h.start("demo", "").await.unwrap();
-    assert_eq!(pid, 101);
+    assert_eq!(pid, std::process::id());
     let st = h.status("demo", "").await.unwrap();
-    assert_eq!((st.status, st.pid), (Status::RUNNING.into(), 101));
+    assert_eq!(
+        (st.status, st.pid),
+        (Status::RUNNING.into(), std::process::id())
+    );
     let req = vm.request(&init("demo")).unwrap();
     assert_eq!(
         (req.cmd.as_str(), req.args.clone()),
@@ -300,7 +303,7 @@ async fn ctr_run_lifecycle_with_output_and_exact_events() {
     assert_eq!((st.status, st.exit_status), (Status::STOPPED.into(), 0));
 
     let del = h.delete("demo", "").await.unwrap();
-    assert_eq!((del.pid, del.exit_status), (101, 0));
+    assert_eq!((del.pid, del.exit_status), (std::process::id(), 0));
     assert!(!upper.exists());
     assert!(!h.tmp.path().join("state/default/sandboxes/demo").exists());
     assert!(!bundle.join("microsandbox.json").exists());
@@ -318,7 +321,10 @@ async fn ctr_run_lifecycle_with_output_and_exact_events() {
         ]
     );
     let ev = h.events.events();
-    assert_eq!(exit_of(&ev[2]), ("demo".into(), "demo".into(), 101, 0));
+    assert_eq!(
+        exit_of(&ev[2]),
+        ("demo".into(), "demo".into(), std::process::id(), 0)
+    );
     match &ev[3] {
         TaskEvent::Delete {
             container_id,
@@ -328,7 +334,7 @@ async fn ctr_run_lifecycle_with_output_and_exact_events() {
         } => {
             assert_eq!(
                 (container_id.as_str(), *pid, *exit_status),
-                ("demo", 101, 0)
+                ("demo", std::process::id(), 0)
             );
             assert!(exited_at.is_some());
         }
@@ -497,7 +503,7 @@ async fn exec_lifecycle_and_its_errors() {
         Status::CREATED.into()
     );
     let pid = h.start("c", "e1").await.unwrap();
-    assert_eq!(pid, 102);
+    assert_eq!(pid, std::process::id());
     let req = h.vm(0).request(&exec_key("c", "e1")).unwrap();
     assert_eq!(req.container.as_deref(), Some("c"));
     assert!(req.tty);
@@ -538,12 +544,15 @@ async fn exec_lifecycle_and_its_errors() {
         TaskEvent::ExecStarted {
             container_id: "c".into(),
             exec_id: "e1".into(),
-            pid: 102
+            pid: std::process::id()
         }
     );
-    assert_eq!(exit_of(&ev[4]), ("c".into(), "e1".into(), 102, 3));
+    assert_eq!(
+        exit_of(&ev[4]),
+        ("c".into(), "e1".into(), std::process::id(), 3)
+    );
     let del = h.delete("c", "e1").await.unwrap();
-    assert_eq!((del.pid, del.exit_status), (102, 3));
+    assert_eq!((del.pid, del.exit_status), (std::process::id(), 3));
     assert_eq!(
         code(h.status("c", "e1").await.unwrap_err()),
         Code::NOT_FOUND
@@ -710,7 +719,10 @@ async fn stats_pids_update() {
         })
         .await
         .unwrap();
-    assert_eq!((conn.shim_pid, conn.task_pid), (std::process::id(), 101));
+    assert_eq!(
+        (conn.shim_pid, conn.task_pid),
+        (std::process::id(), std::process::id())
+    );
 }
 
 /// Creates container `id` with a stdin FIFO whose writer (containerd's side, returned) stays

@@ -61,7 +61,11 @@ pub struct ExitInfo {
 pub(crate) struct Process {
     pub(crate) key: ProcessKey,
     pub(crate) status: Status,
+    /// The pid containerd sees: a host process, the VM's VMM ([`host_pid`]); 0 until started.
     pub(crate) pid: u32,
+    /// Its pid in the VM, which only `Pids` shows (a guest pid would name an unrelated host
+    /// process to anything that took it for one).
+    pub(crate) guest_pid: u32,
     pub(crate) exit: Option<ExitInfo>,
     pub(crate) exited: watch::Sender<Option<ExitInfo>>,
     pub(crate) io: TaskIo,
@@ -78,6 +82,7 @@ impl Process {
             key,
             status: Status::Created,
             pid: 0,
+            guest_pid: 0,
             exit: None,
             exited: watch::channel(None).0,
             io,
@@ -268,13 +273,12 @@ impl TaskService {
     pub(crate) fn watch_process(
         &self,
         key: ProcessKey,
+        pid: u32,
         session: GuestProcess,
         fifos: OutputFifos,
         exits: mpsc::UnboundedSender<ExitNote>,
     ) {
-        let GuestProcess {
-            pid, output, exit, ..
-        } = session;
+        let GuestProcess { output, exit, .. } = session;
         let OutputFifos { stdout, stderr } = fifos;
         tokio::spawn(async move {
             let copy = stdio::copy_output(output, stdout, stderr);
@@ -423,6 +427,13 @@ impl TaskService {
         }
         Ok((pid, session, fifos))
     }
+}
+
+/// The host pid reported for every process of `sandbox`: its VMM's, as Kata reports the
+/// hypervisor's (the processes themselves live in the VM, and a guest pid would name some
+/// unrelated host process); the shim's own while no VMM is known (a test double).
+pub(crate) fn host_pid(sandbox: &Arc<dyn PodVm>) -> u32 {
+    sandbox.vmm_pid().unwrap_or_else(std::process::id)
 }
 
 /// The output FIFOs of a process, opened.

@@ -22,8 +22,8 @@ impl TaskService {
             let execs: Vec<(u32, String)> = c
                 .execs
                 .iter()
-                .filter(|(_, p)| p.pid != 0)
-                .map(|(id, p)| (p.pid, id.clone()))
+                .filter(|(_, p)| p.guest_pid != 0)
+                .map(|(id, p)| (p.guest_pid, id.clone()))
                 .collect();
             (tables.vm_of(&req.id)?, execs)
         };

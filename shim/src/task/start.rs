@@ -27,7 +27,7 @@ impl TaskService {
                 p.io.clone(),
             )
         };
-        let (pid, session, fifos) = match self.launch(&sandbox, &key, request, &io).await {
+        let (guest_pid, session, fifos) = match self.launch(&sandbox, &key, request, &io).await {
             Ok(ok) => ok,
             Err(e) => {
                 // The process never ran: it is stopped with the status a shell would report.
@@ -52,15 +52,17 @@ impl TaskService {
                 return Err(e);
             }
         };
+        let pid = super::host_pid(&sandbox);
         let exits = {
             let mut tables = self.inner.tables.lock().await;
             let exits = tables.exits_of(&req.id)?;
             let p = tables.container_mut(&req.id)?.process_mut(&req.exec_id)?;
             p.transition(Transition::Start)?;
             p.pid = pid;
+            p.guest_pid = guest_pid;
             exits
         };
-        tracing::info!(container = %req.id, exec = %req.exec_id, pid, "started");
+        tracing::info!(container = %req.id, exec = %req.exec_id, pid, guest_pid, "started");
         // Published before the exit watcher exists, so Start always precedes Exit.
         self.publish(if req.exec_id.is_empty() {
             TaskEvent::Start {
@@ -75,7 +77,7 @@ impl TaskService {
             }
         })
         .await;
-        self.watch_process(key, session, fifos, exits);
+        self.watch_process(key, pid, session, fifos, exits);
         Ok(StartResponse {
             pid,
             ..Default::default()
