@@ -23,6 +23,7 @@ pub mod assets;
 pub mod disks;
 pub mod doctor;
 pub mod host;
+pub mod log_cap;
 pub mod net;
 pub mod private;
 pub mod relay;

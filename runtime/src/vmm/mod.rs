@@ -213,6 +213,8 @@ pub struct VmmProcess {
     /// Helper processes that serve this VM only (virtiofsd), in their own process groups:
     /// killed and reaped with it.
     companions: Vec<std::process::Child>,
+    /// Keeps the logs of the VM's directory bounded while it runs.
+    _log_cap: crate::log_cap::LogCapper,
 }
 
 impl VmmProcess {
@@ -227,7 +229,14 @@ impl VmmProcess {
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
             .ok_or_else(|| VmmError::Failed("the VMM exited at once".into()))?;
+        let log_cap = crate::log_cap::LogCapper::start(
+            console_log
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
+        );
         Ok(VmmProcess {
+            _log_cap: log_cap,
             child,
             pgid,
             console_log,
@@ -285,10 +294,11 @@ impl VmmProcess {
     }
 
     fn exit_of(&self, status: std::process::ExitStatus) -> VmExit {
-        let console = std::fs::read_to_string(&self.console_log).unwrap_or_default();
+        // A panic is the last thing the console shows.
+        let console = crate::log_cap::read_tail(&self.console_log, TAIL_BYTES);
         VmExit {
             code: status.code(),
-            guest_panicked: console.contains("Kernel panic"),
+            guest_panicked: String::from_utf8_lossy(&console).contains("Kernel panic"),
         }
     }
 
@@ -343,9 +353,12 @@ impl Drop for VmmProcess {
     }
 }
 
-/// The last `lines` lines of a log file.
+/// Bytes of a log read for its tail (a log may be large; see [`crate::log_cap`]).
+const TAIL_BYTES: u64 = 64 << 10;
+
+/// The last `lines` lines of a log file (within its last [`TAIL_BYTES`]).
 pub fn console_tail(path: &std::path::Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&crate::log_cap::read_tail(path, TAIL_BYTES)).into_owned();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -232,7 +232,7 @@ fn start_one_virtiofsd(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !sock.exists() {
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let log = super::console_tail(&log_path, 20);
             return Err(VmmError::Failed(format!(
                 "virtiofsd for share {} ({}) exited with {status}: {}",
                 share.tag,
