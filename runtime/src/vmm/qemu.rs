@@ -49,6 +49,9 @@ impl Qemu {
         tsc_khz: Option<u64>,
     ) -> Result<Vec<String>, VmmError> {
         let p = |path: &Path| path.display().to_string();
+        // A value inside a QEMU option list (`key=value,...`): a comma in it is doubled, or
+        // the rest would be read as options of ours (`file=/x,format=qcow2` in a path).
+        let opt = |value: &str| value.replace(',', ",,");
         let mut cmdline = vec![
             "console=ttyS0".to_owned(),
             "quiet".into(),
@@ -95,7 +98,7 @@ impl Qemu {
             "-chardev".into(),
             format!(
                 "socket,id=agent,path={},server=on,wait=off",
-                p(in_dir(spec, &spec.agent_socket))
+                opt(&p(in_dir(spec, &spec.agent_socket)))
             ),
             "-device".into(),
             "virtserialport,chardev=agent,name=agent".into(),
@@ -113,7 +116,7 @@ impl Qemu {
             a.push("-device".into());
             a.push(format!(
                 "vhost-user-fs-device,chardev=fs{i},tag={}",
-                share.tag
+                opt(&share.tag)
             ));
         }
         for (i, d) in spec.disks.iter().enumerate() {
@@ -125,12 +128,12 @@ impl Qemu {
             a.push("-drive".into());
             a.push(format!(
                 "file={},if=none,id=disk{i},format=raw,{mode}",
-                p(&d.path)
+                opt(&p(&d.path))
             ));
             a.push("-device".into());
             a.push(format!(
                 "virtio-blk-device,drive=disk{i},serial={}",
-                d.serial
+                opt(&d.serial)
             ));
         }
         if let Some(net) = &spec.net {
@@ -341,6 +344,19 @@ mod tests {
              -chardev socket,id=agent,path=agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=agent \
              -drive file=/d/lower.img,if=none,id=disk0,format=raw,readonly=on -device virtio-blk-device,drive=disk0,serial=lower \
              -drive file=/d/upper.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap -device virtio-blk-device,drive=disk1,serial=upper"
+        );
+    }
+
+    #[test]
+    fn commas_in_option_values_are_doubled() {
+        let mut spec = crate::vmm::sample_spec();
+        spec.disks[0].path = "/d/a,format=qcow2,b.img".into();
+        let a = Qemu::new().args(&spec, "tcg", None).unwrap().join(" ");
+        assert!(
+            a.contains(
+                "-drive file=/d/a,,format=qcow2,,b.img,if=none,id=disk0,format=raw,readonly=on"
+            ),
+            "{a}"
         );
     }
 
