@@ -16,6 +16,7 @@ use msb_protocol::consts::VOLUMES_MOUNT_POINT;
 use msb_protocol::types::{ContainerCreate, NamespaceSource, StorageRef};
 
 use crate::cgroup::Cgroup;
+use crate::inroot::InRootPath;
 use crate::mount_opts;
 use crate::spawn::{MountOp, NsSource, RootSetup, RootStep};
 use crate::storage;
@@ -292,9 +293,9 @@ impl Container {
             NamespaceSource::Container(other) if matches!(ipc, NsSource::Join(_)) => other,
             _ => &self.id,
         };
-        let r = |p: &str| -> Result<CString, ContainerError> {
-            sys::cpath(self.rootfs.join(p.trim_start_matches('/')))
-                .map_err(io_err(format!("path {p}")))
+        // Paths in the root, resolved inside it by the child ([`crate::inroot`]).
+        let r = |p: &str| -> Result<InRootPath, ContainerError> {
+            InRootPath::new(p).map_err(io_err(format!("path {p}")))
         };
         let c = |s: &str| CString::new(s).expect("static strings have no NUL");
         let mount = |src: &str,

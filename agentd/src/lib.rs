@@ -6,7 +6,8 @@
 //! ([`container`], [`storage`], [`cgroup`], OOM reports in [`oom`]), processes ([`prepare`] turns
 //! a request into a plan, [`seccomp`] compiles its container's profile, [`spawn`] starts it,
 //! [`exec`] runs its session, [`reaper`] reaps), files ([`fs`]), the pod network ([`net`]), port
-//! forwarding ([`forward`]) and shutdown ([`shutdown`]).
+//! forwarding ([`forward`]) and shutdown ([`shutdown`]). Every path inside a container's root
+//! that agentd creates, reads, writes or mounts on is resolved inside that root ([`inroot`]).
 //!
 //! Threads, not async: the dispatcher is the main thread and the only one that spawns; each
 //! process has small threads for its streams and exit; one thread reaps; one writes the port.
@@ -23,6 +24,7 @@ pub mod exec;
 pub mod forward;
 pub mod fs;
 pub mod init;
+pub mod inroot;
 pub mod modules;
 pub mod mount_opts;
 pub mod net;

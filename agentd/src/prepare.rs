@@ -148,18 +148,15 @@ pub fn prepare(containers: &Containers, req: &mut ExecRequest) -> Result<Prepare
             errno: None,
             message: e.to_string(),
         })?;
-    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_default();
-    let ident = users::resolve(
-        user.as_ref(),
-        &read("etc/passwd"),
-        &read("etc/group"),
-        &req.additional_gids,
-    )
-    .map_err(|e| ExecFailed {
+    let user_failed = |e: users::UserError| ExecFailed {
         kind: ExecFailureKind::UserSetupFailed,
         errno: None,
         message: e.to_string(),
-    })?;
+    };
+    let passwd = users::read_db(&root, "/etc/passwd").map_err(user_failed)?;
+    let group = users::read_db(&root, "/etc/group").map_err(user_failed)?;
+    let ident = users::resolve(user.as_ref(), &passwd, &group, &req.additional_gids)
+        .map_err(user_failed)?;
     // Environment: PATH and HOME defaults, as runc sets them.
     let mut env = req.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {

@@ -28,15 +28,17 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
 
+use crate::inroot::{self, InRootPath, ProcFdPath};
 use crate::sys;
 
 /// A mount performed in the child.
 #[derive(Debug)]
 pub struct MountOp {
-    /// Source, or none.
+    /// Source, or none: a path of the VM (a bind's source, `/run/msb/...`), never the image's.
     pub src: Option<CString>,
-    /// Absolute target in the VM's view (root path included).
-    pub target: CString,
+    /// Target inside the container's root, resolved in-root ([`crate::inroot`]) and mounted on
+    /// through `/proc/self/fd/<n>`, so an image's symlink cannot move the mount out of the root.
+    pub target: InRootPath,
     /// File system type.
     pub fstype: Option<CString>,
     /// `MS_*` flags.
@@ -45,17 +47,18 @@ pub struct MountOp {
     pub data: Option<CString>,
 }
 
-/// One step of preparing a container root, in order.
+/// One step of preparing a container root, in order. Every path is inside the root and resolved
+/// there ([`crate::inroot`]): what is created is created by an `*at` call in its in-root parent.
 #[derive(Debug)]
 pub enum RootStep {
     /// mkdir, an existing directory is fine.
-    Mkdir(CString, libc::mode_t),
+    Mkdir(InRootPath, libc::mode_t),
     /// A mount.
     Mount(MountOp),
-    /// A character device node.
-    Mknod(CString, libc::mode_t, libc::dev_t),
+    /// A device node (or an empty regular file, a file bind's target).
+    Mknod(InRootPath, libc::mode_t, libc::dev_t),
     /// A symbolic link `(target, path)`; an existing path is fine.
-    Symlink(CString, CString),
+    Symlink(CString, InRootPath),
 }
 
 /// Where one namespace of a new container comes from.
@@ -85,8 +88,8 @@ pub struct RootSetup {
     /// Hostname of the new UTS namespace.
     pub hostname: Option<CString>,
     /// `(file, value)`: sysctls written before `pivot_root`, once the container's `/proc` is
-    /// mounted (so they land in its namespaces); files under `<root>/proc/sys`.
-    pub sysctls: Vec<(CString, CString)>,
+    /// mounted (so they land in its namespaces); files under `/proc/sys` of the root.
+    pub sysctls: Vec<(InRootPath, CString)>,
     /// Remount the root read-only after `pivot_root`.
     pub readonly: bool,
     /// Paths made read-only after `pivot_root` (so that they resolve inside the root), as runc's
@@ -702,42 +705,15 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
             err,
             Step::Setup
         );
+        // The root itself is agentd's path; everything below it is resolved in-root from here.
+        let root_fd = libc::open(
+            root.rootfs.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        try_sys!(root_fd, err, Step::Setup);
         for step in &root.steps {
-            match step {
-                RootStep::Mkdir(path, mode) => {
-                    if libc::mkdir(path.as_ptr(), *mode) == -1
-                        && *libc::__errno_location() != libc::EEXIST
-                    {
-                        fail(err, Step::Setup);
-                    }
-                }
-                RootStep::Mount(m) => {
-                    try_sys!(
-                        libc::mount(
-                            opt_ptr(&m.src),
-                            m.target.as_ptr(),
-                            opt_ptr(&m.fstype),
-                            m.flags,
-                            opt_ptr(&m.data).cast()
-                        ),
-                        err,
-                        Step::Setup
-                    );
-                }
-                RootStep::Mknod(path, mode, dev) => {
-                    if libc::mknod(path.as_ptr(), *mode, *dev) == -1
-                        && *libc::__errno_location() != libc::EEXIST
-                    {
-                        fail(err, Step::Setup);
-                    }
-                }
-                RootStep::Symlink(target, path) => {
-                    if libc::symlink(target.as_ptr(), path.as_ptr()) == -1
-                        && *libc::__errno_location() != libc::EEXIST
-                    {
-                        fail(err, Step::Setup);
-                    }
-                }
+            if !root_step(root_fd, step) {
+                fail(err, Step::Setup);
             }
         }
         if let Some(h) = &root.hostname {
@@ -748,10 +724,7 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
             );
         }
         for (file, value) in &root.sysctls {
-            let fd = libc::open(
-                file.as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            );
+            let fd = inroot::raw_open(root_fd, &file.path, libc::O_WRONLY | libc::O_NOFOLLOW);
             try_sys!(fd, err, Step::Sysctl);
             let n = value.count_bytes();
             if usize::try_from(libc::write(fd, value.as_ptr().cast(), n)).ok() != Some(n) {
@@ -759,6 +732,7 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
             }
             libc::close(fd);
         }
+        libc::close(root_fd);
         try_sys!(libc::chdir(root.rootfs.as_ptr()), err, Step::Setup);
         try_sys!(
             libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
@@ -790,6 +764,76 @@ unsafe fn setup_root(root: &RootSetup, err: RawFd) {
         for path in &root.masked_paths {
             mask_path(path, err);
         }
+    }
+}
+
+/// One step of [`setup_root`] below `root_fd` (the container's root): `false` with `errno` set
+/// when it failed.
+///
+/// # Safety
+/// Child only, as for [`child`]: raw system calls on prepared strings and the stack.
+unsafe fn root_step(root_fd: RawFd, step: &RootStep) -> bool {
+    // SAFETY: raw system calls on strings prepared by the parent and stack data.
+    unsafe {
+        let ok_or_exists =
+            |ret: libc::c_int| ret != -1 || *libc::__errno_location() == libc::EEXIST;
+        match step {
+            RootStep::Mkdir(path, mode) => in_parent(root_fd, path, |dir| {
+                ok_or_exists(libc::mkdirat(dir, path.name.as_ptr(), *mode))
+            }),
+            RootStep::Mknod(path, mode, dev) => in_parent(root_fd, path, |dir| {
+                ok_or_exists(libc::mknodat(dir, path.name.as_ptr(), *mode, *dev))
+            }),
+            RootStep::Symlink(target, path) => in_parent(root_fd, path, |dir| {
+                ok_or_exists(libc::symlinkat(target.as_ptr(), dir, path.name.as_ptr()))
+            }),
+            RootStep::Mount(m) => {
+                let fd = inroot::raw_open(root_fd, &m.target.path, libc::O_PATH);
+                if fd == -1 {
+                    return false;
+                }
+                let target = ProcFdPath::new(fd);
+                let ok = libc::mount(
+                    opt_ptr(&m.src),
+                    target.as_ptr(),
+                    opt_ptr(&m.fstype),
+                    m.flags,
+                    opt_ptr(&m.data).cast(),
+                ) == 0;
+                close_keeping_errno(fd);
+                ok
+            }
+        }
+    }
+}
+
+/// Runs `f` with a descriptor of `path`'s parent, resolved inside `root_fd`.
+///
+/// # Safety
+/// Child only, as for [`child`].
+unsafe fn in_parent(root_fd: RawFd, path: &InRootPath, f: impl FnOnce(RawFd) -> bool) -> bool {
+    // SAFETY: raw system calls on a prepared string.
+    unsafe {
+        let dir = inroot::raw_open(root_fd, &path.parent, libc::O_PATH | libc::O_DIRECTORY);
+        if dir == -1 {
+            return false;
+        }
+        let ok = f(dir);
+        close_keeping_errno(dir);
+        ok
+    }
+}
+
+/// `close(fd)` without losing the `errno` of the call before.
+///
+/// # Safety
+/// Child only, as for [`child`]; `fd` is the caller's.
+unsafe fn close_keeping_errno(fd: RawFd) {
+    // SAFETY: errno of this thread, and a descriptor the caller owns.
+    unsafe {
+        let e = *libc::__errno_location();
+        libc::close(fd);
+        *libc::__errno_location() = e;
     }
 }
 
@@ -882,6 +926,71 @@ mod tests {
     use super::*;
     use crate::sys::cloexec;
     use std::io::Write;
+
+    #[test]
+    fn root_steps_create_inside_the_root_only() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // An image's symlinks out of its root: absolute with `..`, and absolute.
+        symlink(
+            format!("/../../../..{}", outside.path().display()),
+            root.path().join("data"),
+        )
+        .unwrap();
+        symlink(outside.path(), root.path().join("etc")).unwrap();
+        let inside = root.path().join(outside.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        let p = |s: &str| InRootPath::new(s).unwrap();
+        let steps = [
+            RootStep::Mkdir(p("/data"), 0o755),
+            RootStep::Mkdir(p("/data/x"), 0o755),
+            RootStep::Mkdir(p("/data/x"), 0o755),
+            RootStep::Mkdir(p("/etc/y"), 0o755),
+            RootStep::Mknod(p("/etc/file"), libc::S_IFREG | 0o644, 0),
+            RootStep::Symlink(c"x".into(), p("/data/link")),
+        ];
+        let root_fd = sys::open_ro(root.path()).unwrap();
+        for step in &steps {
+            // SAFETY: the step's system calls, on this test's own paths.
+            let ok = unsafe { root_step(root_fd.as_raw_fd(), step) };
+            assert!(ok, "{step:?}: {}", io::Error::last_os_error());
+        }
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "escaped"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&inside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["file", "link", "x", "y"]);
+        assert!(inside.join("file").is_file());
+        // A parent that exists only outside the root fails; nothing is created there.
+        symlink(elsewhere.path(), root.path().join("gone")).unwrap();
+        for step in [
+            RootStep::Mkdir(p("/gone/z"), 0o755),
+            RootStep::Mount(MountOp {
+                src: Some(c"none".into()),
+                target: p("/gone"),
+                fstype: Some(c"tmpfs".into()),
+                flags: 0,
+                data: None,
+            }),
+        ] {
+            // SAFETY: as above; the mount's target does not resolve, so nothing is mounted.
+            let ok = unsafe { root_step(root_fd.as_raw_fd(), &step) };
+            assert!(!ok, "{step:?}");
+            assert_eq!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOENT)
+            );
+        }
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn a_descriptor_crosses_the_socket_close_on_exec() {

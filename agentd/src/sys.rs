@@ -1,6 +1,6 @@
 //! Thin wrappers over the system calls agentd needs, through `nix` where it wraps them safely.
 //! Every `unsafe` block of the crate that is not in a forked child lives here, except the few
-//! that belong to one structure elsewhere (`openat2`'s descriptor in `fs.rs`, the loop ioctls in
+//! that belong to one structure elsewhere (`openat2`'s descriptor in `inroot.rs`, the loop ioctls in
 //! `storage.rs`, `waitpid` in `reaper.rs`).
 
 use std::ffi::CString;

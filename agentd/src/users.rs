@@ -1,8 +1,18 @@
 //! Users and groups from a container's own `/etc/passwd` and `/etc/group`.
 //!
-//! agentd is static (musl), so there is no NSS: the files are parsed here, as runc does.
+//! agentd is static (musl), so there is no NSS: the files are parsed here, as runc does. They
+//! belong to the image, so they are read with care ([`read_db`]): resolved inside the container's
+//! root, regular files only (a FIFO would block the exec, and the dispatcher with it), at most
+//! [`DB_LIMIT`] bytes.
+
+use std::path::Path;
 
 use msb_protocol::boot::{IdRef, UserSpec};
+
+use crate::inroot;
+
+/// Largest `/etc/passwd` or `/etc/group` agentd reads (1 MiB, thousands of entries).
+pub const DB_LIMIT: u64 = 1024 * 1024;
 
 /// A resolved identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +36,28 @@ pub enum UserError {
     /// A group name that `/etc/group` does not know.
     #[error("group {0:?} not found in the container's /etc/group")]
     NoSuchGroup(String),
+    /// `/etc/passwd` or `/etc/group` is there but cannot be used.
+    #[error("the container's {file}: {reason}")]
+    Database {
+        /// The file, in the container.
+        file: String,
+        /// Why (not a regular file, larger than [`DB_LIMIT`], an I/O error).
+        reason: String,
+    },
+}
+
+/// The content of `file` (`/etc/passwd`, `/etc/group`) in the container root `root`, resolved
+/// inside it; empty when missing (an image may have neither), lossily decoded. A file that is
+/// not regular or larger than [`DB_LIMIT`] is an error naming it.
+pub fn read_db(root: &Path, file: &str) -> Result<String, UserError> {
+    match inroot::read_regular(root, file, DB_LIMIT) {
+        Ok(Some(data)) => Ok(String::from_utf8_lossy(&data).into_owned()),
+        Ok(None) => Ok(String::new()),
+        Err(e) => Err(UserError::Database {
+            file: file.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 struct PasswdEntry<'a> {
@@ -154,6 +186,35 @@ mod tests {
         assert_eq!(
             (id.uid, id.gid, id.groups, id.home.as_str()),
             (4242, 4343, vec![4343], "/")
+        );
+    }
+
+    #[test]
+    fn databases_are_bounded_regular_files_of_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert_eq!(
+            read_db(r, "/etc/passwd"),
+            Ok(String::new()),
+            "missing is empty"
+        );
+        std::fs::create_dir(r.join("etc")).unwrap();
+        std::fs::write(r.join("etc/passwd"), PASSWD).unwrap();
+        assert_eq!(read_db(r, "/etc/passwd").as_deref(), Ok(PASSWD));
+        nix::unistd::mkfifo(
+            &r.join("etc/group"),
+            nix::sys::stat::Mode::from_bits_retain(0o644),
+        )
+        .unwrap();
+        assert_eq!(
+            read_db(r, "/etc/group").unwrap_err().to_string(),
+            "the container's /etc/group: not a regular file (FIFO)"
+        );
+        let big = vec![b'#'; usize::try_from(DB_LIMIT).unwrap() + 1];
+        std::fs::write(r.join("etc/passwd"), big).unwrap();
+        assert_eq!(
+            read_db(r, "/etc/passwd").unwrap_err().to_string(),
+            "the container's /etc/passwd: larger than 1048576 bytes"
         );
     }
 

@@ -72,6 +72,11 @@ impl Drop for Guest {
 
 impl Guest {
     fn boot(assets: &Path, name: &str) -> Guest {
+        Guest::boot_with(assets, name, |_| {})
+    }
+
+    /// Boots with `plant` adding to the image's root (a directory) before it is packed.
+    fn boot_with(assets: &Path, name: &str, plant: impl FnOnce(&Path)) -> Guest {
         let dir = std::env::temp_dir().join(format!("agentd-smoke-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let root = dir.join("root");
@@ -84,6 +89,7 @@ impl Guest {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        plant(&root);
         run(Command::new("mkfs.erofs")
             .arg("--quiet")
             .arg(dir.join("lower.img"))
@@ -211,6 +217,16 @@ impl Guest {
 }
 
 fn create(g: &mut Guest, id: &str, resources: Resources) {
+    let scratch = ContainerMount {
+        destination: "/scratch".into(),
+        kind: "tmpfs".into(),
+        source: String::new(),
+        options: vec!["size=1m".into()],
+    };
+    create_with(g, id, resources, vec![scratch]);
+}
+
+fn create_with(g: &mut Guest, id: &str, resources: Resources, mounts: Vec<ContainerMount>) {
     let sid = g.id();
     g.send(
         sid,
@@ -222,12 +238,7 @@ fn create(g: &mut Guest, id: &str, resources: Resources) {
                 fstype: "ext4".into(),
                 readonly: false,
             },
-            mounts: vec![ContainerMount {
-                destination: "/scratch".into(),
-                kind: "tmpfs".into(),
-                source: String::new(),
-                options: vec!["size=1m".into()],
-            }],
+            mounts,
             hostname: None,
             namespaces: Default::default(),
             handoff_init: None,
@@ -603,4 +614,123 @@ fn terminals_limits_signals_and_stats() {
     );
     let failed = ask(&mut g, &ContainerStats { id: "c2".into() });
     assert_eq!(failed.kind, ContainerFailed::TYPE);
+}
+
+/// Writes `data` to `path` with `core.fs` (chunks, the empty chunk) and returns the response.
+fn write_file(g: &mut Guest, container: &str, path: &str, data: &[u8]) -> FsResponse {
+    let id = g.id();
+    g.send(
+        id,
+        &FsRequest {
+            op: FsOp::Write {
+                path: path.into(),
+                mode: Some(0o644),
+            },
+            container: Some(container.into()),
+        },
+    );
+    g.send(
+        id,
+        &FsData {
+            data: data.to_vec(),
+        },
+    );
+    g.send(id, &FsData { data: Vec::new() });
+    loop {
+        let m = g.recv();
+        if m.id == id {
+            assert_eq!(m.kind, FsResponse::TYPE, "{m:?}");
+            return m.decode().unwrap();
+        }
+    }
+}
+
+/// An image that tries to turn agentd against the VM: a FIFO as `/etc/group` (reading it would
+/// block the exec, and agentd's dispatcher with it), a FIFO and a symlink as targets of a
+/// `core.fs` write, and a symlink `/data -> /../../run/msb` under a mount destination (followed
+/// in the VM, the mount's directory would be created in the VM's own `/run/msb`). Everything is
+/// answered with an error or stays inside the container's root.
+#[test]
+fn a_hostile_image_stays_inside_its_root() {
+    let Some(assets) = assets() else { return };
+    let mut g = Guest::boot_with(&assets, "hostile", |root| {
+        let fifo = |p: &str| {
+            run(Command::new("mkfifo").arg(root.join(p)));
+        };
+        fifo("etc/group");
+        fifo("etc/fifo");
+        std::os::unix::fs::symlink("/run/msb/hosts", root.join("etc/hosts")).unwrap();
+        std::os::unix::fs::symlink("/../../run/msb", root.join("data")).unwrap();
+        std::fs::create_dir_all(root.join("run/msb")).unwrap();
+    });
+    assert_eq!(g.recv().kind, Ready::TYPE);
+    let tmpfs = ContainerMount {
+        destination: "/data/x".into(),
+        kind: "tmpfs".into(),
+        source: String::new(),
+        options: vec!["size=1m".into()],
+    };
+    // A read-only bind (of a VM directory: the image's own /bin) under the same symlink.
+    let bind = ContainerMount {
+        destination: "/data/ro".into(),
+        kind: "bind".into(),
+        source: "/run/msb/c/h1/rootfs/bin".into(),
+        options: vec!["rbind".into(), "ro".into()],
+    };
+    create_with(&mut g, "h1", Default::default(), vec![tmpfs, bind]);
+
+    // The FIFO is refused, promptly.
+    let started = Instant::now();
+    let (_, _, code) = g.exec(sh("h1", "id"));
+    let failed = code.unwrap_err();
+    assert_eq!(
+        (failed.kind, failed.message.as_str()),
+        (
+            ExecFailureKind::UserSetupFailed,
+            "the container's /etc/group: not a regular file (FIFO)"
+        )
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Writes to a FIFO or through a last-component symlink are refused; a plain one works.
+    let refused = |r: FsResponse| (r.ok, r.error.unwrap_or_default());
+    assert_eq!(
+        refused(write_file(&mut g, "h1", "/etc/fifo", b"x")),
+        (false, "create /etc/fifo: not a regular file (FIFO)".into())
+    );
+    assert_eq!(
+        refused(write_file(&mut g, "h1", "/etc/hosts", b"x")),
+        (
+            false,
+            "create /etc/hosts: not a regular file (symbolic link)".into()
+        )
+    );
+    assert_eq!(
+        refused(write_file(&mut g, "h1", "/etc/hostname", b"h1\n")),
+        (true, String::new())
+    );
+
+    // Without the FIFO the container starts; its mount went to its own /run/msb.
+    let busybox = "/run/msb/c/h1/rootfs/bin/busybox";
+    let vm = |args: &[&str]| ExecRequest {
+        cmd: busybox.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        stdin: false,
+        ..Default::default()
+    };
+    let (_, err, code) = g.exec(vm(&["rm", "/run/msb/c/h1/rootfs/etc/group"]));
+    assert_eq!(code, Ok(0), "{err}");
+    let (out, err, code) = g.exec(sh(
+        "h1",
+        "cat /etc/hostname; ls /data; ls /run/msb; busybox grep -c ' /run/msb/x tmpfs' /proc/mounts; \
+         ls /data/ro/busybox; busybox touch /data/ro/t 2>/dev/null || echo read-only",
+    ));
+    assert_eq!(
+        (out.as_str(), code),
+        ("h1\nro\nx\nro\nx\n1\n/data/ro/busybox\nread-only\n", Ok(0)),
+        "{err}"
+    );
+    // Nothing of it in the VM's /run/msb.
+    let (out, err, code) = g.exec(vm(&["ls", "/run/msb"]));
+    assert_eq!((out.as_str(), code), ("c\n", Ok(0)), "{err}");
 }
