@@ -818,3 +818,114 @@ fn seccomp_profiles_confine_as_runc_confines() {
         );
     }
 }
+
+/// The pid `ctr task ls` shows for `id` (its VM's VMM).
+fn task_pid(ctrd: &Containerd, ns: &str, id: &str) -> i32 {
+    let ls = stdout(&ctrd.ctr(ns, &["task", "ls"]));
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid for {id} in {ls}"))
+}
+
+/// A fault: the VMM is killed with SIGKILL while the container runs (an exec too). Every
+/// process of the VM ends with 137, containerd gets the task's exit, and Delete leaves nothing
+/// (no VMM, no state file, no disk image).
+#[test]
+fn a_killed_vmm_ends_its_processes_with_137_and_leaves_nothing() {
+    let ns = "vmmkill";
+    let Some(ctrd) = setup(ns) else { return };
+    let k1 = container_id("k1");
+    let _slot = GuestSlot::acquire();
+    let o = run_msb(&ctrd, ns, &["-d"], &k1, &["sleep", "600"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vmm = task_pid(&ctrd, ns, &k1);
+    let events = EventStream::subscribe(&ctrd, ns);
+    // An exec that would run for long: it ends with the VM too.
+    let exec = {
+        let sock = ctrd.socket().display().to_string();
+        let k1 = k1.clone();
+        std::thread::spawn(move || {
+            Command::new("ctr")
+                .args([
+                    "--address",
+                    &sock,
+                    "-n",
+                    ns,
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    "e1",
+                ])
+                .args([k1.as_str(), "sleep", "600"])
+                .output()
+                .unwrap()
+        })
+    };
+    events
+        .wait_for(60, |l| l.contains("/tasks/exec-started"))
+        .expect("the exec started");
+    // SAFETY: sending SIGKILL to the VMM whose pid containerd reported for the task.
+    unsafe { libc::kill(vmm, libc::SIGKILL) };
+    let exit = events
+        .wait_for(60, |l| {
+            l.contains("/tasks/exit") && l.contains(&format!("\"{k1}\"")) && !l.contains("\"e1\"")
+        })
+        .expect("no /tasks/exit event for k1 within 60 s");
+    assert!(exit.contains("\"exit_status\":137"), "{exit}");
+    let e1 = exec.join().unwrap();
+    assert_eq!(e1.status.code(), Some(137), "the exec: {}", text(&e1));
+    let o = ctrd.ctr(ns, &["task", "delete", &k1]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stderr).contains("exit code 137"),
+        "delete: {}",
+        text(&o)
+    );
+    assert!(ctrd.ctr(ns, &["container", "rm", &k1]).status.success());
+    assert_nothing_left(ns, || ctrd.log());
+}
+
+/// A fault: the container's writable layer fills up. The writer gets ENOSPC (exit 1 and the
+/// message), the container stays usable, and a container in another VM is unaffected.
+#[test]
+fn a_full_upper_gives_enospc_to_its_container_only() {
+    let ns = "enospc";
+    let Some(ctrd) = setup(ns) else { return };
+    let f1 = container_id("f1");
+    let f2 = container_id("f2");
+    let _slot = GuestSlot::acquire();
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &["--rm", "--annotation", "io.microsandbox.upper_size=16M"],
+        &f1,
+        &[
+            "sh",
+            "-c",
+            "out=$(dd if=/dev/zero of=/fill bs=1M count=64 2>&1); rc=$?; \
+             echo \"$out\" | grep -o 'No space left on device' | head -1; \
+             rm -f /fill; echo after >/after && cat /after; exit $rc",
+        ],
+    );
+    assert_eq!(
+        (stdout(&o), o.status.code()),
+        ("No space left on device\nafter\n".into(), Some(1)),
+        "{}",
+        text(&o)
+    );
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &["--rm"],
+        &f2,
+        &["sh", "-c", "echo fine >/x && cat /x"],
+    );
+    assert_eq!(
+        (stdout(&o), o.status.code()),
+        ("fine\n".into(), Some(0)),
+        "{}",
+        text(&o)
+    );
+    assert_nothing_left(ns, || ctrd.log());
+}
