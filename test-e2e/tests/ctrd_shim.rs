@@ -242,6 +242,13 @@ fn detached_task_verbs() {
         cmdline.contains("qemu-system") || cmdline.contains("msb-krun-vmm"),
         "task pid {pid} is no VMM: {cmdline:?}"
     );
+    // And it is confined as far as docs/SECURITY.md says: no new privileges, and for QEMU its
+    // own seccomp filter.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    if cmdline.contains("qemu-system") {
+        assert!(status.contains("Seccomp:\t2"), "{status}");
+    }
 
     let o = exec_in(&ctrd, ns, &v1, &e1, &["sh", "-c", "echo in-exec; exit 5"]);
     assert_eq!(

@@ -320,7 +320,12 @@ pub fn spawn_vmm(
     // async-signal-safe; the sources stay open in the parent until spawn returns (the memfd
     // lives until the end of this function, `tap` is borrowed for all of it).
     unsafe {
-        cmd.pre_exec(move || place_fds(&moves));
+        cmd.pre_exec(move || {
+            place_fds(&moves)?;
+            // Nothing the VMM execs gains privileges (it execs nothing; this holds if it did).
+            nix::sys::prctl::set_no_new_privs()?;
+            Ok(())
+        });
     }
     let child = cmd.spawn();
     drop(memfd);

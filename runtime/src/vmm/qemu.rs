@@ -20,6 +20,10 @@
 //!   ([`crate::net`]); QEMU stays in the host's and inherits the descriptor (close-on-exec
 //!   cleared for QEMU only). `vhost=off`: `/dev/vhost-net` may be absent (QEMU 7.2 aborts when
 //!   asked for it) and under TCG it cannot help.
+//! - confinement, as far as it goes today: QEMU and each `virtiofsd` start with
+//!   `PR_SET_NO_NEW_PRIVS`; QEMU runs its own seccomp filter ([`SANDBOX`]: no fork or exec, no
+//!   privilege or resource changes); `virtiofsd` its `--sandbox chroot` and its own seccomp
+//!   filter. Both still run as root in the host's mount namespace (docs/SECURITY.md).
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -85,6 +89,8 @@ impl Qemu {
             "-no-user-config".into(),
             "-nographic".into(),
             "-no-reboot".into(),
+            "-sandbox".into(),
+            SANDBOX.into(),
             "-kernel".into(),
             p(&spec.kernel),
             "-initrd".into(),
@@ -161,6 +167,17 @@ fn in_dir<'a>(spec: &VmSpec, path: &'a Path) -> &'a Path {
     path.strip_prefix(&spec.dir).unwrap_or(path)
 }
 
+/// `PR_SET_NO_NEW_PRIVS` for a VMM-side process (in its child, before exec): nothing it execs
+/// gains privileges through setuid bits or file capabilities. Async-signal-safe.
+fn no_new_privs() -> std::io::Result<()> {
+    nix::sys::prctl::set_no_new_privs().map_err(Into::into)
+}
+
+/// QEMU's own seccomp filter (`-sandbox`): no obsolete system calls, no privilege changes, no
+/// fork or exec, no scheduler or resource-limit changes. A QEMU that a guest took over can then
+/// neither spawn a process nor become another user.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// A log file for a VMM-side process's stdout and stderr.
 fn log_file(path: &std::path::Path) -> Result<(std::fs::File, std::fs::File), VmmError> {
     let io = |what: &str| {
@@ -213,6 +230,11 @@ fn start_one_virtiofsd(
         ]);
     if share.read_only {
         cmd.arg("--readonly");
+    }
+    // SAFETY: runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(no_new_privs);
     }
     let child = cmd
         .stdin(Stdio::null())
@@ -282,20 +304,21 @@ impl Backend for Qemu {
         // killing them.
         let mut companions = start_virtiofsd(spec)?;
         let mut cmd = tokio::process::Command::new(&self.program);
-        if let Some(net) = &spec.net {
-            let fd = net.fd();
-            // SAFETY: runs in the forked child before exec and only calls fcntl(2), which is
-            // async-signal-safe; `fd` is the TAP's descriptor, open in the parent (the
-            // `NetDevice` in `spec` holds it) and so in the child.
-            unsafe {
-                cmd.pre_exec(move || {
+        let tap = spec.net.as_ref().map(crate::net::NetDevice::fd);
+        // SAFETY: runs in the forked child before exec and only calls fcntl(2) and prctl(2),
+        // which are async-signal-safe; `fd` is the TAP's descriptor, open in the parent (the
+        // `NetDevice` in `spec` holds it) and so in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                no_new_privs()?;
+                if let Some(fd) = tap {
                     // Only this descriptor, only in QEMU: every other stays close-on-exec.
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let child = cmd
             .current_dir(&spec.dir)
@@ -338,6 +361,7 @@ mod tests {
         assert_eq!(
             a,
             "-accel tcg,tb-size=64 -M microvm -cpu qemu64 -smp 2 -m 512M -nodefaults -no-user-config -nographic -no-reboot \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
              -kernel /a/vmlinux -initrd /a/initramfs.cpio \
              -append console=ttyS0 quiet panic=-1 tsc_early_khz=2596146 tsc=reliable MSB_HOSTNAME=h \
              -serial file:/d/console.log -device virtio-serial-device \
