@@ -366,11 +366,11 @@ fn detached_task_verbs() {
 }
 
 #[test]
-fn twenty_containers_leave_nothing_behind() {
+fn fifty_containers_leave_nothing_behind() {
     let ns = "leaks";
     let Some(ctrd) = setup(ns) else { return };
     let _slot = GuestSlot::acquire();
-    for i in 0..20 {
+    for i in 0..50 {
         let o = run_msb(
             &ctrd,
             ns,
@@ -935,4 +935,58 @@ fn a_full_upper_gives_enospc_to_its_container_only() {
         text(&o)
     );
     assert_nothing_left(ns, || ctrd.log());
+}
+
+/// Five containers at once, each in its own VM, all finish with their exit code and leave
+/// nothing behind (the guest slots are all held: no other test's VM runs meanwhile).
+#[test]
+fn five_concurrent_containers_leave_nothing_behind() {
+    let ns = "concurrent";
+    let Some(ctrd) = setup(ns) else { return };
+    let _slots: Vec<GuestSlot> = (0..msb_test_e2e::guest::SLOTS)
+        .map(|_| GuestSlot::acquire())
+        .collect();
+    let codes: Vec<Option<i32>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..5)
+            .map(|i| {
+                let ctrd = &ctrd;
+                scope.spawn(move || {
+                    let id = container_id(&format!("p{i}"));
+                    let o = run_msb(
+                        ctrd,
+                        ns,
+                        &["--rm"],
+                        &id,
+                        &["sh", "-c", &format!("exit {i}")],
+                    );
+                    o.status.code()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(codes, [Some(0), Some(1), Some(2), Some(3), Some(4)]);
+    assert_nothing_left(ns, || ctrd.log());
+    assert_eq!(stdout(&ctrd.ctr(ns, &["container", "ls", "-q"])), "");
+}
+
+/// A fault inside the guest: its kernel crashes (`sysrq c` from a privileged container, as a
+/// hostile guest root could). The VMM exits, every process of the VM ends with 137, and
+/// nothing is left.
+#[test]
+fn a_crashed_guest_kernel_ends_its_processes_with_137_and_leaves_nothing() {
+    let ns = "guestcrash";
+    let Some(ctrd) = setup(ns) else { return };
+    let c1 = container_id("c1");
+    let _slot = GuestSlot::acquire();
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &["--rm", "--privileged"],
+        &c1,
+        &["sh", "-c", "echo c >/proc/sysrq-trigger; sleep 600"],
+    );
+    assert_eq!(o.status.code(), Some(137), "{}", text(&o));
+    assert_nothing_left(ns, || ctrd.log());
+    assert_eq!(stdout(&ctrd.ctr(ns, &["container", "ls", "-q"])), "");
 }
