@@ -666,6 +666,37 @@ impl CriTest {
         })
     }
 
+    /// Runs `session` on a port-forward session of `pod`'s `port`, again while the port is
+    /// refused, for up to a minute (as critest's port-forward check polls its page): for
+    /// microsandbox the shim's listener in the pod's namespace follows the VM's listener within
+    /// agentd's 200 ms watch interval, so a forward made the moment a server starts may be
+    /// refused, as with runc one made before it starts. What the last session brought.
+    pub fn port_forward_session(
+        &self,
+        pod: &str,
+        port: u16,
+        mut session: impl FnMut(
+            crate::cri_stream::PortForward,
+        ) -> anyhow::Result<crate::cri_stream::Forwarded>,
+    ) -> crate::cri_stream::Forwarded {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let url = self
+                .cri
+                .port_forward(pod, &[i32::from(port)])
+                .unwrap_or_else(|e| panic!("PortForward {pod}: {e}\n{}", self.log()));
+            let pf = crate::cri_stream::PortForward::connect(&url, port)
+                .unwrap_or_else(|e| panic!("{url}: {e:#}\n{}", self.log()));
+            let got = session(pf).unwrap_or_else(|e| panic!("{e:#}\n{}", self.log()));
+            if got.error.contains("connection refused") && Instant::now() < deadline {
+                eprintln!("port-forward to {port} of {pod}: refused, again in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            return got;
+        }
+    }
+
     /// The end of containerd's log, for failure messages.
     pub fn log(&self) -> String {
         tail(&self.ctrd.log(), 40)

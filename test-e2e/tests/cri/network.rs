@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use msb_test_e2e::cri::api::{ContainerState, PodSandboxConfig, PortMapping};
 use msb_test_e2e::cri::{container_config, pod_config, unique_name, CriTest, Handler};
-use msb_test_e2e::cri_stream::{Forwarded, PortForward};
+use msb_test_e2e::cri_stream::Forwarded;
 
 use super::run;
 
@@ -482,30 +482,6 @@ fn bulk_100_mib_each_way(t: &CriTest) {
 /// 8 MiB, in the port-forward case.
 const FORWARDED: usize = 8 << 20;
 
-/// A port-forward session of `pod`'s `port`, once something listens there in the pod (`c`'s
-/// `/proc/net/tcp` shows the listener) and a moment more: for microsandbox, the shim's listener
-/// in the pod's namespace follows the VM's within agentd's 200 ms watch interval.
-fn forward_when_listening(t: &CriTest, pod: &str, c: &str, port: u16) -> PortForward {
-    let hex = format!(":{port:04X} ");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sh(t, c, "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true")
-        .lines()
-        .any(|l| l.contains(&hex) && l.split_whitespace().nth(3) == Some("0A"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {port} in {c}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_millis(600));
-    let url = t
-        .cri
-        .port_forward(pod, &[i32::from(port)])
-        .unwrap_or_else(|e| panic!("PortForward {pod}: {e}\n{}", t.log()));
-    PortForward::connect(&url, port).unwrap_or_else(|e| panic!("{url}: {e:#}\n{}", t.log()))
-}
-
 fn port_forward_8_mib_each_way(t: &CriTest) {
     if !has_net_handlers(t) {
         return;
@@ -529,10 +505,7 @@ fn port_forward_8_mib_each_way(t: &CriTest) {
             t.cri
                 .exec_sync(&c, &["sh", "-c", "nc -l -p 9200 </tmp/blob"], 120)
         });
-        let mut pf = forward_when_listening(t, &pod, &c, 9200);
-        let got = pf
-            .wait(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", t.log()));
+        let got = t.port_forward_session(&pod, 9200, |mut pf| pf.wait(Duration::from_secs(120)));
         assert_eq!(got.error, "", "{}", t.log());
         let r = server
             .join()
@@ -561,13 +534,15 @@ fn port_forward_8_mib_each_way(t: &CriTest) {
             t.cri
                 .exec_sync(&c, &["sh", "-c", "nc -l -p 9201 | sha256sum"], 120)
         });
-        let mut pf = forward_when_listening(t, &pod, &c, 9201);
-        for chunk in data.chunks(64 << 10) {
-            pf.send(chunk).expect("send to the pod");
-        }
-        let end = pf
-            .finish(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", t.log()));
+        let end = t.port_forward_session(&pod, 9201, |mut pf| {
+            for chunk in data.chunks(64 << 10) {
+                // A refused session ends at once: its error tells, below.
+                if pf.send(chunk).is_err() {
+                    break;
+                }
+            }
+            pf.finish(Duration::from_secs(120))
+        });
         assert_eq!(end.error, "", "{end:?}");
         receiver
             .join()

@@ -20,7 +20,7 @@ use msb_test_e2e::cri::api::{
     NamespaceOption, PortMapping,
 };
 use msb_test_e2e::cri::{container_config, pod_config, unique_name, CriTest, Handler};
-use msb_test_e2e::cri_stream::{Forwarded, Output, PortForward, RemoteCommand};
+use msb_test_e2e::cri_stream::{Forwarded, Output, RemoteCommand};
 use msb_test_e2e::ctr::eventually;
 
 use super::{run, running_container};
@@ -387,17 +387,11 @@ fn web_server(
 
 /// One HTTP request through a port-forward session of `pod`'s `port`; what came back.
 fn forward_http_get(t: &CriTest, pod: &str, port: u16) -> Forwarded {
-    let url = t
-        .cri
-        .port_forward(pod, &[i32::from(port)])
-        .unwrap_or_else(|e| panic!("PortForward {pod}: {e}\n{}", t.log()));
-    let mut pf =
-        PortForward::connect(&url, port).unwrap_or_else(|e| panic!("{url}: {e:#}\n{}", t.log()));
-    pf.send(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    // httpd closes after its answer (HTTP/1.0), and the server ends the session.
-    pf.wait(SESSION)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", t.log()))
+    t.port_forward_session(pod, port, |mut pf| {
+        pf.send(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        // httpd closes after its answer (HTTP/1.0), and the server ends the session.
+        pf.wait(SESSION)
+    })
 }
 
 /// The port-forward outcome, the same for both handlers: the page, and a clean end.
