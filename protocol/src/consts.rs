@@ -69,6 +69,33 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// seconds.
 pub const SHUTDOWN_HOST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the host waits for the guest's reply to a quick request (`core.ping`,
+/// `core.container.{pause,resume,update,stats,pids}`): work of milliseconds in agentd, except a
+/// freeze, which agentd itself gives up on after 5 s. 30 s leaves room for TCG emulation on a
+/// loaded host; a guest that takes longer is treated as hung (the request fails with a timeout;
+/// the shim decides what to kill).
+pub const AGENT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the host waits for the reply to a request that does real work in the guest:
+/// `core.container.create` (mounts of lowers, upper and overlay), `core.container.delete` (kill,
+/// up to 5 s for the cgroup to empty, unmounts), the first event of `core.exec.request` (fork and
+/// exec, a handoff init), `core.net.configure` (up to 5 s for the interface) and the reply after
+/// a `core.fs` write. Each takes seconds under TCG, several times that with other guests on the
+/// same cores.
+pub const AGENT_WORK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the host waits for room to queue one frame for the guest. Room comes back as soon as
+/// one queued frame (at most [`MAX_FRAME_LEN`]) has been written to the agent port, which takes
+/// milliseconds even under TCG; a guest that takes nothing for this long has stopped reading its
+/// port, and a sender (a signal, stdin, a request) gets a timeout instead of waiting forever.
+pub const AGENT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the shim waits for the exit of a SIGKILLed sandbox init (a pod's, or a single
+/// container's VM) before it kills the VMM: SIGKILL cannot be caught, and agentd reports the exit
+/// within about a second (its output drain), more under TCG. A guest that has not reported it by
+/// then is hung, and containerd must get its exit (137) and run its cleanup.
+pub const KILL_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Exit code reported for a process killed by the OOM killer (`128 + SIGKILL`).
 pub const OOM_EXIT_CODE: i32 = 137;
 

@@ -285,24 +285,52 @@ impl Vm {
         self.vmm.pid()
     }
 
+    /// Kills the VMM now, without asking the guest (which did not answer in time): its processes
+    /// die with it, the agent connection closes and with it every session (their callers see the
+    /// VM gone). [`Vm::shutdown`] or drop then reaps it and removes the directory.
+    pub fn kill(&mut self) {
+        tracing::warn!(sandbox = %self.id, pid = self.vmm.pid(), "killing the VMM");
+        self.vmm.kill();
+    }
+
     /// The last lines of the guest console.
     pub fn console_tail(&self, lines: usize) -> String {
         self.vmm.console_tail(lines)
     }
 
     /// Asks the guest to power off (containers stopped, disks clean), waits up to `timeout` for
-    /// the VMM to exit, kills it otherwise; then removes the directory.
+    /// the VMM to exit, kills it otherwise; then removes the directory. Returns within `timeout`
+    /// (and the kill) whatever the guest does: a guest that stops reading its port holds the
+    /// request back no longer than that either.
     pub async fn shutdown(mut self, timeout: Duration) -> Result<VmExit, VmError> {
-        // On id 0, which only the relay's owner may send.
-        let _ = self.relay.control(&Shutdown).await;
-        let exit = self
-            .vmm
-            .wait_or_kill(timeout)
-            .await
-            .map_err(|source| VmError::Vmm {
-                backend: self.vmm.kind(),
-                source,
-            })?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // On id 0, which only the relay's owner may send. Its queue to the guest is full while
+        // the guest does not read: the request then waits until the deadline, not forever, and
+        // not at all once the VMM is gone (killed: nobody will take it).
+        let exited = tokio::select! {
+            sent = tokio::time::timeout_at(deadline, self.relay.control(&Shutdown)) => {
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(sandbox = %self.id, "core.shutdown not sent: {e}"),
+                    Err(_) => tracing::warn!(sandbox = %self.id,
+                        "the guest took no core.shutdown within {timeout:?}: killing the VMM"),
+                }
+                None
+            }
+            exit = self.vmm.wait() => Some(exit),
+        };
+        let exit = match exited {
+            Some(exit) => exit,
+            None => {
+                self.vmm
+                    .wait_or_kill(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                    .await
+            }
+        }
+        .map_err(|source| VmError::Vmm {
+            backend: self.vmm.kind(),
+            source,
+        })?;
         tracing::info!(sandbox = %self.id, "stopped: {exit}");
         Ok(exit)
     }
@@ -350,4 +378,107 @@ fn not_ready(vmm: &VmmProcess, reason: String) -> VmError {
         }
     }
     VmError::NotReady { reason, logs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::Deadlines;
+    use msb_protocol::types::{ExecRequest, ExecStdin};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixStream;
+
+    /// A `Vm` whose "VMM" is `sleep` and whose guest sent `core.ready` and then reads nothing
+    /// more from its port; the relay's queue to it is filled up.
+    async fn vm_with_a_guest_that_stopped_reading(dir: &std::path::Path) -> (Vm, UnixStream) {
+        let mut cmd = tokio::process::Command::new("sleep");
+        cmd.arg("1000").process_group(0);
+        let vmm = VmmProcess::new(
+            cmd.spawn().unwrap(),
+            dir.join("console.log"),
+            dir.join("qemu.log"),
+            BackendKind::Qemu,
+        )
+        .unwrap();
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let ready = Ready {
+            boot_time_ns: 1,
+            init_time_ns: 1,
+            ready_time_ns: 1,
+            agent_version: "fake".into(),
+            kernel_release: "k".into(),
+            boot_id: "b".into(),
+        };
+        let bytes = msb_protocol::Message::new(0, &ready)
+            .unwrap()
+            .to_frame()
+            .to_bytes()
+            .unwrap();
+        guest.write_all(&bytes).await.unwrap();
+        let relay = Relay::serve(host, &dir.join("relay.sock"), RelayOptions::default())
+            .await
+            .unwrap();
+        let (agent, ready) =
+            AgentClient::connect_relay(relay.attach().unwrap(), Duration::from_secs(5))
+                .await
+                .unwrap();
+        let agent = agent.with_deadlines(Deadlines {
+            send: Duration::from_millis(300),
+            ..Deadlines::default()
+        });
+        // Stdin frames for a process until nothing more fits anywhere on the way to the guest.
+        let session = agent.exec(&ExecRequest::default()).await.unwrap();
+        let chunk = ExecStdin {
+            data: vec![1; msb_protocol::MAX_STREAM_CHUNK],
+        };
+        let mut sent = 0;
+        while agent.send(session.id(), &chunk).await.is_ok() {
+            sent += 1;
+            assert!(sent < 1000, "the relay queued {sent} MiB");
+        }
+        let vm = Vm {
+            id: "t".into(),
+            dir: dir.to_owned(),
+            vmm,
+            agent,
+            relay,
+            ready,
+            boot_time: Duration::ZERO,
+        };
+        (vm, guest)
+    }
+
+    #[tokio::test]
+    async fn shutdown_kills_the_vmm_of_a_guest_that_stopped_reading_within_its_timeout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (vm, _guest) = vm_with_a_guest_that_stopped_reading(tmp.path()).await;
+        let pid = vm.vmm_pid();
+        let start = Instant::now();
+        let exit = tokio::time::timeout(
+            Duration::from_secs(20),
+            vm.shutdown(Duration::from_millis(500)),
+        )
+        .await
+        .expect("shutdown waited on the guest without a deadline")
+        .unwrap();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!(exit.code, None, "{exit}");
+        // Reaped: no such process any more.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[tokio::test]
+    async fn kill_ends_the_vmm_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut vm, _guest) = vm_with_a_guest_that_stopped_reading(tmp.path()).await;
+        vm.kill();
+        let start = Instant::now();
+        let exit = vm.shutdown(Duration::from_secs(10)).await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(exit.code, None, "{exit}");
+    }
 }

@@ -11,6 +11,11 @@
 //! [`GuestProcess`]: its pid, a stdin sender, an output receiver and a one-shot exit status, so
 //! the shim can drain the output before it reports the exit. OOM kills and the death of the VM
 //! arrive on the VM's event stream ([`PodVm::subscribe`]).
+//!
+//! Every call that goes to the guest returns within a deadline (the runtime's agent client has
+//! one for each request, and for sending at all); where the shim must not wait even that long
+//! (the SIGKILL of a sandbox's init, the Delete that ends a VM) it gives up after
+//! [`PodVm::kill_grace`] and kills the VMM with [`PodVm::kill_vmm`].
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -177,8 +182,18 @@ pub trait PodVm: Send + Sync + Debug {
     async fn pids(&self, container: &str) -> Result<Vec<u32>, PodVmError>;
     /// Kills what is left of a container and forgets it.
     async fn delete_container(&self, container: &str) -> Result<(), PodVmError>;
-    /// Stops the VM (clean guest shutdown, then the VMM).
+    /// Stops the VM (clean guest shutdown, then the VMM, killed if the guest does not power
+    /// off in time).
     async fn shutdown(&self) -> Result<(), PodVmError>;
+    /// Kills the VMM now, without asking the guest (which did not answer in time): every
+    /// process in the VM is gone, its exit status dropped (the shim reports 137), and every call
+    /// still waiting on the guest fails. [`PodVm::shutdown`] still cleans up after it.
+    async fn kill_vmm(&self);
+    /// How long the guest may take to answer a SIGKILL of the sandbox's init, and to report its
+    /// exit, before the shim kills the VMM.
+    fn kill_grace(&self) -> std::time::Duration {
+        msb_protocol::KILL_EXIT_TIMEOUT
+    }
     /// The pid of the VMM process on the host (recorded for cleanup after a shim crash).
     fn vmm_pid(&self) -> Option<u32>;
     /// OOM kills and VM death.

@@ -569,6 +569,12 @@ impl PodVm for RuntimePodVm {
         Ok(())
     }
 
+    async fn kill_vmm(&self) {
+        if let Some(booted) = self.vm.lock().await.as_mut() {
+            booted.vm.kill();
+        }
+    }
+
     fn vmm_pid(&self) -> Option<u32> {
         *lock(&self.vmm_pid)
     }

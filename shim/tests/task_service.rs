@@ -1002,3 +1002,137 @@ async fn a_bad_fifo_fails_start_before_anything_runs() {
     let st = h.status("c", "").await.unwrap();
     assert_eq!(st.status, Status::STOPPED.into());
 }
+
+/// A container whose init runs `args` (the `ctr-run.json` fixture otherwise), with `annotations`.
+fn bundle_running(h: &Harness, id: &str, args: &[&str], annotations: &[(&str, &str)]) -> PathBuf {
+    let dir = h.bundle(id, "ctr-run.json", annotations);
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    spec["process"]["args"] = serde_json::json!(args);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    dir
+}
+
+/// Runs `f`, which must finish well before `limit` (a hung guest must not hold it).
+async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let start = tokio::time::Instant::now();
+    let r = tokio::time::timeout(limit, f)
+        .await
+        .expect("the shim waited on a hung guest without a deadline");
+    (r, start.elapsed())
+}
+
+/// StopPodSandbox, `ctr task kill -s SIGKILL`, `docker kill`: SIGKILL of a sandbox's init whose
+/// guest no longer answers (nor reads its port) kills the VMM within the kill grace (the fake's
+/// is 1 s); the init's exit is 137 and Delete finishes.
+#[tokio::test]
+async fn sigkill_of_a_hung_sandbox_init_kills_the_vmm() {
+    let h = Harness::new();
+    h.create("k", "ctr-run.json").await.unwrap();
+    h.start("k", "").await.unwrap();
+    let vm = h.vm(0);
+    vm.hang();
+    let (r, took) = within(Duration::from_secs(5), h.kill("k", "", 9, false)).await;
+    r.unwrap();
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(vm.vmm_killed());
+    assert_eq!(h.wait("k", "").await, 137);
+    let (r, _) = within(Duration::from_secs(5), h.delete("k", "")).await;
+    assert_eq!(r.unwrap().exit_status, 137);
+    let calls = vm.calls();
+    let tail: Vec<&str> = calls[calls.len() - 4..]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "signal k/- 9 all=false",
+            "kill_vmm",
+            "delete_container k",
+            "shutdown"
+        ]
+    );
+}
+
+/// The guest takes the SIGKILL but never reports the init's exit: the VMM is killed once the
+/// grace has passed, and containerd gets 137.
+#[tokio::test]
+async fn a_sigkilled_sandbox_init_whose_exit_never_comes_is_ended_by_killing_the_vmm() {
+    let h = Harness::new();
+    let b = bundle_running(&h, "u", &["unkillable"], &[]);
+    h.svc.create(h.create_req("u", &b, "")).await.unwrap();
+    h.start("u", "").await.unwrap();
+    let vm = h.vm(0);
+    let start = tokio::time::Instant::now();
+    let (r, took) = within(Duration::from_secs(5), h.kill("u", "", 9, true)).await;
+    r.unwrap();
+    assert!(
+        took < Duration::from_millis(500),
+        "Kill waits for no exit: {took:?}"
+    );
+    assert!(!vm.vmm_killed());
+    assert_eq!(h.wait("u", "").await, 137);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(vm.vmm_killed());
+    assert_eq!(
+        vm.calls().last().map(String::as_str),
+        Some("kill_vmm"),
+        "{:?}",
+        vm.calls()
+    );
+}
+
+/// Other signals, and SIGKILL to a pod's other containers, never kill the VM: a process that
+/// survives them is the container's business, and the pod's other containers live on.
+#[tokio::test]
+async fn only_sigkill_of_the_sandbox_init_may_kill_the_vmm() {
+    let h = Harness::new();
+    let pod = [("io.kubernetes.cri.sandbox-id", "p")];
+    let sb = bundle_running(&h, "p", &["unkillable"], &pod);
+    h.svc.create(h.create_req("p", &sb, "")).await.unwrap();
+    let app = bundle_running(&h, "app", &["unkillable"], &pod);
+    h.svc.create(h.create_req("app", &app, "")).await.unwrap();
+    h.start("p", "").await.unwrap();
+    h.start("app", "").await.unwrap();
+    h.kill("p", "", 15, true).await.unwrap();
+    h.kill("app", "", 9, true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let vm = h.vm(0);
+    assert!(!vm.vmm_killed(), "{:?}", vm.calls());
+    assert_eq!(
+        h.status("app", "").await.unwrap().status,
+        Status::RUNNING.into()
+    );
+}
+
+/// Delete of the VM's last container on a hung guest: the delete in the guest gets the kill
+/// grace, then the VMM is killed and the VM's end runs as usual.
+#[tokio::test]
+async fn delete_of_a_hung_vms_last_container_kills_the_vmm() {
+    let h = Harness::new();
+    h.create("d", "ctr-run.json").await.unwrap();
+    h.start("d", "").await.unwrap();
+    let vm = h.vm(0);
+    vm.exit(&init("d"), 0);
+    assert_eq!(h.wait("d", "").await, 0);
+    vm.hang();
+    let (r, took) = within(Duration::from_secs(5), h.delete("d", "")).await;
+    assert_eq!(r.unwrap().exit_status, 0);
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    let calls = vm.calls();
+    let tail: Vec<&str> = calls[calls.len() - 3..]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(tail, ["delete_container d", "kill_vmm", "shutdown"]);
+    assert!(vm.vmm_killed());
+    assert!(matches!(
+        h.status("d", "").await.unwrap_err(),
+        ShimError::NotFound(_)
+    ));
+}

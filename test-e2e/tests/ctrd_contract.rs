@@ -1,9 +1,11 @@
 //! The containerd contract, checked in seconds: the real shim binary over the scripted fake VM
 //! (`shim/examples/fake_shim.rs`, built by `./hack/test`) under a real containerd 1.6. stdio,
 //! exact exit statuses, exec, pause and resume, kill, delete, the events containerd publishes
-//! and their order, pods sharing one shim process, and a bad configuration's error. Nothing runs
-//! in a VM here (the fake's processes act out a tiny script: `echo`, `exit N`, `cat`, anything
-//! else runs until a fatal signal); the same verbs with real guests are in `ctrd_shim.rs`.
+//! and their order, pods sharing one shim process, SIGKILL on a guest that stopped answering
+//! (137 all the same), and a bad configuration's error. Nothing runs in a VM here (the fake's
+//! processes act out a tiny script: `echo`, `exit N`, `cat`, `hang` (the guest stops answering),
+//! anything else runs until a fatal signal); the same verbs with real guests are in
+//! `ctrd_shim.rs`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -152,6 +154,20 @@ fn containerd_contract_through_the_fake_vm() {
             assert!(line.contains("\"exit_status\":143"), "{line}");
         }
     }
+
+    // A guest that stops answering (the fake's `hang`): SIGKILL of the init, which is its own
+    // sandbox, kills the fake VMM after its 1 s kill grace, and containerd gets 137 and deletes
+    // the task (before, Kill waited on the guest forever).
+    let h = container_id("h");
+    let o = run_msb(&ctrd, ns, &["-d"], &h, &["hang"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let started = std::time::Instant::now();
+    kill_and_remove(&ctrd, ns, &h);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Two containers of one pod: one shim process.
     let pod = format!("io.kubernetes.cri.sandbox-id={}", container_id("p1"));

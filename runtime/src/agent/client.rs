@@ -13,6 +13,7 @@ use msb_protocol::types::*;
 use msb_protocol::{Flags, Frame, Message, MessageError, Payload};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
+use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -57,9 +58,32 @@ pub enum AgentError {
     /// The guest answered with something unexpected or undecodable.
     #[error("unexpected reply: {0}")]
     Protocol(String),
-    /// No reply in time.
-    #[error("no reply to {0} in time")]
+    /// The guest did not answer (or take a frame) before a deadline: what and how long.
+    #[error("timed out: {0}")]
     Timeout(String),
+}
+
+/// How long the client waits on the guest ([`AgentClient::with_deadlines`]). The defaults are
+/// `msb_protocol`'s constants, whose doc comments say why each value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Reply to a quick request ([`msb_protocol::AGENT_REPLY_TIMEOUT`]).
+    pub reply: Duration,
+    /// Reply to a request that works in the guest: container create and delete, the start of a
+    /// process, the network, a file write ([`msb_protocol::AGENT_WORK_TIMEOUT`]).
+    pub work: Duration,
+    /// Room to queue one frame for the guest ([`msb_protocol::AGENT_SEND_TIMEOUT`]).
+    pub send: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            reply: msb_protocol::AGENT_REPLY_TIMEOUT,
+            work: msb_protocol::AGENT_WORK_TIMEOUT,
+            send: msb_protocol::AGENT_SEND_TIMEOUT,
+        }
+    }
 }
 
 impl From<MessageError> for AgentError {
@@ -102,11 +126,17 @@ impl Shared {
 }
 
 /// A connected client. Cheap to clone.
+///
+/// Nothing waits on the guest without a deadline ([`Deadlines`]) except what may rightly wait
+/// forever: a session's next frame once it runs (a process's output, a forwarded port's data)
+/// and room in a process's stdin window (a process need not read its stdin). Those end when
+/// their session does, and every session ends when the connection does (the VMM killed).
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Frame>,
     events: broadcast::Sender<Message>,
+    deadlines: Deadlines,
 }
 
 /// One correlation id's frames.
@@ -170,7 +200,7 @@ impl AgentClient {
         let mut header = [0u8; RangeHeader::SIZE];
         tokio::time::timeout(timeout, stream.read_exact(&mut header))
             .await
-            .map_err(|_| AgentError::Timeout("relay range header".into()))?
+            .map_err(|_| AgentError::Timeout(format!("no relay range header within {timeout:?}")))?
             .map_err(|e| AgentError::Closed(format!("reading the relay range header: {e}")))?;
         let range = RangeHeader::from_bytes(header).ok_or_else(|| {
             AgentError::Protocol(format!("invalid relay range header {header:?}"))
@@ -187,7 +217,7 @@ impl AgentClient {
         let mut reader = FramedRead::new(r, FrameCodec);
         let first = tokio::time::timeout(timeout, reader.next())
             .await
-            .map_err(|_| AgentError::Timeout("core.ready".into()))?;
+            .map_err(|_| AgentError::Timeout(format!("no core.ready within {timeout:?}")))?;
         let ready = match first {
             Some(Ok(frame)) => Message::from_frame(&frame)?.decode::<Ready>()?,
             Some(Err(e)) => return Err(AgentError::Closed(e.to_string())),
@@ -226,7 +256,27 @@ impl AgentClient {
             };
             s.close(reason);
         });
-        Ok((AgentClient { shared, tx, events }, ready))
+        Ok((
+            AgentClient {
+                shared,
+                tx,
+                events,
+                deadlines: Deadlines::default(),
+            },
+            ready,
+        ))
+    }
+
+    /// The same connection, waiting on the guest at most `deadlines` (the default is
+    /// `msb_protocol`'s constants).
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> AgentClient {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// How long this client waits on the guest.
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
     }
 
     /// Whether the connection has failed, and why.
@@ -243,13 +293,19 @@ impl AgentClient {
         self.events.subscribe()
     }
 
-    /// Sends one frame.
+    /// Sends one frame. Waits at most [`Deadlines::send`] for room in the connection's queue,
+    /// which stays full only while the guest does not read its port.
     pub async fn send<P: Payload>(&self, id: u32, p: &P) -> Result<(), AgentError> {
         let frame = Message::new(id, p)?.to_frame();
-        self.tx
-            .send(frame)
-            .await
-            .map_err(|_| self.shared.closed_error())
+        match self.tx.send_timeout(frame, self.deadlines.send).await {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Closed(_)) => Err(self.shared.closed_error()),
+            Err(SendTimeoutError::Timeout(_)) => Err(AgentError::Timeout(format!(
+                "{} not sent: the guest read nothing from its port for {:?}",
+                P::TYPE,
+                self.deadlines.send
+            ))),
+        }
     }
 
     /// Opens a session with its first message.
@@ -295,10 +351,24 @@ impl AgentClient {
         }
     }
 
-    /// One request, one terminal reply of type `R` (or `core.container.failed`/`core.error`).
+    /// One request, one terminal reply of type `R` (or `core.container.failed`/`core.error`),
+    /// within [`Deadlines::reply`].
     pub async fn call<P: Payload, R: Payload>(&self, p: &P) -> Result<R, AgentError> {
+        self.call_within(p, self.deadlines.reply).await
+    }
+
+    /// [`AgentClient::call`] for a request that works in the guest: within [`Deadlines::work`].
+    async fn work<P: Payload, R: Payload>(&self, p: &P) -> Result<R, AgentError> {
+        self.call_within(p, self.deadlines.work).await
+    }
+
+    async fn call_within<P: Payload, R: Payload>(
+        &self,
+        p: &P,
+        deadline: Duration,
+    ) -> Result<R, AgentError> {
         let mut s = self.request(p).await?;
-        let m = s.recv().await?;
+        let m = reply_within(P::TYPE, deadline, s.recv()).await?;
         reply::<R>(P::TYPE, m)
     }
 
@@ -327,7 +397,8 @@ impl AgentClient {
             .await?;
         }
         s.send(&FsData { data: Vec::new() }).await?;
-        let r = reply::<FsResponse>(FsRequest::TYPE, s.recv().await?)?;
+        let m = reply_within(FsRequest::TYPE, self.deadlines.work, s.recv()).await?;
+        let r = reply::<FsResponse>(FsRequest::TYPE, m)?;
         if r.ok {
             Ok(())
         } else {
@@ -340,7 +411,7 @@ impl AgentClient {
 
     /// `core.container.create`: prepares a container's root.
     pub async fn container_create(&self, c: &ContainerCreate) -> Result<(), AgentError> {
-        self.call::<_, ContainerCreated>(c).await.map(drop)
+        self.work::<_, ContainerCreated>(c).await.map(drop)
     }
 
     /// Freezes a container.
@@ -369,7 +440,7 @@ impl AgentClient {
 
     /// Removes a container (kills what is left, unmounts).
     pub async fn container_delete(&self, id: &str) -> Result<(), AgentError> {
-        self.call::<_, ContainerDone>(&ContainerDelete { id: id.into() })
+        self.work::<_, ContainerDone>(&ContainerDelete { id: id.into() })
             .await
             .map(drop)
     }
@@ -377,7 +448,7 @@ impl AgentClient {
     /// Configures the pod network in the guest (`core.net.configure`).
     pub async fn net_configure(&self, c: &NetConfigure) -> Result<(), AgentError> {
         let mut s = self.request(c).await?;
-        let m = s.recv().await?;
+        let m = reply_within(NetConfigure::TYPE, self.deadlines.work, s.recv()).await?;
         if m.kind == NetFailed::TYPE {
             return Err(AgentError::Network(m.decode::<NetFailed>()?.message));
         }
@@ -405,6 +476,17 @@ impl AgentClient {
     pub async fn shutdown(&self) -> Result<(), AgentError> {
         self.send(0, &Shutdown).await
     }
+}
+
+/// The reply `recv` gives, or a timeout naming `request` after `deadline`.
+pub(super) async fn reply_within(
+    request: &str,
+    deadline: Duration,
+    recv: impl std::future::Future<Output = Result<Message, AgentError>>,
+) -> Result<Message, AgentError> {
+    tokio::time::timeout(deadline, recv)
+        .await
+        .map_err(|_| AgentError::Timeout(format!("no reply to {request} within {deadline:?}")))?
 }
 
 /// Decodes a terminal reply, turning guest-side failures into errors.

@@ -13,7 +13,7 @@ use msb_protocol::types::*;
 use msb_protocol::{Payload, STDIN_WINDOW};
 use tokio::sync::Semaphore;
 
-use super::client::{AgentClient, AgentError, Session};
+use super::client::{reply_within, AgentClient, AgentError, Session};
 
 /// Largest stdin chunk per frame: a quarter of the window, so chunks travel while earlier ones
 /// are being acknowledged.
@@ -39,6 +39,9 @@ pub enum ExecEvent {
 pub struct ExecSession {
     session: Session,
     done: bool,
+    /// `core.exec.started` (or the failure) arrived: from then on the process may run, and be
+    /// silent, for as long as it likes; before, the guest has [`super::Deadlines::work`].
+    answered: bool,
     window: StdinWindow,
 }
 
@@ -123,11 +126,13 @@ impl StdinSender {
 }
 
 impl AgentClient {
-    /// Starts a process.
+    /// Starts a process. Its first event (`Started` or `Failed`) must come within
+    /// [`super::Deadlines::work`], else [`ExecSession::next`] fails with a timeout.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecSession, AgentError> {
         Ok(ExecSession {
             session: self.request(req).await?,
             done: false,
+            answered: false,
             window: StdinWindow::default(),
         })
     }
@@ -163,12 +168,18 @@ impl ExecSession {
             return Err(AgentError::Protocol("the process already ended".into()));
         }
         let m = loop {
-            let m = self.session.recv().await?;
+            let m = if self.answered {
+                self.session.recv().await?
+            } else {
+                let deadline = self.session.client().deadlines().work;
+                reply_within(ExecRequest::TYPE, deadline, self.session.recv()).await?
+            };
             if m.kind != ExecStdinAck::TYPE {
                 break m;
             }
             self.window.release(m.decode::<ExecStdinAck>()?.bytes);
         };
+        self.answered = true;
         let ev = match m.kind.as_str() {
             ExecStarted::TYPE => ExecEvent::Started(m.decode::<ExecStarted>()?.pid),
             ExecStdout::TYPE => ExecEvent::Stdout(m.decode::<ExecStdout>()?.data),

@@ -4,7 +4,15 @@
 //! Every call is recorded as a line (`create_container c1`, `signal c1/- 15 all=false`). A process
 //! stays running until the test ends it ([`FakePodVm::exit`]) or a signal with a default fatal
 //! action arrives (SIGKILL, SIGTERM, SIGINT, SIGHUP: it exits with 128+signal, as agentd would
-//! report). `cmd = "missing"` fails to start with `NotFound` (exit 127).
+//! report). `cmd = "missing"` fails to start with `NotFound` (exit 127); `cmd = "unkillable"`
+//! takes signals and never exits from one (a process stuck in the guest's kernel, or an exit
+//! the guest never reports).
+//!
+//! A guest that stops answering ([`FakePodVm::hang`]; the scripted command `hang`): every later
+//! call that goes to the guest waits, with no deadline of its own (the worst a guest can do),
+//! until the VMM is killed ([`PodVm::kill_vmm`], or [`PodVm::shutdown`], which the runtime bounds
+//! by killing it), then fails with `Gone`. The fake's [`PodVm::kill_grace`] is 1 s (it answers at
+//! once when it answers at all), so tests of a hung guest take a second, not ten.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +23,7 @@ use msb_protocol::types::{
     ContainerCreate, ContainerStatsReply, ExecFailureKind, ExecRequest, Resources, RootfsSpec,
     StorageRef,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
     ContainerRoot, GuestProcess, HostVolume, Output, PodVm, PodVmError, PodVmEvent, PodVmFactory,
@@ -42,6 +50,15 @@ struct FakeState {
     fail_create: Option<String>,
 }
 
+/// Whether the fake guest answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guest {
+    Answering,
+    Hung,
+    /// The VMM was killed: calls fail.
+    Killed,
+}
+
 /// A fake VM.
 #[derive(Debug)]
 pub struct FakePodVm {
@@ -53,6 +70,8 @@ pub struct FakePodVm {
     me: std::sync::Weak<FakePodVm>,
     state: Mutex<FakeState>,
     events: broadcast::Sender<PodVmEvent>,
+    guest: watch::Sender<Guest>,
+    kill_grace: Mutex<std::time::Duration>,
 }
 
 fn key_str(key: &ProcessKey) -> String {
@@ -71,7 +90,8 @@ impl FakePodVm {
 
     /// A fake VM whose processes act by themselves, for contract checks with a real containerd
     /// (`examples/fake_shim.rs`): `echo ARGS` prints them and exits 0, `exit N` exits N, `cat`
-    /// copies stdin to stdout until EOF, anything else runs until a fatal signal.
+    /// copies stdin to stdout until EOF, `hang` makes the guest stop answering
+    /// ([`FakePodVm::hang`]), anything else runs until a fatal signal.
     pub fn scripted(id: &str, dir: &Path) -> Arc<Self> {
         Self::build(id, dir, true)
     }
@@ -87,7 +107,50 @@ impl FakePodVm {
                 ..FakeState::default()
             }),
             events: broadcast::channel(16).0,
+            guest: watch::channel(Guest::Answering).0,
+            kill_grace: Mutex::new(std::time::Duration::from_secs(1)),
         })
+    }
+
+    /// The guest stops answering (and reading its port): calls to it wait until the VMM is
+    /// killed.
+    pub fn hang(&self) {
+        self.guest.send_if_modified(|g| {
+            let hung = *g == Guest::Answering;
+            if hung {
+                *g = Guest::Hung;
+            }
+            hung
+        });
+    }
+
+    /// Whether the VMM was killed.
+    pub fn vmm_killed(&self) -> bool {
+        *self.guest.borrow() == Guest::Killed
+    }
+
+    /// Sets [`PodVm::kill_grace`].
+    pub fn set_kill_grace(&self, grace: std::time::Duration) {
+        *self.kill_grace.lock().unwrap_or_else(|p| p.into_inner()) = grace;
+    }
+
+    /// Waits until the guest answers: at once, or (hung) never, failing once the VMM is killed.
+    async fn answer(&self) -> Result<(), PodVmError> {
+        let mut guest = self.guest.subscribe();
+        let state = *guest
+            .wait_for(|g| *g != Guest::Hung)
+            .await
+            .expect("the sender lives in self");
+        match state {
+            Guest::Killed => Err(PodVmError::Gone("fake VMM killed".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The VMM dies: processes vanish, calls fail, waiting calls end.
+    fn kill(&self) {
+        self.guest.send_replace(Guest::Killed);
+        self.die();
     }
 
     fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -202,6 +265,7 @@ impl FakePodVm {
                     let code = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
                     me.exit(&key, code);
                 }
+                "hang" => me.hang(),
                 "cat" => {
                     if let Some(mut stdin) = stdin {
                         while let Some(chunk) = stdin.recv().await {
@@ -249,6 +313,7 @@ impl PodVm for FakePodVm {
 
     async fn create_container(&self, create: ContainerCreate) -> Result<(), PodVmError> {
         self.record(format!("create_container {}", create.id));
+        self.answer().await?;
         let mut st = self.st();
         if let Some(message) = st.fail_create.take() {
             return Err(PodVmError::Container {
@@ -283,6 +348,7 @@ impl PodVm for FakePodVm {
 
     async fn exec(&self, key: &ProcessKey, req: ExecRequest) -> Result<GuestProcess, PodVmError> {
         self.record(format!("exec {} {}", key_str(key), req.cmd));
+        self.answer().await?;
         if req.cmd == "missing" {
             return Err(PodVmError::ExecFailed {
                 kind: ExecFailureKind::NotFound,
@@ -319,6 +385,7 @@ impl PodVm for FakePodVm {
 
     async fn signal(&self, key: &ProcessKey, signal: i32, all: bool) -> Result<(), PodVmError> {
         self.record(format!("signal {} {signal} all={all}", key_str(key)));
+        self.answer().await?;
         if !self.st().processes.contains_key(key) {
             return Err(PodVmError::NotFound(key_str(key)));
         }
@@ -326,10 +393,12 @@ impl PodVm for FakePodVm {
             let keys: Vec<ProcessKey> = if all {
                 self.st()
                     .processes
-                    .keys()
-                    .filter(|k| k.container == key.container)
-                    .cloned()
+                    .iter()
+                    .filter(|(k, p)| k.container == key.container && p.request.cmd != "unkillable")
+                    .map(|(k, _)| k.clone())
                     .collect()
+            } else if self.request(key).is_some_and(|r| r.cmd == "unkillable") {
+                Vec::new()
             } else {
                 vec![key.clone()]
             };
@@ -342,16 +411,19 @@ impl PodVm for FakePodVm {
 
     async fn resize(&self, key: &ProcessKey, rows: u16, cols: u16) -> Result<(), PodVmError> {
         self.record(format!("resize {} {rows}x{cols}", key_str(key)));
+        self.answer().await?;
         Ok(())
     }
 
     async fn pause(&self, container: &str) -> Result<(), PodVmError> {
         self.record(format!("pause {container}"));
+        self.answer().await?;
         Ok(())
     }
 
     async fn resume(&self, container: &str) -> Result<(), PodVmError> {
         self.record(format!("resume {container}"));
+        self.answer().await?;
         Ok(())
     }
 
@@ -360,11 +432,13 @@ impl PodVm for FakePodVm {
             "update {container} memory={:?} pids={:?}",
             resources.memory_limit, resources.pids_limit
         ));
+        self.answer().await?;
         Ok(())
     }
 
     async fn stats(&self, container: &str) -> Result<ContainerStatsReply, PodVmError> {
         self.record(format!("stats {container}"));
+        self.answer().await?;
         let mut reply = ContainerStatsReply::default();
         reply.memory.usage = 4096;
         reply.pids.current = 1;
@@ -373,6 +447,7 @@ impl PodVm for FakePodVm {
 
     async fn pids(&self, container: &str) -> Result<Vec<u32>, PodVmError> {
         self.record(format!("pids {container}"));
+        self.answer().await?;
         let st = self.st();
         let mut pids: Vec<u32> = st
             .processes
@@ -386,13 +461,27 @@ impl PodVm for FakePodVm {
 
     async fn delete_container(&self, container: &str) -> Result<(), PodVmError> {
         self.record(format!("delete_container {container}"));
+        self.answer().await?;
         self.st().processes.retain(|k, _| k.container != container);
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<(), PodVmError> {
         self.record("shutdown".into());
+        // The runtime kills the VMM of a guest that does not power off in time.
+        if *self.guest.borrow() == Guest::Hung {
+            self.kill();
+        }
         Ok(())
+    }
+
+    async fn kill_vmm(&self) {
+        self.record("kill_vmm".into());
+        self.kill();
+    }
+
+    fn kill_grace(&self) -> std::time::Duration {
+        *self.kill_grace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn vmm_pid(&self) -> Option<u32> {

@@ -1,5 +1,12 @@
 //! `Delete`: forget an exec, or remove a container: its processes and root in the VM, its disk
 //! images on the host, and the VM itself once the pod has no container left.
+//!
+//! The VM's end does not wait on a guest that does not answer: when the container is the pod's
+//! last, its delete in the guest gets [`PodVm::kill_grace`](crate::pod_vm::PodVm::kill_grace)
+//! (the VM's shutdown stops every container anyway), and if the guest has not answered by then
+//! the VMM is killed before the shutdown, which then only reaps and cleans up. Any other
+//! container's delete is bounded by the runtime's deadline, and its host side is cleaned up
+//! whatever the guest said.
 
 use containerd_shim::api::{DeleteRequest, DeleteResponse};
 use containerd_shim::protos::protobuf::MessageField;
@@ -22,16 +29,31 @@ impl TaskService {
             return Ok(response(p.pid, p.exit));
         }
 
-        let sandbox = {
+        let (sandbox, vm_ends) = {
             let tables = self.inner.tables.lock().await;
-            tables
-                .container(&req.id)?
-                .init
-                .status
-                .apply(Transition::Delete)?;
-            tables.vm_of(&req.id)?
+            let c = tables.container(&req.id)?;
+            c.init.status.apply(Transition::Delete)?;
+            let vm_ends = tables
+                .pods
+                .get(&c.sandbox_id)
+                .is_some_and(|p| p.containers.len() == 1 && p.containers.contains(&req.id));
+            (tables.vm_of(&req.id)?, vm_ends)
         };
-        if let Err(e) = sandbox.delete_container(&req.id).await {
+        let deleted = if vm_ends {
+            let grace = sandbox.kill_grace();
+            match tokio::time::timeout(grace, sandbox.delete_container(&req.id)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(container = %req.id,
+                        "the guest did not delete the VM's last container within {grace:?}: killing the VMM");
+                    sandbox.kill_vmm().await;
+                    Ok(())
+                }
+            }
+        } else {
+            sandbox.delete_container(&req.id).await
+        };
+        if let Err(e) = deleted {
             // The VM may be gone already; the host side is cleaned up regardless.
             tracing::warn!(container = %req.id, error = %e, "delete container in VM");
         }
