@@ -116,6 +116,12 @@ TOML
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.microsandbox-net]
     runtime_type = "$MSB_CTRD_RUNTIME_TYPE"
     cni_conf_dir = "$MSB_CTRD_DIR/cni-net"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-hostdev]
+    runtime_type = "io.containerd.runc.v2"
+    cni_conf_dir = "$MSB_CTRD_DIR/cni-hostdev-runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.microsandbox-hostdev]
+    runtime_type = "$MSB_CTRD_RUNTIME_TYPE"
+    cni_conf_dir = "$MSB_CTRD_DIR/cni-hostdev-microsandbox"
 TOML
       fi
       ;;
@@ -187,6 +193,32 @@ _ctrd_cni_net_config() {
 JSON
 }
 
+# The pod network of the `*-hostdev` handlers, in $1: Debian's `host-device` plugin moves the
+# host interface $2 (one end of a veth pair the test makes, the other end $2-h holding
+# 169.254.$3.1/24 on the host) into the pod's namespace as its eth0, with `static` addresses:
+# 169.254.$3.2/24 and a default route through the host end. One pod at a time per handler (one
+# device each); CNI DEL moves the device back to the host.
+_ctrd_cni_hostdev_config() {
+  mkdir -p "$1" || return 1
+  cat >"$1/10-msb-hostdev.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "msb-hostdev-$2",
+  "plugins": [
+    {
+      "type": "host-device",
+      "device": "$2",
+      "ipam": {
+        "type": "static",
+        "addresses": [{ "address": "169.254.$3.2/24", "gateway": "169.254.$3.1" }],
+        "routes": [{ "dst": "0.0.0.0/0", "gw": "169.254.$3.1" }]
+      }
+    }
+  ]
+}
+JSON
+}
+
 # Whether a containerd answers on $MSB_CTRD_SOCK. Only asked once the socket exists: ctr 1.6 and
 # 1.7 keep retrying a missing socket for 10 s before they fail.
 _ctrd_answers() {
@@ -204,6 +236,8 @@ ctrd_start() {
   if [ "$cri" = cri ]; then
     _ctrd_cni_config "$MSB_CTRD_DIR/cni" || return 1
     _ctrd_cni_net_config "$MSB_CTRD_DIR/cni-net" || return 1
+    _ctrd_cni_hostdev_config "$MSB_CTRD_DIR/cni-hostdev-runc" msbhd-runc 201 || return 1
+    _ctrd_cni_hostdev_config "$MSB_CTRD_DIR/cni-hostdev-microsandbox" msbhd-msb 202 || return 1
   fi
   if _ctrd_answers; then
     return 0

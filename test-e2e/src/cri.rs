@@ -728,7 +728,13 @@ impl CriTest {
     /// `bridge` network of `hack/lib/containerd.sh`, 169.254.200.0/24, MTU 1400; containerd
     /// 1.7); its id.
     pub fn run_pod_on_network(&self, config: &PodSandboxConfig) -> String {
-        let handler = format!("{}-net", self.handler.name());
+        self.run_pod_on(config, "net")
+    }
+
+    /// Runs pod `config` with this test's handler on the CNI network of its `<handler>-<net>`
+    /// variant (`net`: the bridge; `hostdev`: a host interface moved in by `host-device`).
+    pub fn run_pod_on(&self, config: &PodSandboxConfig, net: &str) -> String {
+        let handler = format!("{}-{net}", self.handler.name());
         let id = self
             .cri
             .run_pod_named(config, &handler)

@@ -51,6 +51,13 @@ per_handler! {
     /// reaches the host's bridge at its own (link-local only: the tests use no routable range).
     ipv6_link_local_both_ways => runc_ipv6_link_local_both_ways,
         microsandbox_ipv6_link_local_both_ways;
+    /// Ours: a pod on a veth made by the test, moved into the pod's namespace by the
+    /// `host-device` CNI plugin with `static` addresses (handlers `*-hostdev`): the guest's
+    /// `eth0` has the pod IP, the veth's MTU (1450) and the default route; the host and the pod
+    /// reach each other, 16 MiB cross each way intact; once the pod is removed the device is
+    /// back on the host without a qdisc or filter of ours.
+    host_device_pod_network => runc_host_device_pod_network,
+        microsandbox_host_device_pod_network;
     /// Ours: two pods on one bridge network reach each other by pod IP.
     two_pods_talk_by_pod_ip => runc_two_pods_talk_by_pod_ip,
         microsandbox_two_pods_talk_by_pod_ip;
@@ -648,4 +655,173 @@ fn ipv6_link_local_both_ways(t: &CriTest) {
         String::from_utf8_lossy(&ping.stdout).contains("1 packets received"),
         "{ping:?}"
     );
+}
+
+/// The veth pair of a `*-hostdev` handler (`hack/lib/containerd.sh`): `dev` is moved into the
+/// pod by `host-device`, `dev-h` stays on the host with 169.254.`net`.1/24; both MTU 1450.
+/// Deleted on drop (with either end goes the other).
+struct HostDev {
+    host_end: String,
+}
+
+impl HostDev {
+    fn make(dev: &str, net: u8) -> HostDev {
+        let host_end = format!("{dev}-h");
+        let ip = |args: &[&str]| {
+            let o = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        // A pair a killed run left behind.
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &host_end])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", dev])
+            .output();
+        ip(&[
+            "link", "add", dev, "mtu", "1450", "type", "veth", "peer", "name", &host_end, "mtu",
+            "1450",
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("169.254.{net}.1/24"),
+            "dev",
+            &host_end,
+        ]);
+        ip(&["link", "set", &host_end, "up"]);
+        HostDev { host_end }
+    }
+}
+
+impl Drop for HostDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .output();
+    }
+}
+
+fn host_device_pod_network(t: &CriTest) {
+    if !has_net_handlers(t) {
+        return;
+    }
+    let (dev, net) = match t.handler {
+        Handler::Runc => ("msbhd-runc", 201),
+        Handler::Microsandbox => ("msbhd-msb", 202),
+    };
+    let _veth = HostDev::make(dev, net);
+    let host = Ipv4Addr::new(169, 254, net, 1);
+    let config = pod_config(&unique_name("host-device"));
+    let pod = t.run_pod_on(&config, "hostdev");
+    let ip = Ipv4Addr::new(169, 254, net, 2);
+    let status = t.pod_status(&pod);
+    assert_eq!(
+        status.network.as_ref().map(|n| n.ip.as_str()),
+        Some(ip.to_string().as_str()),
+        "{status:?}"
+    );
+    let server = container_config(
+        &unique_name("host-device-server"),
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo msb-hostdev-answers >/www/index.html && exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    let c = t.create_container(&pod, &server, &config);
+    t.start_container(&c);
+    t.wait_state(&c, ContainerState::ContainerRunning);
+
+    // eth0 as CNI configured it on the moved device.
+    let addrs = sh(t, &c, "ip -o -4 addr show dev eth0");
+    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
+    assert_eq!(sh(t, &c, "cat /sys/class/net/eth0/mtu").trim(), "1450");
+    let routes = sh(t, &c, "ip route");
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with(&format!("default via {host} dev eth0"))),
+        "{routes}"
+    );
+
+    // The host reaches the pod's server at the pod IP.
+    let mut s = connect(SocketAddr::from((ip, 8080)));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.ends_with("msb-hostdev-answers\n"), "{reply}");
+
+    // 16 MiB host -> pod, then pod -> host, intact.
+    const SIZE: usize = 16 << 20;
+    let data: Vec<u8> = (0..SIZE)
+        .map(|i| u8::try_from(i % 253).unwrap_or(0))
+        .collect();
+    let want = sha256_hex(&data);
+    let r = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            t.cri
+                .exec_sync(&c, &["sh", "-c", "nc -l -p 9000 | sha256sum"], 300)
+        });
+        let mut s = connect(SocketAddr::from((ip, 9000)));
+        s.write_all(&data).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        receiver
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("receiver exec: {e}"))
+    });
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
+        (0, format!("{want}  -").as_str()),
+        "{r:?}"
+    );
+    let theirs = sh(
+        t,
+        &c,
+        &format!("head -c {SIZE} /dev/urandom >/tmp/blob && sha256sum /tmp/blob"),
+    );
+    let listener = TcpListener::bind((host, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiver = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        (got, peer)
+    });
+    sh(t, &c, &format!("nc {host} {port} </tmp/blob"));
+    let (got, peer) = receiver.join().unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(ip));
+    assert_eq!(
+        theirs.split_whitespace().next(),
+        Some(sha256_hex(&got).as_str())
+    );
+
+    // Removed: CNI moved the device back to the host; nothing of ours is left on it.
+    t.stop_pod(&pod);
+    t.remove_pod(&pod);
+    let dev = dev.to_owned();
+    let (qdisc, filters) = msb_runtime::net::in_netns(
+        std::path::Path::new("/proc/self/ns/net"),
+        move |h| async move {
+            use msb_runtime::net::{link, tc};
+            let index = link::by_name(&h, &dev).await?.header.index;
+            Ok((
+                tc::ingress_qdisc(&h, index).await?,
+                tc::our_filters(&h, index).await?.len(),
+            ))
+        },
+    )
+    .unwrap_or_else(|e| panic!("the device back on the host: {e}"));
+    assert_eq!((qdisc, filters), (None, 0));
 }
