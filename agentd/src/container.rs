@@ -309,7 +309,11 @@ impl Container {
                 target: r(dst)?,
                 fstype: Some(c(fstype)),
                 flags,
-                data: (!data.is_empty()).then(|| c(data)),
+                // The spec's options: a NUL byte in one is an error, not a panic.
+                data: (!data.is_empty())
+                    .then(|| sys::cstr(data))
+                    .transpose()
+                    .map_err(io_err(format!("mount options of {dst}")))?,
             }))
         };
         let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);

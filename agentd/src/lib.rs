@@ -53,7 +53,14 @@ pub fn run(boot_ns: u64) -> ! {
     if let Err(e) = init::early_mounts() {
         fatal(&e.to_string());
     }
-    let env = BootEnv::from_vars(std::env::vars());
+    // Not `std::env::vars()`: it panics on a variable that is not UTF-8, and the kernel hands
+    // init every unknown word of its command line as one, whatever its bytes.
+    let env = BootEnv::from_vars(std::env::vars_os().map(|(k, v)| {
+        (
+            k.to_string_lossy().into_owned(),
+            v.to_string_lossy().into_owned(),
+        )
+    }));
     let level = env
         .as_ref()
         .ok()

@@ -1,0 +1,2 @@
+
+-type.googleapis.com/runtimeoptions.v1.Options/etc/microsandbox/shim.toml
