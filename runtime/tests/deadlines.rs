@@ -9,13 +9,13 @@ use std::time::Duration;
 use msb_protocol::net::NetConfigure;
 use msb_protocol::types::*;
 use msb_protocol::{Message, AGENT_REPLY_TIMEOUT, AGENT_SEND_TIMEOUT, AGENT_WORK_TIMEOUT};
-use msb_runtime::agent::{AgentClient, AgentError, Deadlines, ExecEvent};
+use msb_runtime::agent::{AgentError, Deadlines, ExecEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+
 use tokio::time::Instant;
 
 mod common;
-use common::{read_msg, ready_bytes};
+use common::read_msg;
 
 /// Longer than any deadline here: reaching it means the host waited without one.
 const HANG: Duration = Duration::from_secs(20);
@@ -26,15 +26,6 @@ const SHORT: Deadlines = Deadlines {
     work: Duration::from_millis(500),
     send: Duration::from_millis(400),
 };
-
-async fn connected() -> (AgentClient, UnixStream) {
-    let (host, mut guest) = UnixStream::pair().unwrap();
-    guest.write_all(&ready_bytes()).await.unwrap();
-    let (client, _) = AgentClient::connect_direct(host, Duration::from_secs(5))
-        .await
-        .unwrap();
-    (client.with_deadlines(SHORT), guest)
-}
 
 /// Runs `f`, which must fail; returns its error's text and how long it took.
 async fn fails<T: std::fmt::Debug>(
@@ -74,7 +65,7 @@ fn the_default_deadlines_are_the_protocol_constants() {
 
 #[tokio::test]
 async fn a_guest_that_never_answers_fails_each_request_at_its_deadline() {
-    let (client, mut guest) = connected().await;
+    let (client, mut guest) = common::connected(SHORT).await;
     // It reads every request and answers none.
     tokio::spawn(async move {
         let mut buf = vec![0u8; 1 << 16];
@@ -126,7 +117,7 @@ async fn a_guest_that_never_answers_fails_each_request_at_its_deadline() {
 
 #[tokio::test]
 async fn a_started_process_may_stay_silent_for_longer_than_any_deadline() {
-    let (client, mut guest) = connected().await;
+    let (client, mut guest) = common::connected(SHORT).await;
     let req = ExecRequest {
         cmd: "sleep".into(),
         ..Default::default()
@@ -148,7 +139,7 @@ async fn a_started_process_may_stay_silent_for_longer_than_any_deadline() {
 #[tokio::test]
 async fn a_guest_that_stops_reading_its_port_cannot_block_a_sender() {
     // The guest end stays open and is never read.
-    let (client, _guest) = connected().await;
+    let (client, _guest) = common::connected(SHORT).await;
     let chunk = ExecStdin {
         data: vec![7; msb_protocol::MAX_STREAM_CHUNK],
     };

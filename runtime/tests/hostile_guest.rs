@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use msb_protocol::types::*;
 use msb_protocol::{Flags, Payload};
-use msb_runtime::agent::{AgentClient, AgentError, Deadlines, ExecEvent};
+use msb_runtime::agent::{AgentError, Deadlines, ExecEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 mod common;
-use common::{msg, read_msg, ready_bytes};
+use common::{msg, read_msg};
 
 /// Longer than any deadline here: reaching it means the host hung.
 const HANG: Duration = Duration::from_secs(20);
@@ -24,15 +24,6 @@ const SHORT: Deadlines = Deadlines {
     send: Duration::from_millis(800),
 };
 
-async fn connected() -> (AgentClient, UnixStream) {
-    let (host, mut guest) = UnixStream::pair().unwrap();
-    guest.write_all(&ready_bytes()).await.unwrap();
-    let (client, _) = AgentClient::connect_direct(host, Duration::from_secs(5))
-        .await
-        .unwrap();
-    (client.with_deadlines(SHORT), guest)
-}
-
 /// Answers the next request, whatever it is, with `core.pong`.
 async fn pong_next(guest: &mut UnixStream) {
     let m = read_msg(guest).await;
@@ -41,7 +32,7 @@ async fn pong_next(guest: &mut UnixStream) {
 
 #[tokio::test]
 async fn replies_of_the_wrong_type_and_forged_ids_are_errors_not_panics() {
-    let (client, mut guest) = connected().await;
+    let (client, mut guest) = common::connected(SHORT).await;
     // Frames on ids the host never opened, a terminal one included, and an event naming some
     // container: dropped or broadcast, nothing else.
     let mut forged = Vec::new();
@@ -112,7 +103,7 @@ impl Payload for FatExited {
 
 #[tokio::test]
 async fn a_huge_exit_payload_is_bounded_by_the_frame_and_decoded() {
-    let (client, mut guest) = connected().await;
+    let (client, mut guest) = common::connected(SHORT).await;
     let mut exec = client
         .exec(&ExecRequest {
             cmd: "x".into(),
@@ -140,7 +131,7 @@ async fn a_huge_exit_payload_is_bounded_by_the_frame_and_decoded() {
 
 #[tokio::test]
 async fn endless_output_nobody_reads_costs_its_own_session_only() {
-    let (client, guest) = connected().await;
+    let (client, guest) = common::connected(SHORT).await;
     let (mut rd, mut wr) = guest.into_split();
     let exec = client
         .exec(&ExecRequest {

@@ -229,13 +229,7 @@ fn detached_task_verbs() {
     assert_eq!(task_status(&ctrd, ns, &v1).as_deref(), Some("RUNNING"));
     // The task's pid is a host process: its VM's VMM (never a guest pid, which would name some
     // unrelated host process); the guest's pids show in `task ps` below.
-    let ls = stdout(&ctrd.ctr(ns, &["task", "ls"]));
-    let pid: u32 = ls
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(v1.as_str()))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid for {v1} in {ls}"));
+    let pid = task_pid(&ctrd, ns, &v1);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     assert!(

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use msb_protocol::types::Ready;
 use msb_protocol::{Message, Payload};
+use msb_runtime::agent::{AgentClient, Deadlines};
 use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Every wait in these tests ends by this deadline instead of hanging.
@@ -49,4 +51,15 @@ pub async fn read_msg(s: &mut UnixStream) -> Message {
     })
     .await
     .expect("a frame before the deadline")
+}
+
+/// A client connected to a fake guest (the other end, returned) that sent `core.ready`; the
+/// client waits on it with `deadlines`.
+pub async fn connected(deadlines: Deadlines) -> (AgentClient, UnixStream) {
+    let (host, mut guest) = UnixStream::pair().unwrap();
+    guest.write_all(&ready_bytes()).await.unwrap();
+    let (client, _) = AgentClient::connect_direct(host, Duration::from_secs(5))
+        .await
+        .unwrap();
+    (client.with_deadlines(deadlines), guest)
 }

@@ -203,6 +203,126 @@ fn connect(addr: SocketAddr) -> TcpStream {
     }
 }
 
+/// A busybox `httpd` on port 8080 in `pod` serving `page` as `/index.html`: the container,
+/// running.
+fn page_server(
+    t: &CriTest,
+    pod: &str,
+    config: &PodSandboxConfig,
+    prefix: &str,
+    page: &str,
+) -> String {
+    let script =
+        format!("mkdir -p /www && echo {page} >/www/index.html && exec httpd -f -p 8080 -h /www");
+    let server = container_config(&unique_name(prefix), &["sh", "-c", &script]);
+    let c = t.create_container(pod, &server, config);
+    t.start_container(&c);
+    t.wait_state(&c, ContainerState::ContainerRunning);
+    c
+}
+
+/// `eth0` in container `c` as CNI made it: `ip`/24, `mtu`, the default route via `gateway`.
+fn assert_eth0(t: &CriTest, c: &str, ip: Ipv4Addr, mtu: u32, gateway: Ipv4Addr) {
+    let addrs = sh(t, c, "ip -o -4 addr show dev eth0");
+    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
+    assert_eq!(
+        sh(t, c, "cat /sys/class/net/eth0/mtu").trim(),
+        mtu.to_string()
+    );
+    let routes = sh(t, c, "ip route");
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with(&format!("default via {gateway} dev eth0"))),
+        "{routes}"
+    );
+}
+
+/// `GET /index.html` from `addr` (retried while it does not answer yet): the whole reply, a 200.
+fn get_index(addr: SocketAddr) -> String {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    reply
+}
+
+/// Container `c` connects to a listener on the host's `host` and is seen coming from `pod_ip`.
+fn assert_pod_reaches_host(t: &CriTest, c: &str, host: Ipv4Addr, pod_ip: Ipv4Addr) {
+    let listener = TcpListener::bind((host, 0)).expect("listen on the host's address");
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        conn.write_all(b"msb-host-answers\n").unwrap();
+        peer
+    });
+    let got = sh(t, c, &format!("nc {host} {port} </dev/null"));
+    assert_eq!(got, "msb-host-answers\n");
+    let peer = server.join().unwrap();
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(pod_ip),
+        "the pod connects from its IP"
+    );
+}
+
+/// `data` from the host to `nc -l -p <port>` in container `c` at `addr`, sha256-checked in
+/// the pod; how long it took.
+fn host_to_pod(t: &CriTest, c: &str, addr: SocketAddr, data: &[u8]) -> Duration {
+    let want = sha256_hex(data);
+    let script = format!("nc -l -p {} | sha256sum", addr.port());
+    let (r, took) = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| t.cri.exec_sync(c, &["sh", "-c", &script], 600));
+        let mut s = connect(addr);
+        let started = Instant::now();
+        s.write_all(data).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let r = receiver
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("receiver exec: {e}"));
+        (r, started.elapsed())
+    });
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
+        (0, format!("{want}  -").as_str()),
+        "{r:?}"
+    );
+    took
+}
+
+/// `size` random bytes from container `c` (at `pod_ip`) to a listener on the host's `host`,
+/// sha256-checked against the pod's own hash; how long the transfer took.
+fn pod_to_host(t: &CriTest, c: &str, host: Ipv4Addr, pod_ip: Ipv4Addr, size: usize) -> Duration {
+    let theirs = sh(
+        t,
+        c,
+        &format!("head -c {size} /dev/urandom >/tmp/blob && sha256sum /tmp/blob"),
+    );
+    let listener = TcpListener::bind((host, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiver = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let started = Instant::now();
+        let mut got = Vec::with_capacity(size);
+        conn.read_to_end(&mut got).unwrap();
+        (got, peer, started.elapsed())
+    });
+    sh(t, c, &format!("nc {host} {port} </tmp/blob"));
+    let (got, peer, took) = receiver.join().unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(pod_ip));
+    assert_eq!(got.len(), size);
+    assert_eq!(
+        theirs.split_whitespace().next(),
+        Some(sha256_hex(&got).as_str())
+    );
+    took
+}
+
 fn pod_network_both_ways(t: &CriTest) {
     if t.cri
         .version()
@@ -223,56 +343,12 @@ fn pod_network_both_ways(t: &CriTest) {
         .unwrap_or_else(|e| panic!("pod IP of {status:?}: {e}"));
     assert_eq!(&ip.octets()[..3], &[169, 254, 200], "{ip}");
 
-    // A web server in the pod: busybox httpd on port 8080.
-    let server = container_config(
-        &unique_name("pod-network-server"),
-        &[
-            "sh",
-            "-c",
-            "mkdir -p /www && echo msb-pod-answers >/www/index.html && exec httpd -f -p 8080 -h /www",
-        ],
-    );
-    let c = t.create_container(&pod, &server, &config);
-    t.start_container(&c);
-    t.wait_state(&c, ContainerState::ContainerRunning);
-
+    let c = page_server(t, &pod, &config, "pod-network-server", "msb-pod-answers");
     // eth0 as CNI configured it: address, MTU, default route through the bridge.
-    let addrs = sh(t, &c, "ip -o -4 addr show dev eth0");
-    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
-    assert_eq!(sh(t, &c, "cat /sys/class/net/eth0/mtu").trim(), "1400");
-    let routes = sh(t, &c, "ip route");
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.starts_with(&format!("default via {GATEWAY} dev eth0"))),
-        "{routes}"
-    );
-
-    // The host reaches the pod's server at the pod IP.
-    let mut s = connect(SocketAddr::from((ip, 8080)));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
-    assert!(reply.ends_with("msb-pod-answers\n"), "{reply}");
-
-    // The pod reaches a server on the host (the bridge's address).
-    let listener = TcpListener::bind((GATEWAY, 0)).expect("listen on the bridge address");
-    let port = listener.local_addr().unwrap().port();
-    let host = std::thread::spawn(move || {
-        let (mut conn, peer) = listener.accept().unwrap();
-        conn.write_all(b"msb-host-answers\n").unwrap();
-        peer
-    });
-    let got = sh(t, &c, &format!("nc {GATEWAY} {port} </dev/null"));
-    assert_eq!(got, "msb-host-answers\n");
-    let peer = host.join().unwrap();
-    assert_eq!(
-        peer.ip(),
-        std::net::IpAddr::V4(ip),
-        "the pod connects from its IP"
-    );
+    assert_eth0(t, &c, ip, 1400, GATEWAY);
+    // The host reaches the pod's server at the pod IP; the pod reaches the host from it.
+    assert!(get_index(SocketAddr::from((ip, 8080))).ends_with("msb-pod-answers\n"));
+    assert_pod_reaches_host(t, &c, GATEWAY, ip);
 }
 
 fn multiple_containers_network(t: &CriTest) {
@@ -432,52 +508,10 @@ fn bulk_100_mib_each_way(t: &CriTest) {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
-    let want = sha256_hex(&data);
-    let (r, to_pod) = std::thread::scope(|scope| {
-        let receiver = scope.spawn(|| {
-            t.cri
-                .exec_sync(&c, &["sh", "-c", "nc -l -p 9000 | sha256sum"], 600)
-        });
-        let mut s = connect(SocketAddr::from((ip, 9000)));
-        let started = Instant::now();
-        s.write_all(&data).unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
-        let r = receiver
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("receiver exec: {e}"));
-        (r, started.elapsed())
-    });
-    assert_eq!(
-        (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
-        (0, format!("{want}  -").as_str()),
-        "{r:?}"
-    );
+    let to_pod = host_to_pod(t, &c, SocketAddr::from((ip, 9000)), &data);
 
     // Pod -> host: a file of random bytes, its hash, then sent to a listener on the bridge.
-    let theirs = sh(
-        t,
-        &c,
-        "head -c 104857600 /dev/urandom >/tmp/blob && sha256sum /tmp/blob",
-    );
-    let listener = TcpListener::bind((GATEWAY, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let host = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let started = Instant::now();
-        let mut got = Vec::with_capacity(BULK);
-        conn.read_to_end(&mut got).unwrap();
-        (got, started.elapsed())
-    });
-    sh(t, &c, &format!("nc {GATEWAY} {port} </tmp/blob"));
-    let (got, to_host) = host.join().unwrap();
-    assert_eq!(got.len(), BULK);
-    assert_eq!(
-        theirs.split_whitespace().next(),
-        Some(sha256_hex(&got).as_str())
-    );
+    let to_host = pod_to_host(t, &c, GATEWAY, ip, BULK);
     eprintln!(
         "{}: 100 MiB host -> pod {:.1} MB/s ({to_pod:.2?}), pod -> host {:.1} MB/s ({to_host:.2?})",
         t.handler.name(),
@@ -605,17 +639,7 @@ fn ipv6_link_local_both_ways(t: &CriTest) {
         return;
     }
     let (pod, config, _) = pod_with_ports(t, Vec::new());
-    let server = container_config(
-        &unique_name("ipv6-server"),
-        &[
-            "sh",
-            "-c",
-            "mkdir -p /www && echo msb-pod-answers-v6 >/www/index.html && exec httpd -f -p 8080 -h /www",
-        ],
-    );
-    let c = t.create_container(&pod, &server, &config);
-    t.start_container(&c);
-    t.wait_state(&c, ContainerState::ContainerRunning);
+    let c = page_server(t, &pod, &config, "ipv6-server", "msb-pod-answers-v6");
 
     // The guest derived the same link-local address from the same MAC as the veth had.
     let ll = eui64_link_local(&sh(t, &c, "cat /sys/class/net/eth0/address"));
@@ -627,12 +651,7 @@ fn ipv6_link_local_both_ways(t: &CriTest) {
 
     // The host reaches the pod's server at that address, through the bridge.
     let (bridge_ll, bridge_index) = host_link_local(BRIDGE);
-    let mut s = connect(SocketAddr::V6(SocketAddrV6::new(ll, 8080, 0, bridge_index)));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    let reply = get_index(SocketAddr::V6(SocketAddrV6::new(ll, 8080, 0, bridge_index)));
     assert!(reply.ends_with("msb-pod-answers-v6\n"), "{reply}");
 
     // The pod reaches the host's bridge at its link-local address.
@@ -728,84 +747,23 @@ fn host_device_pod_network(t: &CriTest) {
         Some(ip.to_string().as_str()),
         "{status:?}"
     );
-    let server = container_config(
-        &unique_name("host-device-server"),
-        &[
-            "sh",
-            "-c",
-            "mkdir -p /www && echo msb-hostdev-answers >/www/index.html && exec httpd -f -p 8080 -h /www",
-        ],
+    let c = page_server(
+        t,
+        &pod,
+        &config,
+        "host-device-server",
+        "msb-hostdev-answers",
     );
-    let c = t.create_container(&pod, &server, &config);
-    t.start_container(&c);
-    t.wait_state(&c, ContainerState::ContainerRunning);
-
     // eth0 as CNI configured it on the moved device.
-    let addrs = sh(t, &c, "ip -o -4 addr show dev eth0");
-    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
-    assert_eq!(sh(t, &c, "cat /sys/class/net/eth0/mtu").trim(), "1450");
-    let routes = sh(t, &c, "ip route");
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.starts_with(&format!("default via {host} dev eth0"))),
-        "{routes}"
-    );
-
-    // The host reaches the pod's server at the pod IP.
-    let mut s = connect(SocketAddr::from((ip, 8080)));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(reply.ends_with("msb-hostdev-answers\n"), "{reply}");
-
-    // 16 MiB host -> pod, then pod -> host, intact.
-    const SIZE: usize = 16 << 20;
-    let data: Vec<u8> = (0..SIZE)
+    assert_eth0(t, &c, ip, 1450, host);
+    // The host and the pod reach each other; 16 MiB cross each way intact.
+    assert!(get_index(SocketAddr::from((ip, 8080))).ends_with("msb-hostdev-answers\n"));
+    assert_pod_reaches_host(t, &c, host, ip);
+    let data: Vec<u8> = (0..16 << 20)
         .map(|i| u8::try_from(i % 253).unwrap_or(0))
         .collect();
-    let want = sha256_hex(&data);
-    let r = std::thread::scope(|scope| {
-        let receiver = scope.spawn(|| {
-            t.cri
-                .exec_sync(&c, &["sh", "-c", "nc -l -p 9000 | sha256sum"], 300)
-        });
-        let mut s = connect(SocketAddr::from((ip, 9000)));
-        s.write_all(&data).unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
-        receiver
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("receiver exec: {e}"))
-    });
-    assert_eq!(
-        (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
-        (0, format!("{want}  -").as_str()),
-        "{r:?}"
-    );
-    let theirs = sh(
-        t,
-        &c,
-        &format!("head -c {SIZE} /dev/urandom >/tmp/blob && sha256sum /tmp/blob"),
-    );
-    let listener = TcpListener::bind((host, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let receiver = std::thread::spawn(move || {
-        let (mut conn, peer) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        conn.read_to_end(&mut got).unwrap();
-        (got, peer)
-    });
-    sh(t, &c, &format!("nc {host} {port} </tmp/blob"));
-    let (got, peer) = receiver.join().unwrap();
-    assert_eq!(peer.ip(), std::net::IpAddr::V4(ip));
-    assert_eq!(
-        theirs.split_whitespace().next(),
-        Some(sha256_hex(&got).as_str())
-    );
+    host_to_pod(t, &c, SocketAddr::from((ip, 9000)), &data);
+    pod_to_host(t, &c, host, ip, 16 << 20);
 
     // Removed: CNI moved the device back to the host; nothing of ours is left on it.
     t.stop_pod(&pod);
