@@ -413,18 +413,7 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let ps = Command::new("ps")
-        .args(["-eo", "pid,args"])
-        .output()
-        .unwrap();
-    let shim: i32 = String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .find(|l| {
-            l.contains("containerd-shim-microsandbox-v1") && l.contains(&format!("-namespace {ns}"))
-        })
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .expect("the shim process");
+    let shim = shim_pid(ns).expect("the shim process");
     let events = EventStream::subscribe(&ctrd, ns);
     // SAFETY: sending SIGKILL to the shim we found.
     unsafe { libc::kill(shim, libc::SIGKILL) };
@@ -983,4 +972,94 @@ fn a_crashed_guest_kernel_ends_its_processes_with_137_and_leaves_nothing() {
     assert_eq!(o.status.code(), Some(137), "{}", text(&o));
     assert_nothing_left(ns, || ctrd.log());
     assert_eq!(stdout(&ctrd.ctr(ns, &["container", "ls", "-q"])), "");
+}
+
+/// The peak resident memory seen so far of the process `pid` (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A fault: 1 GiB of stdout to a reader that stalls for 2 s after every 256 MiB (within the
+/// shim's 5 s window for output nobody reads). Nothing is lost or reordered (the exact length
+/// and content of `yes` lines), and the shim's memory stays bounded (its peak resident set
+/// under 256 MiB): the queues from the guest to the FIFO hold back, they do not grow.
+#[test]
+fn a_gib_of_stdout_to_a_stalling_reader_loses_nothing() {
+    use std::io::Read;
+    const GIB: u64 = 1 << 30;
+    const LINE: &[u8] = b"0123456789abcde\n";
+    let ns = "bigout";
+    let Some(ctrd) = setup(ns) else { return };
+    let b1 = container_id("b1");
+    let _slot = GuestSlot::acquire();
+    let mut ctr = Command::new("timeout")
+        .args(["--kill-after=5", "900"])
+        .arg(ctrd.ctr_binary())
+        .arg("--address")
+        .arg(ctrd.socket())
+        .args([
+            "--namespace",
+            ns,
+            "run",
+            "--rm",
+            "--runtime",
+            "io.microsandbox.v1",
+        ])
+        .args([BUSYBOX, b1.as_str(), "sh", "-c"])
+        .arg(format!("yes 0123456789abcde | head -c {GIB}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = ctr.stdout.take().unwrap();
+    // A pattern buffer long enough to compare any read, at any offset, with one memcmp.
+    let pattern: Vec<u8> = LINE
+        .iter()
+        .copied()
+        .cycle()
+        .take((1 << 20) + LINE.len())
+        .collect();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut total, mut next_stall, mut shim, mut peak) = (0u64, 256u64 << 20, None, 0u64);
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        let off = usize::try_from(total % 16).unwrap();
+        assert!(
+            buf[..n] == pattern[off..off + n],
+            "output differs from `yes` near byte {total}"
+        );
+        total += n as u64;
+        if shim.is_none() {
+            shim = shim_pid(ns);
+        }
+        if let Some(kib) = shim.and_then(peak_rss_kib) {
+            peak = peak.max(kib);
+        }
+        if total >= next_stall {
+            std::thread::sleep(Duration::from_secs(2));
+            next_stall += 256 << 20;
+        }
+    }
+    let status = ctr.wait().unwrap();
+    assert_eq!((total, status.code()), (GIB, Some(0)));
+    assert!(peak > 0, "the shim's memory was never read");
+    assert!(peak < 256 << 10, "the shim's peak resident set: {peak} KiB");
+    eprintln!("1 GiB of stdout; shim peak RSS {} MiB", peak >> 10);
+    assert_nothing_left(ns, || ctrd.log());
+}
+
+/// The pid of the shim serving namespace `ns`, if one runs.
+fn shim_pid(ns: &str) -> Option<i32> {
+    let ps = Command::new("ps").args(["-eo", "pid,args"]).output().ok()?;
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .find(|l| {
+            l.contains("containerd-shim-microsandbox-v1") && l.contains(&format!("-namespace {ns}"))
+        })
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
 }
