@@ -642,11 +642,18 @@ fn ipv6_link_local_both_ways(t: &CriTest) {
     let c = page_server(t, &pod, &config, "ipv6-server", "msb-pod-answers-v6");
 
     // The guest derived the same link-local address from the same MAC as the veth had.
+    // (The kernel adds it when the interface comes up; under load that may be a moment after
+    // the container started.)
     let ll = eui64_link_local(&sh(t, &c, "cat /sys/class/net/eth0/address"));
-    let addrs = sh(t, &c, "ip -o -6 addr show dev eth0");
+    let mut addrs = String::new();
+    let has_ll = msb_test_e2e::ctr::eventually(20, || {
+        addrs = sh(t, &c, "ip -o -6 addr show dev eth0");
+        addrs.contains(&format!("inet6 {ll}/64 scope link")) && !addrs.contains("tentative")
+    });
     assert!(
-        addrs.contains(&format!("inet6 {ll}/64 scope link")),
-        "{addrs}"
+        has_ll,
+        "no {ll} on eth0: {addrs:?}\n{}",
+        sh(t, &c, "ip -o addr; ip link")
     );
 
     // The host reaches the pod's server at that address, through the bridge.
