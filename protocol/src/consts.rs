@@ -91,10 +91,11 @@ pub const AGENT_WORK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const AGENT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the shim waits for the exit of a SIGKILLed sandbox init (a pod's, or a single
-/// container's VM) before it kills the VMM: SIGKILL cannot be caught, and agentd reports the exit
-/// within about a second (its output drain), more under TCG. A guest that has not reported it by
-/// then is hung, and containerd must get its exit (137) and run its cleanup.
-pub const KILL_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// container's VM), or for the delete of a VM's last container, before it kills the VMM:
+/// SIGKILL cannot be caught, and agentd reports the exit within about a second (its output
+/// drain), but several guests under TCG on two loaded cores took more than 10 s. A guest that
+/// has not answered in 30 s is hung, and containerd must get its exit (137) and run its cleanup.
+pub const KILL_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Exit code reported for a process killed by the OOM killer (`128 + SIGKILL`).
 pub const OOM_EXIT_CODE: i32 = 137;

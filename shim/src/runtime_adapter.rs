@@ -534,6 +534,7 @@ impl PodVm for RuntimePodVm {
 
     async fn shutdown(&self) -> Result<(), PodVmError> {
         lock(&self.agent).take();
+        let mut stop_failed = None;
         if let Some(Booted { vm: sb, net, .. }) = self.vm.lock().await.take() {
             let stopped = sb.shutdown(msb_protocol::SHUTDOWN_HOST_TIMEOUT).await;
             // After the VMM is gone (the TAP's other descriptor with it), also when the stop
@@ -546,7 +547,9 @@ impl PodVm for RuntimePodVm {
                     }
                 }
             }
-            stopped.map_err(|e| PodVmError::Other(e.into()))?;
+            // The VMM is gone either way (a failed stop kills it): its directory goes too, a
+            // VMM killed on a hung guest's account included; the error is reported after.
+            stop_failed = stopped.err();
         }
         if let Err(e) = msb_runtime::volumes::remove_tree(&self.dir) {
             tracing::warn!(sandbox = %self.id, dir = %self.dir.display(), error = %e, "remove VM directory");
@@ -566,7 +569,10 @@ impl PodVm for RuntimePodVm {
                 tracing::warn!(dir = %self.config.cache_dir.display(), error = %e, "prune layer cache")
             }
         }
-        Ok(())
+        match stop_failed {
+            Some(e) => Err(PodVmError::Other(e.into())),
+            None => Ok(()),
+        }
     }
 
     async fn kill_vmm(&self) {
