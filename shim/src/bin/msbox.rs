@@ -5,6 +5,11 @@ use clap::Parser;
 fn main() {
     let cli = msb_shim::msbox::Cli::parse();
     let filter = std::env::var("MSB_LOG").unwrap_or_else(|_| "warn".into());
+    let mut filter = tracing_subscriber::EnvFilter::new(filter);
+    // oci-distribution logs a token server's answer, the token in it, at debug: never that.
+    if let Ok(quiet) = "oci_distribution=warn".parse() {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

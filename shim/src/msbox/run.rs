@@ -11,7 +11,8 @@ use msb_runtime::{disks, rootfs};
 use msb_runtime::{ExecEvent, Vm, VmConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::term;
+use super::images::{self, PullFlags};
+use super::{layers, term};
 
 /// Arguments of `msbox run`.
 #[derive(Debug, Args)]
@@ -58,15 +59,48 @@ pub struct RunArgs {
     /// User: USER[:GROUP] or UID[:GID].
     #[arg(short = 'u', long)]
     pub user: Option<String>,
-    /// The root file system directory.
-    pub rootfs: PathBuf,
-    /// The command and its arguments (default /bin/sh).
+    /// Override the image's Entrypoint ("" clears it); the image's Cmd is dropped with it, as
+    /// `docker run --entrypoint` does.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// When to pull the image: missing (only when it is not in the store), always, never.
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pub pull: String,
+    /// Where a pull comes from.
+    #[command(flatten)]
+    pub pull_flags: PullFlags,
+    /// The image (`busybox`, `127.0.0.1:5000/app:1`, ...) or, when it starts with `/` or `.`, a
+    /// root file system directory.
+    pub image: String,
+    /// The command and its arguments: the image's Cmd is replaced by them (a directory's
+    /// default is /bin/sh).
     #[arg(last = true)]
     pub command: Vec<String>,
 }
 
 /// Runs and returns the command's exit code.
-pub async fn run(args: RunArgs) -> Result<i32> {
+pub async fn run(args: RunArgs, data_root: Option<&PathBuf>) -> Result<i32> {
+    // The image first: a pull that fails has nothing to clean up.
+    let source = if is_directory_argument(&args.image) {
+        Source::Directory(PathBuf::from(&args.image))
+    } else {
+        let store = images::open_store(data_root)?;
+        let record = match (args.pull.as_str(), store.image(&args.image)?) {
+            ("always", _) | ("missing", None) => {
+                images::pull_image(&store, &args.image, &args.pull_flags).await?
+            }
+            (_, Some(record)) => record,
+            (_, None) => anyhow::bail!(
+                "{}: not in the image store and --pull=never (msbox pull it first)",
+                args.image
+            ),
+        };
+        let lowers = tokio::task::block_in_place(|| layers::images_of(&store, &record))?;
+        Source::Image {
+            record: Box::new(record),
+            lowers,
+        }
+    };
     let id = format!("msbox-{}", std::process::id());
     let mut cfg = VmConfig::new(&id);
     cfg.backend = parse_backend(&args.backend).map_err(anyhow::Error::msg)?;
@@ -80,7 +114,12 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .iter()
         .map(|v| parse_volume(v))
         .collect::<Result<Vec<_>>>()?;
-    let mut env = Vec::new();
+    let mut env = match &source {
+        Source::Image { record, .. } => image_config(record)
+            .and_then(|c| c.env().clone())
+            .unwrap_or_default(),
+        Source::Directory(_) => Vec::new(),
+    };
     for f in &args.env_file {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("read env file {}", f.display()))?;
@@ -94,14 +133,51 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             std::env::var(e).ok().map(|v| format!("{e}={v}"))
         }
     }));
-    let lower = dir.join("lower.erofs");
+    let mut env = merge_env(env);
     let upper = args
         .keep_upper
         .clone()
         .unwrap_or_else(|| dir.join("upper.ext4"));
-    // Not the layer cache: a directory of the user's may change under the same inode.
-    disks::make_lower(&args.rootfs, &lower)?;
-    let root = rootfs::single("main", &[lower], &upper, args.upper_size << 20)?;
+    let lowers = match &source {
+        Source::Image { lowers, .. } => lowers.clone(),
+        Source::Directory(rootfs) => {
+            // Not a layer cache: a directory of the user's may change under the same inode.
+            let lower = dir.join("lower.erofs");
+            disks::make_lower(rootfs, &lower)?;
+            vec![lower]
+        }
+    };
+    let process = match &source {
+        Source::Image { record, .. } => image_process(
+            image_config(record).as_ref(),
+            args.entrypoint.as_deref(),
+            &args.command,
+        )
+        .with_context(|| format!("{}: no command to run", record.reference))?,
+        Source::Directory(_) => match &args.entrypoint {
+            Some(e) if !e.is_empty() => std::iter::once(e.clone())
+                .chain(args.command.iter().cloned())
+                .collect(),
+            _ if args.command.is_empty() => vec!["/bin/sh".to_owned()],
+            _ => args.command.clone(),
+        },
+    };
+    let (workdir, user) = match &source {
+        Source::Image { record, .. } => {
+            let config = image_config(record);
+            let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+            (
+                args.workdir
+                    .clone()
+                    .or_else(|| non_empty(config.as_ref().and_then(|c| c.working_dir().clone()))),
+                args.user
+                    .clone()
+                    .or_else(|| non_empty(config.as_ref().and_then(|c| c.user().clone()))),
+            )
+        }
+        Source::Directory(_) => (args.workdir.clone(), args.user.clone()),
+    };
+    let root = rootfs::single("main", &lowers, &upper, args.upper_size << 20)?;
     cfg.disks = root.disks;
     // Dropped before `_cleanup` and after the VM: unbound once the VMM is gone.
     let share = if volumes.is_empty() {
@@ -147,10 +223,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             seccomp: None,
         })
         .await?;
-    let mut command = args.command.clone();
-    if command.is_empty() {
-        command.push("/bin/sh".into());
-    }
+    let command = process;
     let (rows, cols) = if args.tty {
         term::size(std::io::stdin())
             .or_else(|| term::size(std::io::stdout()))
@@ -169,8 +242,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             cmd: command[0].clone(),
             args: command[1..].to_vec(),
             env,
-            cwd: args.workdir.clone(),
-            user: args.user.clone(),
+            cwd: workdir,
+            user,
             tty: args.tty,
             rows,
             cols,
@@ -283,6 +356,81 @@ fn env_lines(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Vec<String>
         .collect()
 }
 
+/// What the container's root comes from.
+enum Source {
+    /// A pulled image and its layer images, topmost first.
+    Image {
+        record: Box<msb_image::store::ImageRecord>,
+        lowers: Vec<PathBuf>,
+    },
+    /// A directory of the user's.
+    Directory(PathBuf),
+}
+
+/// A path, not an image reference: `/...`, `.`, `./...`, `..`, `../...`.
+fn is_directory_argument(arg: &str) -> bool {
+    arg.starts_with('/')
+        || arg == "."
+        || arg == ".."
+        || arg.starts_with("./")
+        || arg.starts_with("../")
+}
+
+/// The process part of the image's config (Entrypoint, Cmd, Env, WorkingDir, User).
+fn image_config(record: &msb_image::store::ImageRecord) -> Option<oci_spec::image::Config> {
+    record.config.config().clone()
+}
+
+/// The command line `docker run` would run: the Entrypoint (or `--entrypoint`, which drops the
+/// image's Cmd with it; "" clears it) followed by the given arguments, or by the image's Cmd when
+/// none are given. `None` when that is empty.
+fn image_process(
+    config: Option<&oci_spec::image::Config>,
+    entrypoint: Option<&str>,
+    command: &[String],
+) -> Option<Vec<String>> {
+    let (entry, default_cmd) = match entrypoint {
+        Some("") => (Vec::new(), Vec::new()),
+        Some(e) => (vec![e.to_owned()], Vec::new()),
+        None => (
+            config
+                .and_then(|c| c.entrypoint().clone())
+                .unwrap_or_default(),
+            config.and_then(|c| c.cmd().clone()).unwrap_or_default(),
+        ),
+    };
+    let cmd = if command.is_empty() {
+        default_cmd
+    } else {
+        command.to_vec()
+    };
+    let argv: Vec<String> = entry.into_iter().chain(cmd).collect();
+    (!argv.is_empty()).then_some(argv)
+}
+
+/// The environment in order of precedence (the image's, then `--env-file`, then `-e`): a later
+/// KEY replaces an earlier one in place, and PATH gets Docker's default when nothing set it.
+fn merge_env(env: Vec<String>) -> Vec<String> {
+    let mut merged: Vec<String> = Vec::with_capacity(env.len() + 1);
+    for e in env {
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_owned();
+        match merged
+            .iter_mut()
+            .find(|m| m.split_once('=').map_or(m.as_str(), |(k, _)| k) == key)
+        {
+            Some(slot) => *slot = e,
+            None => merged.push(e),
+        }
+    }
+    if !merged.iter().any(|e| e.starts_with("PATH=")) {
+        merged.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    merged
+}
+
+/// The PATH `docker run` gives a process whose image sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -304,6 +452,75 @@ mod tests {
             env_lines(text, lookup),
             ["A=1", "B = two words", "SECRET=s3cr3t", "C=x=y"]
         );
+    }
+
+    fn config(entrypoint: &[&str], cmd: &[&str]) -> oci_spec::image::Config {
+        let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let mut c = oci_spec::image::Config::default();
+        c.set_entrypoint((!entrypoint.is_empty()).then(|| own(entrypoint)));
+        c.set_cmd((!cmd.is_empty()).then(|| own(cmd)));
+        c
+    }
+
+    #[test]
+    fn the_process_follows_dockers_override_rules() {
+        let c = config(&["/bin/app", "--serve"], &["--port", "80"]);
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            image_process(Some(&c), None, &[]).unwrap(),
+            args(&["/bin/app", "--serve", "--port", "80"])
+        );
+        // `-- CMD` replaces Cmd only.
+        assert_eq!(
+            image_process(Some(&c), None, &args(&["--port", "8080"])).unwrap(),
+            args(&["/bin/app", "--serve", "--port", "8080"])
+        );
+        // --entrypoint drops the image's Cmd with its Entrypoint.
+        assert_eq!(
+            image_process(Some(&c), Some("/bin/sh"), &[]).unwrap(),
+            args(&["/bin/sh"])
+        );
+        assert_eq!(
+            image_process(Some(&c), Some(""), &args(&["echo", "hi"])).unwrap(),
+            args(&["echo", "hi"])
+        );
+        let cmd_only = config(&[], &["sh"]);
+        assert_eq!(
+            image_process(Some(&cmd_only), None, &args(&["ls", "/"])).unwrap(),
+            args(&["ls", "/"])
+        );
+        assert_eq!(image_process(Some(&config(&[], &[])), None, &[]), None);
+        assert_eq!(image_process(None, Some(""), &[]), None);
+    }
+
+    #[test]
+    fn later_environment_wins_and_path_has_a_default() {
+        let env = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            merge_env(env(&["A=image", "B=image", "A=cli", "C"])),
+            env(&[
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "A=cli",
+                "B=image",
+                "C"
+            ])
+        );
+        assert_eq!(merge_env(env(&["PATH=/x", "PATH=/y"])), env(&["PATH=/y"]));
+    }
+
+    #[test]
+    fn paths_are_directories_and_the_rest_images() {
+        for dir in ["/srv/root", ".", "./root", "..", "../root"] {
+            assert!(is_directory_argument(dir), "{dir}");
+        }
+        for image in [
+            "busybox",
+            "127.0.0.1:5000/app:1",
+            "ghcr.io/a/b@sha256:00",
+            "x/y",
+        ] {
+            assert!(!is_directory_argument(image), "{image}");
+        }
     }
 
     #[test]
