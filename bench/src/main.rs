@@ -9,10 +9,13 @@
 //! - `msb-bench ctr [N]`: through a private containerd, `ctr run --rm IMAGE true` wall time
 //!   (first run, then N more) and the resident memory of an idle container's shim + VMM, for
 //!   `io.microsandbox.v1` and `io.containerd.runc.v2` in the same run.
+//! - `msb-bench image [N]`: `msbox run IMAGE -- true` from a local registry: pull, first run
+//!   (unpack and layer images), cached runs, and a root file system directory's run beside them.
 
 mod boot;
 mod codec;
 mod ctr;
+mod image;
 
 use anyhow::{bail, Result};
 
@@ -40,6 +43,11 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&ctr::run(n)?)?);
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark {other:?}; available: codec, boot, ctr"),
+        Some("image") => {
+            let n = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+            println!("{}", serde_json::to_string_pretty(&image::run(n)?)?);
+            Ok(())
+        }
+        Some(other) => bail!("unknown benchmark {other:?}; available: codec, boot, ctr, image"),
     }
 }

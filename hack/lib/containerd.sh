@@ -274,16 +274,11 @@ _ctrd_has_image() {
   "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$1" image ls -q | grep -x -- "$2" >/dev/null
 }
 
-# Builds a one-layer busybox image as an oci-archive and imports it as $2 (e.g.
-# docker.io/library/msb-busybox:latest) into namespace $1. No registry or network needed:
-# busybox-static, umoci and skopeo are Debian packages. $3, optional: also import, as that
-# reference, a pause image for CRI pods: the same layer with entrypoint `tail -f /dev/null`.
-ctrd_import_busybox() {
-  local ns=$1 ref=$2 pause=${3:-} work
-  if _ctrd_has_image "$ns" "$ref" && { [ -z "$pause" ] || _ctrd_has_image "$ns" "$pause"; }; then
-    return 0
-  fi
-  work=$(mktemp -d)
+# Builds a one-layer busybox image in the OCI layout $1/oci, tagged `img`: Debian's
+# busybox-static with its applets, a passwd and a group file, Cmd /bin/sh. No registry or network
+# needed: busybox-static, umoci and skopeo are Debian packages.
+busybox_oci_layout() {
+  local work=$1
   umoci init --layout "$work/oci"
   umoci new --image "$work/oci:img"
   umoci unpack --image "$work/oci:img" "$work/bundle" >/dev/null
@@ -301,6 +296,18 @@ ctrd_import_busybox() {
   umoci repack --image "$work/oci:img" "$work/bundle" >/dev/null
   umoci config --image "$work/oci:img" --config.cmd /bin/sh \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin >/dev/null
+}
+
+# Imports the busybox image of busybox_oci_layout as $2 (e.g.
+# docker.io/library/msb-busybox:latest) into namespace $1. $3, optional: also import, as that
+# reference, a pause image for CRI pods: the same layer with entrypoint `tail -f /dev/null`.
+ctrd_import_busybox() {
+  local ns=$1 ref=$2 pause=${3:-} work
+  if _ctrd_has_image "$ns" "$ref" && { [ -z "$pause" ] || _ctrd_has_image "$ns" "$pause"; }; then
+    return 0
+  fi
+  work=$(mktemp -d)
+  busybox_oci_layout "$work"
   skopeo copy --quiet "oci:$work/oci:img" "oci-archive:$work/img.tar:$ref"
   "$MSB_CTR" --address "$MSB_CTRD_SOCK" -n "$ns" image import "$work/img.tar" >/dev/null
   if [ -n "$pause" ]; then
