@@ -222,6 +222,17 @@ impl Bundle {
             .filter(|p| !p.as_os_str().is_empty())
     }
 
+    /// The spec's `linux.cgroupsPath` as given (`None` when absent or empty): the host cgroup
+    /// the VM's VMM joins when this container boots it.
+    pub fn cgroups_path(&self) -> Option<PathBuf> {
+        self.spec
+            .linux()
+            .as_ref()?
+            .cgroups_path()
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// Whether the spec lists no network namespace at all: the process would run in the
     /// host's network (a CRI pod with `hostNetwork`, `ctr run --net-host`).
     pub fn joins_host_network(&self) -> bool {

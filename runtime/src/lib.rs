@@ -2,6 +2,7 @@
 //! and the agent connection.
 //!
 //! - [`assets`]: where the guest kernel and initramfs are.
+//! - [`cgroup`]: the host cgroup the VMM-side processes join (the sandbox's `cgroupsPath`).
 //! - [`doctor`]: what this host can run, judged per backend (`msbox doctor`).
 //! - [`disks`]: the read-only EROFS lower and the sparse ext4 upper images.
 //! - [`host`]: facts about this host (TSC frequency, whether KVM can boot a standard guest).
@@ -20,6 +21,7 @@
 
 pub mod agent;
 pub mod assets;
+pub mod cgroup;
 pub mod disks;
 pub mod doctor;
 pub mod host;

@@ -17,6 +17,7 @@ use msb_protocol::types::{Ready, Shutdown};
 
 use crate::agent::{AgentClient, AgentError};
 use crate::assets::{GuestAssets, MissingAsset};
+use crate::cgroup::Cgroup;
 use crate::relay::{Relay, RelayHandle, RelayOptions};
 use crate::vmm::{self, BackendKind, DiskSpec, ShareSpec, VmExit, VmSpec, VmmError, VmmProcess};
 
@@ -45,6 +46,9 @@ pub struct VmConfig {
     pub ready_timeout: Duration,
     /// The sandbox directory (default `$MSB_RUN_DIR/sandboxes/<id>`); removed with the sandbox.
     pub dir: PathBuf,
+    /// The host cgroup the VMM and its companions run in (the sandbox's `cgroupsPath`), made
+    /// where missing and removed with the VM ([`crate::cgroup`]); `None`: the caller's cgroup.
+    pub cgroup: Option<crate::cgroup::CgroupPath>,
 }
 
 impl VmConfig {
@@ -63,6 +67,7 @@ impl VmConfig {
             shares: Vec::new(),
             net: None,
             ready_timeout: Duration::from_secs(60),
+            cgroup: None,
         }
     }
 
@@ -106,6 +111,15 @@ pub enum VmError {
     /// The agent connection failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The VMM's cgroup could not be made or opened.
+    #[error("place the VMM in cgroup {path}")]
+    Cgroup {
+        /// The cgroup.
+        path: String,
+        /// Cause.
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
     /// A file operation on the sandbox directory failed.
     #[error("{what} {}", path.display())]
     Io {
@@ -125,6 +139,9 @@ pub struct Vm {
     id: String,
     dir: PathBuf,
     vmm: VmmProcess,
+    /// Dropped after `vmm` (fields drop in order): its directories go once the VMM and its
+    /// companions are reaped.
+    cgroup: Option<Cgroup>,
     agent: AgentClient,
     relay: RelayHandle,
     ready: Ready,
@@ -144,6 +161,11 @@ impl Vm {
         })?;
         let (kind, why) = vmm::select_backend(cfg.backend);
         tracing::info!(sandbox = %cfg.id, "backend {kind}: {why}");
+        // Made before the VMM starts and so dropped after it on every early return below.
+        let cgroup = match &cfg.cgroup {
+            Some(path) => Some(place(path, &dir)?),
+            None => None,
+        };
         let spec = VmSpec {
             id: cfg.id.clone(),
             dir: dir.clone(),
@@ -157,6 +179,7 @@ impl Vm {
             net: cfg.net.clone(),
             agent_socket: dir.join("agent.sock"),
             console_log: dir.join("console.log"),
+            cgroup: cgroup.as_ref().map(Cgroup::join),
         };
         // Made here, private: the VMM opens it without creating it anew, so its mode stays.
         crate::private::create_file(&spec.console_log).map_err(|source| VmError::Io {
@@ -242,6 +265,7 @@ impl Vm {
             id: cfg.id,
             dir,
             vmm,
+            cgroup,
             agent,
             relay,
             ready,
@@ -283,6 +307,11 @@ impl Vm {
     /// The VMM's pid.
     pub fn vmm_pid(&self) -> i32 {
         self.vmm.pid()
+    }
+
+    /// The host cgroup the VMM and its companions run in, if it has one of its own.
+    pub fn cgroup(&self) -> Option<&crate::cgroup::CgroupPath> {
+        self.cgroup.as_ref().map(Cgroup::path)
     }
 
     /// Kills the VMM now, without asking the guest (which did not answer in time): its processes
@@ -342,6 +371,22 @@ impl Drop for Vm {
         // Never through a volume still bound in it (that would delete the host's files).
         let _ = crate::volumes::remove_tree(&self.dir);
     }
+}
+
+/// The VM's cgroup made at `path`, and recorded in `dir` for a cleanup without our memory.
+fn place(path: &crate::cgroup::CgroupPath, dir: &std::path::Path) -> Result<Cgroup, VmError> {
+    let cgroup = Cgroup::create(path).map_err(|source| VmError::Cgroup {
+        path: path.to_string(),
+        source,
+    })?;
+    let record = dir.join(crate::cgroup::RECORD_FILE);
+    cgroup.record(&record).map_err(|source| VmError::Io {
+        what: "write",
+        path: record,
+        source,
+    })?;
+    tracing::info!(cgroup = %path, made = cgroup.made().len(), "the VMM's cgroup");
+    Ok(cgroup)
 }
 
 /// How a VMM that exited before its guest was ready is reported, the same on every path.
@@ -440,6 +485,7 @@ mod tests {
             id: "t".into(),
             dir: dir.to_owned(),
             vmm,
+            cgroup: None,
             agent,
             relay,
             ready,

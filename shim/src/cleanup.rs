@@ -1,7 +1,8 @@
 //! The binary's `delete` action: containerd runs it after the shim process died (crash, OOM
 //! kill) to clean up what the shim can no longer Delete. It works from the bundle's record alone:
 //! kills the VMM if it still runs (matching pid and start time), removes the container's disk
-//! images and state, and answers like runc's shim (exit status 137 = 128+SIGKILL).
+//! images and state (for a sandbox also the host cgroups its VM made), and answers like runc's
+//! shim (exit status 137 = 128+SIGKILL).
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -14,6 +15,9 @@ use crate::record::{BundleRecord, RECORD_FILE};
 
 /// Exit status reported for a task whose shim died.
 pub const EXIT_SHIM_DIED: u32 = 137;
+
+/// How long the VMM's cgroups may stay busy after the VMM was killed.
+const CGROUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Cleans up the container of `bundle`; never fails (each failure is logged and skipped).
 pub fn cleanup_bundle(bundle: &Path) -> DeleteResponse {
@@ -56,6 +60,12 @@ fn cleanup_record(bundle: &Path, rec: &BundleRecord) {
             if let Err(e) = msb_runtime::net::cleanup_netns(&netns) {
                 tracing::warn!(netns = %netns.display(), error = %e, "remove the pod network's redirect");
             }
+        }
+        // The VMM's cgroups the VM made (its VMM and virtiofsd are on their way out: killed
+        // above, or gone with the VMM's vhost-user connection).
+        let vm_dir = rec.vm_dir.join(crate::runtime_adapter::VM_DIR);
+        if let Err(e) = msb_runtime::cgroup::remove_recorded(&vm_dir, CGROUP_PATIENCE) {
+            tracing::warn!(dir = %vm_dir.display(), error = %crate::error::chain(&e), "remove the VMM's cgroups");
         }
         // Volumes a crashed shim left bound are detached first, never descended into.
         if let Err(e) = msb_runtime::volumes::remove_tree(&rec.vm_dir) {

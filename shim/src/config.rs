@@ -168,6 +168,9 @@ pub struct VmSettings {
     /// the host's loopback instead of the pod namespace's, which is where the CRI's
     /// port-forward dials for such a pod.
     pub host_network: bool,
+    /// The host cgroup of the VM's VMM and companions: the booting container's (a CRI pod's
+    /// sandbox container's) `linux.cgroupsPath`; `None`: the shim's own cgroup.
+    pub cgroup: Option<msb_runtime::cgroup::CgroupPath>,
 }
 
 /// Settings of one container after annotations.
@@ -290,6 +293,7 @@ impl ShimConfig {
                     .is_some_and(|s| !s.is_empty()),
                 netns: None,
                 host_network: false,
+                cgroup: None,
             },
             upper_size: cfg.upper_size,
             handoff_init: cfg.handoff_init,

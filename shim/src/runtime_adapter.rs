@@ -30,6 +30,10 @@ use crate::pod_vm::{
     PreparedRootfs, ProcessKey, SharedVolume,
 };
 
+/// The VM's own directory (`msb_runtime::Vm`'s) inside the sandbox directory the task service
+/// made.
+pub const VM_DIR: &str = "vm";
+
 /// The production factory.
 #[derive(Debug, Default)]
 pub struct RuntimeFactory;
@@ -55,7 +59,7 @@ impl PodVmFactory for RuntimeFactory {
             config: settings.clone(),
             backend,
             assets,
-            dir: dir.join("vm"),
+            dir: dir.join(VM_DIR),
             vm: tokio::sync::Mutex::new(None),
             agent: Mutex::new(None),
             vmm_pid: Mutex::new(None),
@@ -207,6 +211,7 @@ impl RuntimePodVm {
         cfg.disks = disks;
         cfg.shares = shares;
         cfg.boot_env.hostname = vm_hostname(&self.id);
+        cfg.cgroup = self.config.cgroup.clone();
         let sb = msb_runtime::Vm::start(cfg)
             .await
             .map_err(|e| PodVmError::Boot(e.into()))?;

@@ -4,6 +4,7 @@
 //!
 //! The harness lives here; the tests live in `tests/`.
 
+pub mod cgroups;
 pub mod containerd;
 pub mod cri;
 pub mod cri_stream;

@@ -72,6 +72,8 @@ macro_rules! per_handler {
     )*};
 }
 
+#[path = "cri/cgroups.rs"]
+mod cgroups;
 #[path = "cri/network.rs"]
 mod network;
 #[path = "cri/seccomp.rs"]

@@ -6,6 +6,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use msb_test_e2e::cgroups;
 use msb_test_e2e::containerd::{Containerd, BUSYBOX};
 use msb_test_e2e::ctr::*;
 use msb_test_e2e::guest::{assets, kernel_release, GuestSlot};
@@ -438,6 +439,13 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
         state_files(ns),
         Vec::<String>::new(),
         "files left after the shim died"
+    );
+    // The VMM's cgroup (ctr's default path), which the VM made, went in the cleanup too.
+    let cgroup = format!("/{ns}/{k1}");
+    assert_eq!(
+        cgroups::existing(&cgroup),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left after the shim died"
     );
 }
 
@@ -1062,4 +1070,123 @@ fn shim_pid(ns: &str) -> Option<i32> {
         })
         .and_then(|l| l.split_whitespace().next())
         .and_then(|p| p.parse().ok())
+}
+
+/// The VMM and its `virtiofsd` run in the cgroup of the container's spec (`linux.cgroupsPath`:
+/// `ctr run --cgroup`, else ctr's `/<namespace>/<id>`), in every mounted hierarchy, so that the
+/// limits set there count them (docs/SECURITY.md, point 2); Delete removes the cgroups the shim
+/// made and only those: a parent the test made stays (empty), a parent the shim made goes.
+#[test]
+fn the_vmm_and_its_virtiofsd_run_in_the_containers_cgroup() {
+    let ns = "cgroups";
+    let Some(ctrd) = setup(ns) else { return };
+    let c1 = container_id("c1");
+    let c2 = container_id("c2");
+    let _slot = GuestSlot::acquire();
+    let parent = cgroups::TestCgroup::make(&format!("msbt-{}-ctr", std::process::id()));
+    let path = format!("{}/c1", parent.path());
+    let share = tempfile::tempdir().unwrap();
+    let bind = format!(
+        "type=bind,src={},dst=/v,options=rbind:ro",
+        share.path().display()
+    );
+    let o = run_msb(
+        &ctrd,
+        ns,
+        &["-d", "--cgroup", &path, "--mount", &bind],
+        &c1,
+        &["sleep", "600"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let vmm = task_pid(&ctrd, ns, &c1);
+    assert_eq!(
+        cgroups::lines_not_in(vmm, &path),
+        Vec::<String>::new(),
+        "the VMM {vmm} is outside {path}: {:?}",
+        cgroups::of_process(vmm)
+    );
+    let shim = shim_pid(ns).expect("the shim process");
+    let kids = cgroups::children(shim);
+    let virtiofsd: Vec<i32> = kids
+        .iter()
+        .copied()
+        .filter(|&p| cgroups::comm(p) == "virtiofsd")
+        .collect();
+    assert_eq!(virtiofsd.len(), 1, "the shim's children: {kids:?}");
+    assert_eq!(
+        cgroups::lines_not_in(virtiofsd[0], &path),
+        Vec::<String>::new(),
+        "virtiofsd is outside {path}"
+    );
+    let usage = cgroups::memory_usage(parent.path()).expect("the parent's memory usage");
+    eprintln!("{}: {} MiB charged", parent.path(), usage >> 20);
+    assert!(usage >= 32 << 20, "the parent is charged {usage} bytes");
+    kill_and_remove(&ctrd, ns, &c1);
+    assert!(
+        eventually(20, || cgroups::existing(&path).is_empty()),
+        "the container's cgroup is left: {:?}",
+        cgroups::existing(&path)
+    );
+    assert_eq!(parent.remove(), Vec::<String>::new(), "the test's parent");
+
+    // ctr's default, `/<namespace>/<id>`: the shim makes the namespace's cgroup too where it is
+    // missing, and removes it again.
+    let default = format!("/{ns}/{c2}");
+    let ns_cgroups = cgroups::existing(&format!("/{ns}"));
+    let o = run_msb(&ctrd, ns, &["-d"], &c2, &["sleep", "600"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vmm = task_pid(&ctrd, ns, &c2);
+    assert_eq!(
+        cgroups::lines_not_in(vmm, &default),
+        Vec::<String>::new(),
+        "the VMM {vmm} is outside {default}"
+    );
+    kill_and_remove(&ctrd, ns, &c2);
+    assert!(
+        eventually(20, || cgroups::existing(&default).is_empty()),
+        "the container's cgroup is left: {:?}",
+        cgroups::existing(&default)
+    );
+    assert_eq!(cgroups::existing(&format!("/{ns}")), ns_cgroups);
+    assert_nothing_left(ns, || ctrd.log());
+}
+
+/// A cgroup path that would leave the hierarchy is refused before anything is made; one that
+/// cannot be made (it runs through a file) fails Create naming the cgroup and the cause, and
+/// what the shim made on the way is removed: no cgroup, VMM or state file is left.
+#[test]
+fn a_cgroup_that_cannot_be_used_fails_create_and_leaves_nothing() {
+    let ns = "cgroupfail";
+    let Some(ctrd) = setup(ns) else { return };
+    let f1 = container_id("f1");
+    let f2 = container_id("f2");
+    let _slot = GuestSlot::acquire();
+    let top = format!("/msbt-{}-fail", std::process::id());
+    let up = format!("{top}/../../etc");
+    let o = run_msb(&ctrd, ns, &["--rm", "--cgroup", &up], &f1, &["true"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr.contains(&format!(
+            "linux.cgroupsPath: cgroup path {up:?}: a \"..\" component"
+        )),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(cgroups::existing(&top), Vec::<std::path::PathBuf>::new());
+
+    let through = format!("{top}/cgroup.procs/x");
+    let o = run_msb(&ctrd, ns, &["--rm", "--cgroup", &through], &f2, &["true"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr.contains(&format!("place the VMM in cgroup {through}: create "))
+            && stderr.contains(&format!("{top}/cgroup.procs: Not a directory")),
+        "{}",
+        text(&o)
+    );
+    let left = cgroups::existing(&top);
+    cgroups::remove_everywhere(&top);
+    assert_eq!(left, Vec::<std::path::PathBuf>::new(), "cgroups left");
+    assert_nothing_left(ns, || ctrd.log());
 }

@@ -403,6 +403,10 @@ impl Backend for Krun {
             .stderr(log2)
             .process_group(0)
             .kill_on_drop(true);
+        // Before `spawn_vmm`'s own hook: the VMM runs nothing outside the sandbox's cgroup.
+        if let Some(cg) = &spec.cgroup {
+            cg.on_spawn(&mut cmd);
+        }
         let tap = spec.net.as_ref().map(|n| n.tap.as_fd());
         let child = spawn_vmm(&mut cmd, &config.to_json(), tap).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmmError::MissingProgram {
@@ -410,7 +414,7 @@ impl Backend for Krun {
                 hint: "build it with `cargo build -p msb-krunvmm`".into(),
             },
             _ => VmmError::Io {
-                what: format!("start {}", program.display()),
+                what: super::starting(&program.display().to_string(), spec),
                 source: e,
             },
         })?;

@@ -144,6 +144,18 @@ pub struct VmSpec {
     pub agent_socket: PathBuf,
     /// The guest console's log file.
     pub console_log: PathBuf,
+    /// The host cgroup every VMM-side process (the VMM, each companion) joins before it execs;
+    /// `None`: they stay in the caller's.
+    pub cgroup: Option<crate::cgroup::Join>,
+}
+
+/// What a failed spawn of `program` for `spec` was doing, naming the cgroup the child was to
+/// join first (a failure to join surfaces as the spawn's error).
+pub(crate) fn starting(program: &str, spec: &VmSpec) -> String {
+    match &spec.cgroup {
+        Some(cg) => format!("start {program} in cgroup {}", cg.path()),
+        None => format!("start {program}"),
+    }
 }
 
 /// Why a VMM could not be started or died.
@@ -408,6 +420,7 @@ pub(crate) fn sample_spec() -> VmSpec {
         net: None,
         agent_socket: "/d/agent.sock".into(),
         console_log: "/d/console.log".into(),
+        cgroup: None,
     }
 }
 

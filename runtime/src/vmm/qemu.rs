@@ -23,7 +23,8 @@
 //! - confinement, as far as it goes today: QEMU and each `virtiofsd` start with
 //!   `PR_SET_NO_NEW_PRIVS`; QEMU runs its own seccomp filter ([`SANDBOX`]: no fork or exec, no
 //!   privilege or resource changes); `virtiofsd` its `--sandbox chroot` and its own seccomp
-//!   filter. Both still run as root in the host's mount namespace (docs/SECURITY.md).
+//!   filter. Both still run as root in the host's mount namespace (docs/SECURITY.md). Both
+//!   join the sandbox's host cgroup ([`crate::cgroup`]) before they exec, when it has one.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -43,6 +44,12 @@ impl Qemu {
         Qemu {
             program: std::env::var("MSB_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
         }
+    }
+
+    /// Uses this QEMU program.
+    pub fn with_program(mut self, program: impl Into<String>) -> Qemu {
+        self.program = program.into();
+        self
     }
 
     /// The full argument list for `spec` (without the program).
@@ -231,6 +238,10 @@ fn start_one_virtiofsd(
     if share.read_only {
         cmd.arg("--readonly");
     }
+    // First of its hooks: it runs nothing outside the cgroup.
+    if let Some(cg) = &spec.cgroup {
+        cg.on_spawn_std(&mut cmd);
+    }
     // SAFETY: runs in the forked child before exec and only calls prctl(2), which is
     // async-signal-safe.
     unsafe {
@@ -248,7 +259,7 @@ fn start_one_virtiofsd(
                 hint: "hack/install-deps installs it (cargo install virtiofsd)".into(),
             },
             _ => VmmError::Io {
-                what: format!("start {program}"),
+                what: super::starting(&program, spec),
                 source: e,
             },
         })?;
@@ -304,6 +315,10 @@ impl Backend for Qemu {
         // killing them.
         let mut companions = start_virtiofsd(spec)?;
         let mut cmd = tokio::process::Command::new(&self.program);
+        // First of its hooks: QEMU runs nothing outside the cgroup.
+        if let Some(cg) = &spec.cgroup {
+            cg.on_spawn(&mut cmd);
+        }
         let tap = spec.net.as_ref().map(crate::net::NetDevice::fd);
         // SAFETY: runs in the forked child before exec and only calls fcntl(2) and prctl(2),
         // which are async-signal-safe; `fd` is the TAP's descriptor, open in the parent (the
@@ -336,7 +351,7 @@ impl Backend for Qemu {
                     hint: "install the Debian package qemu-system-x86".into(),
                 },
                 _ => VmmError::Io {
-                    what: format!("start {}", self.program),
+                    what: super::starting(&self.program, spec),
                     source: e,
                 },
             })?;

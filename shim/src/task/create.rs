@@ -53,6 +53,17 @@ impl TaskService {
         let mut cconfig = config.for_container(&annotations)?;
         cconfig.vm.netns = bundle.network_namespace();
         cconfig.vm.host_network = cconfig.vm.pod && bundle.joins_host_network();
+        // Untrusted, like the annotations: checked before anything is made.
+        cconfig.vm.cgroup = bundle
+            .cgroups_path()
+            .map(|p| {
+                let p = p.to_str().ok_or_else(|| {
+                    ShimError::InvalidArgument(format!("linux.cgroupsPath {p:?} is not UTF-8"))
+                })?;
+                msb_runtime::cgroup::CgroupPath::parse(p)
+                    .map_err(|e| ShimError::InvalidArgument(format!("linux.cgroupsPath: {e}")))
+            })
+            .transpose()?;
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
