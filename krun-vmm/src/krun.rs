@@ -52,6 +52,16 @@ impl KrunVm {
         self.builder = Some(f(b));
     }
 
+    /// Runs `hook` once libkrun has opened every file it needs (disks, `/dev/kvm`, libkrunfw,
+    /// the console) and created the vCPU threads, while they are still paused: the last point
+    /// before the guest runs, where the VMM confines itself (`crate::jail`, `crate::seccomp`).
+    /// `msb_krun` calls it from `enter` through its placement callback, which exists for
+    /// exactly that moment ("after every vCPU thread has attempted affinity and while all
+    /// vCPUs are still paused"). The hook cannot fail `enter`: it ends the process itself.
+    pub fn before_guest_runs(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.with(|b| b.on_placement(move |_| hook()));
+    }
+
     /// Builds and enters the VM. Returns only on failure: on success libkrun runs the VM and
     /// `_exit`s the process with the guest's exit code when it stops.
     pub fn enter(self) -> Result<Infallible, KrunError> {

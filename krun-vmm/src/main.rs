@@ -6,11 +6,15 @@
 //! KVM (tests and debugging).
 
 use std::convert::Infallible;
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use msb_krunvmm::jail::Jail;
 use msb_krunvmm::krun::KrunVm;
+use msb_krunvmm::seccomp::Filters;
 use msb_krunvmm::translate::{self, Recorder};
 use msb_krunvmm::verdict::{self, LastError};
 use msb_krunvmm::{agent, config_fd, LaunchConfig, CONFIG_FD};
@@ -66,39 +70,75 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Err(e) = run(&cfg, last_error);
+    // Judged now: once the VMM is confined, /sys, /proc/cpuinfo and /dev/kvm are out of reach.
+    let kvm = msb_runtime::host::kvm_usable();
+    let mut console = None;
+    let Err(e) = run(&cfg, last_error, &kvm, &mut console);
     let cause = chain(&e);
     tracing::error!(target: "krun_vmm", sandbox = %cfg.id, "{cause}");
-    verdict::append(
-        &cfg.console_log,
-        &verdict::explain(&cause, msb_runtime::host::kvm_usable()),
-    );
+    let text = verdict::explain(&cause, kvm);
+    match &console {
+        Some(c) => verdict::append_to(c, &text),
+        None => verdict::append(&cfg.console_log, &text),
+    }
     ExitCode::FAILURE
 }
 
-/// Sets up the agent connection and enters the VM; returns only on failure.
-fn run(cfg: &LaunchConfig, last_error: LastError) -> anyhow::Result<Infallible> {
+/// Sets up the agent connection and the confinement, and enters the VM; returns only on
+/// failure. `console` is the console log, opened for the verdict once the config is valid.
+fn run(
+    cfg: &LaunchConfig,
+    last_error: LastError,
+    kvm: &Result<(), String>,
+    console: &mut Option<File>,
+) -> anyhow::Result<Infallible> {
     translate::validate(cfg)?;
+    // While this process has one thread (unshare needs it); the new root is built later.
+    let jail = Jail::for_config(cfg).context("confine the VMM: a mount namespace of its own")?;
+    let filters = Filters::compile()?;
     let listener = agent::listen(&cfg.agent_socket)?;
     let timeout = Duration::from_millis(cfg.agent_accept_timeout_ms);
     let agent = agent::accept(listener, &cfg.agent_socket, timeout)?;
-    let console_log = cfg.console_log.clone();
+    let log = |e| anyhow::Error::new(e).context(format!("open {}", cfg.console_log.display()));
+    let opened = verdict::open_console(&cfg.console_log).map_err(log)?;
+    let for_exit = opened.try_clone().map_err(log)?;
+    let for_confine = opened.try_clone().map_err(log)?;
+    *console = Some(opened);
     let id = cfg.id.clone();
+    let exit_kvm = kvm.clone();
     let observer = Box::new(move |code: i32| {
         tracing::info!(target: "krun_vmm", sandbox = %id, "the VM stopped with exit code {code}");
         if code != 0 {
             let cause = verdict::exit_cause(code, last_error.get());
-            verdict::append(
-                &console_log,
-                &verdict::explain(&cause, msb_runtime::host::kvm_usable()),
-            );
+            verdict::append_to(&for_exit, &verdict::explain(&cause, exit_kvm.clone()));
         }
     });
     let mut vm = KrunVm::default();
     translate::configure(cfg, agent.as_raw_fd(), observer, &mut vm)?;
+    let (id, kvm) = (cfg.id.clone(), kvm.clone());
+    vm.before_guest_runs(move || confine(jail, &filters, &id, &for_confine, kvm));
     tracing::info!(target: "krun_vmm", sandbox = %cfg.id, "entering the VM: {} vCPUs, {} MiB, kernel from {}", cfg.vcpus, cfg.memory_mib, cfg.krunfw.display());
     // libkrun duplicates the agent descriptor; `agent` stays open until the process ends.
     match vm.enter()? {}
+}
+
+/// Pivots into the jail and installs the seccomp filters, after libkrun opened its files and
+/// before the vCPUs run. Never lets the guest run unconfined: a failure ends the process, with
+/// the cause in the console log the runtime shows.
+fn confine(jail: Jail, filters: &Filters, id: &str, console: &File, kvm: Result<(), String>) {
+    let start = Instant::now();
+    let shares = jail.shares().count();
+    let done = jail
+        .enter()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| filters.install().map_err(anyhow::Error::from));
+    if let Err(e) = done {
+        let cause = format!("confine the VMM before the guest runs: {e:#}");
+        tracing::error!(target: "krun_vmm", sandbox = %id, "{cause}");
+        verdict::append_to(console, &verdict::explain(&cause, kvm));
+        std::process::exit(1);
+    }
+    tracing::info!(target: "krun_vmm", sandbox = %id, "confined in {:?}: new root with {shares} virtio-fs shares and /proc/self/fd, {} seccomp filters", start.elapsed(), filters.len());
 }
 
 /// The error and its causes on one line (printed once, here at the binary's edge).

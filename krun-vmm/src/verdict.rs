@@ -88,6 +88,23 @@ pub fn append(console_log: &Path, text: &str) {
     }
 }
 
+/// Opens the console log for [`append_to`] (created if need be): opened before the VMM pivots
+/// into its new root, where the path no longer exists, so that a failure of the running VM is
+/// still explained. libkrun truncates the file when it opens it; appends land at its end.
+pub fn open_console(console_log: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(console_log)
+}
+
+/// Appends `text` to an opened console log. Best effort, as [`append`].
+pub fn append_to(console: &std::fs::File, text: &str) {
+    if let Err(e) = (&*console).write_all(text.as_bytes()) {
+        tracing::warn!("write the failure to the console log: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

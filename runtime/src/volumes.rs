@@ -9,8 +9,12 @@
 //! ```text
 //! <vm dir>/volumes.d/                   host-private; the host makes <container>/<n> here
 //! <vm dir>/volumes/                     read-only bind of volumes.d: what the share serves
-//! <vm dir>/volumes/<container>/<n>      a bind of the volume's host path (read-only if `ro`)
+//! <vm dir>/volumes/<container>/<n>      a bind of the volume's host path (read-only if `ro`,
+//!                                       nosuid and nodev always)
 //! ```
+//!
+//! The view is the master of a peer group of its own: a VMM that runs in a mount namespace of its
+//! own (krun's, a slave copy) receives the volumes of containers created after it started.
 //!
 //! The guest writes through the share, so the host must never act by path in anything the
 //! guest can write. It can write only inside the volumes themselves: the tree around them is
@@ -154,6 +158,17 @@ impl VolumeShare {
             None::<&str>,
         )
         .map_err(nix_err(format!("make {} private", share.view.display())))?;
+        // ... and then the master of its own peer group: a VMM in a mount namespace of its own
+        // (krun's, a slave of the host's) still receives the volumes of containers created
+        // after it started.
+        nix::mount::mount(
+            None::<&str>,
+            &share.view,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(nix_err(format!("make {} shared", share.view.display())))?;
         // A guest writes only inside the volumes mounted on this view, never around them.
         let ro = MsFlags::MS_BIND
             | MsFlags::MS_REMOUNT
@@ -204,19 +219,7 @@ impl VolumeShare {
         }
         .map_err(io_err(format!("create {}", point.display())))?;
         let target = self.view.join(container).join(index.to_string());
-        let rec = if recursive {
-            MsFlags::MS_REC
-        } else {
-            MsFlags::empty()
-        };
-        nix::mount::mount(
-            Some(source),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | rec,
-            None::<&str>,
-        )
-        .map_err(nix_err(format!(
+        attach_bind(source, &target, recursive, read_only).map_err(io_err(format!(
             "bind {} on {}",
             source.display(),
             target.display()
@@ -240,15 +243,6 @@ impl VolumeShare {
                     "set the propagation of {}",
                     target.display()
                 ))(e));
-            }
-        }
-        if read_only {
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            if let Err(e) =
-                nix::mount::mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
-            {
-                let _ = nix::mount::umount2(&target, MntFlags::MNT_DETACH);
-                return Err(nix_err(format!("make {} read-only", target.display()))(e));
             }
         }
         Ok(SharedVolume {
@@ -338,6 +332,86 @@ fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
             PathBuf::from(std::ffi::OsString::from_vec(out))
         })
         .collect()
+}
+
+/// Binds `source` on `target` (its submounts too when `recursive`) as one finished mount: the
+/// bind is made detached (`open_tree`), given its flags there (`mount_setattr`: read-only on
+/// the bind itself when asked, as runc's `ro`; `nosuid` and `nodev` throughout), and only then
+/// attached (`move_mount`). A copy that propagates to a VMM's own mount namespace is a copy of
+/// the finished mount; a remount after attaching would change only the host's copy, leaving a
+/// read-only volume writable there. `nodev`: a device node a guest makes in a volume must not
+/// open the host's device when the host serves it; `nosuid`: nor give a host user privileges.
+fn attach_bind(source: &Path, target: &Path, recursive: bool, read_only: bool) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let cpath = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
+    };
+    let (source, target) = (cpath(source)?, cpath(target)?);
+    let mut flags = libc::OPEN_TREE_CLONE | u32::try_from(libc::O_CLOEXEC).unwrap_or(0);
+    if recursive {
+        flags |= u32::try_from(libc::AT_RECURSIVE).unwrap_or(0);
+    }
+    // SAFETY: open_tree(2) with a NUL-terminated path; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source.as_ptr(), flags) };
+    let fd =
+        i32::try_from(fd).map_err(|_| io::Error::other("open_tree: a descriptor out of range"))?;
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open_tree and is owned by nothing else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    let empty = c"";
+    let set = |attr_set: u64, all: bool| -> io::Result<()> {
+        let attr = libc::mount_attr {
+            attr_set,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let mut at = libc::AT_EMPTY_PATH;
+        if all {
+            at |= libc::AT_RECURSIVE;
+        }
+        // SAFETY: mount_setattr(2) on the detached tree's descriptor, an empty NUL-terminated
+        // path with AT_EMPTY_PATH, and a `mount_attr` of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                std::os::fd::AsRawFd::as_raw_fd(&tree),
+                empty.as_ptr(),
+                at,
+                std::ptr::from_ref(&attr),
+                std::mem::size_of::<libc::mount_attr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV, true)?;
+    if read_only {
+        set(libc::MOUNT_ATTR_RDONLY, false)?;
+    }
+    // SAFETY: move_mount(2) from the detached tree (empty path) onto a NUL-terminated target.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -452,6 +526,88 @@ mod tests {
     }
 
     /// A crash leaves volumes mounted: removing the VM directory detaches them first.
+    #[test]
+    fn a_later_volume_reaches_a_vmms_own_namespace_read_only_and_nodev() {
+        if !root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let vm_dir = tmp.path().join("vm");
+        let host = tmp.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("data"), "host").unwrap();
+        // A device node as a guest could make one in a read-write volume.
+        nix::sys::stat::mknod(
+            &host.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        crate::private::create_dir(&vm_dir).unwrap();
+        let (share, _) = VolumeShare::prepare(&vm_dir).unwrap();
+        // A process in a mount namespace of its own, a slave of ours: as msb-krun-vmm runs.
+        let mut vmm = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "slave", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        let ns = format!("/proc/{}/ns/mnt", vmm.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_link(&ns)
+            .ok()
+            .as_ref()
+            .is_none_or(|n| *n == ours)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let vol = |read_only| HostVolume {
+            source: host.clone(),
+            recursive: true,
+            read_only,
+            propagation: Propagation::Private,
+        };
+        share.add("c1", 0, &vol(true)).unwrap();
+        share.add("c1", 1, &vol(false)).unwrap();
+        let view = vm_dir.join("volumes");
+        let inside = |script: &str| {
+            let out = std::process::Command::new("nsenter")
+                .args(["-t", &vmm.id().to_string(), "-m", "sh", "-c", script])
+                .output()
+                .unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                out.status.code(),
+            )
+        };
+        let v = view.display();
+        // Added after the namespace was made, yet there; read-only there as here.
+        let (out, err, code) = inside(&format!(
+            "cat {v}/c1/0/data && echo; touch {v}/c1/0/new || echo refused"
+        ));
+        assert_eq!((out.as_str(), code), ("host\nrefused\n", Some(0)), "{err}");
+        assert!(err.contains("Read-only file system"), "{err}");
+        assert!(!host.join("new").exists());
+        // Writable where it is not read-only, and no device opens through it.
+        let (out, err, code) = inside(&format!(
+            "touch {v}/c1/1/new && echo ok; head -c0 {v}/c1/1/null || echo refused"
+        ));
+        assert_eq!((out.as_str(), code), ("ok\nrefused\n", Some(0)), "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+        let e = std::fs::File::open(view.join("c1/1/null")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+        vmm.kill().unwrap();
+        vmm.wait().unwrap();
+        drop(share);
+        remove_tree(&vm_dir).unwrap();
+        assert_eq!(std::fs::read_to_string(host.join("data")).unwrap(), "host");
+    }
+
     #[test]
     fn removing_a_tree_with_mounted_volumes_keeps_the_hosts_files() {
         if !root() {
