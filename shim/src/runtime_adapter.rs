@@ -432,9 +432,17 @@ impl PodVm for RuntimePodVm {
                         return;
                     }
                     Ok(ExecEvent::Started(_)) => {}
-                    // A failure after start cannot happen; a lost connection drops `exit_tx`,
-                    // which the shim reads as "the VM died".
-                    Ok(ExecEvent::Failed(_)) | Err(_) => return,
+                    // A failure after start is a guest that lies; a lost connection drops
+                    // `exit_tx`, which the shim reads as "the VM died". Either way the process
+                    // ends as killed (137); the cause is said here.
+                    Ok(ExecEvent::Failed(f)) => {
+                        tracing::warn!("the guest failed a running process: {}", f.message);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!("a process's session ended without its exit: {e}");
+                        return;
+                    }
                 }
             }
         });
