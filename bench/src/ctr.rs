@@ -28,6 +28,8 @@ pub struct RuntimeFigures {
     idle_rss_mib: f64,
     /// Which processes were counted.
     idle_processes: Vec<String>,
+    /// `ctr task exec ... true` into the idle container (at least 10).
+    exec_true_wall_ms: Stats,
 }
 
 /// The report.
@@ -142,6 +144,16 @@ fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<R
     // Let the guest settle (page cache, translation cache) before reading resident memory.
     std::thread::sleep(Duration::from_secs(3));
     let (names, rss_kib) = shim_tree_rss(&idle)?;
+    // `ctr task exec ... true` into the running container, one after the other.
+    let mut execs = Vec::new();
+    for i in 0..runs.max(10) {
+        let t = Instant::now();
+        ctr(
+            ctrd,
+            &["task", "exec", "--exec-id", &format!("e{i}"), &idle, "true"],
+        )?;
+        execs.push(ms(t.elapsed()));
+    }
     ctr(ctrd, &["task", "kill", "-s", "SIGKILL", &idle])?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -156,6 +168,7 @@ fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<R
         first_run_ms: ms(first),
         run_true_wall_ms: stats(walls),
         idle_rss_mib: rss_kib as f64 / 1024.0,
+        exec_true_wall_ms: stats(execs),
         idle_processes: names,
     })
 }

@@ -7,8 +7,9 @@
 //!   `msbox run ROOTFS -- true` (the `msbox` binary next to this one; build both with
 //!   `cargo build --release -p msb-bench -p msb-shim`).
 //! - `msb-bench ctr [N]`: through a private containerd, `ctr run --rm IMAGE true` wall time
-//!   (first run, then N more) and the resident memory of an idle container's shim + VMM, for
-//!   `io.microsandbox.v1` and `io.containerd.runc.v2` in the same run.
+//!   (first run, then N more), the resident memory of an idle container's shim + VMM and
+//!   `ctr task exec ... true` into it (at least 10), for `io.microsandbox.v1` and
+//!   `io.containerd.runc.v2` in the same run.
 //! - `msb-bench image [N]`: `msbox run IMAGE -- true` from a local registry: pull, first run
 //!   (unpack and layer images), cached runs, and a root file system directory's run beside them.
 

@@ -502,6 +502,9 @@ async fn route_guest(
     };
     match &why {
         RelayExit::Stopped => tracing::debug!("relay stopped"),
+        // The host ends the connection here (an oversized or undecodable frame): its clients
+        // then see only a closed connection, so the cause is said where it is known.
+        RelayExit::GuestFailed(_) => tracing::warn!("relay ends, closing every client: {why}"),
         other => tracing::info!("relay ends, closing every client: {other}"),
     }
     set_exit(&exit, why);
