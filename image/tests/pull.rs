@@ -225,26 +225,12 @@ async fn pull_records_the_image_and_a_second_pull_downloads_nothing() {
     let layers: Vec<_> = record
         .layers
         .iter()
-        .map(|l| {
-            (
-                l.digest.as_str(),
-                l.media_type.as_str(),
-                l.size,
-                l.diff_id.as_str(),
-            )
-        })
+        .map(|l| (&l.digest, &l.media_type, l.size, &l.diff_id))
         .collect();
     let want: Vec<_> = built
         .layers
         .iter()
-        .map(|l| {
-            (
-                l.digest.as_str(),
-                l.media_type.as_str(),
-                l.size,
-                l.diff_id.as_str(),
-            )
-        })
+        .map(|l| (&l.digest, &l.media_type, l.size, &l.diff_id))
         .collect();
     assert_eq!(layers, want);
     assert_eq!(

@@ -525,7 +525,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "k: v");
     }
 
-    /// A crash leaves volumes mounted: removing the VM directory detaches them first.
+    /// A volume added after a VMM made its own mount namespace (krun's, a slave of ours)
+    /// reaches it, read-only where asked, and no device node opens through it.
     #[test]
     fn a_later_volume_reaches_a_vmms_own_namespace_read_only_and_nodev() {
         if !root() {
@@ -608,6 +609,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(host.join("data")).unwrap(), "host");
     }
 
+    /// A crash leaves volumes mounted: removing the VM directory detaches them first.
     #[test]
     fn removing_a_tree_with_mounted_volumes_keeps_the_hosts_files() {
         if !root() {
