@@ -239,6 +239,60 @@ fn a_terminal_is_the_containers_own() {
     );
 }
 
+/// The guest's host name: 12 hex digits by default, as Docker's short container id, different
+/// for each run; `--hostname` sets it; a bad one is refused before any VM starts.
+#[test]
+fn host_names() {
+    let Some(_) = assets() else { return };
+    let root = rootfs();
+    let names: Vec<String> = (0..2)
+        .map(|_| {
+            let r = run(root.path(), "hostname");
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            String::from_utf8_lossy(&r.stdout).trim_end().to_owned()
+        })
+        .collect();
+    for n in &names {
+        assert!(
+            n.len() == 12 && n.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{names:?}"
+        );
+    }
+    assert_ne!(names[0], names[1]);
+    let r = msbox(
+        &[
+            "run",
+            "--hostname",
+            "web-1",
+            root.path().to_str().unwrap(),
+            "--",
+            "hostname",
+        ],
+        None,
+        T,
+    );
+    assert_eq!(
+        (String::from_utf8_lossy(&r.stdout).as_ref(), r.code),
+        ("web-1\n", 0),
+        "{}",
+        r.stderr
+    );
+    let r = msbox(
+        &[
+            "run",
+            "--hostname",
+            "a_b",
+            root.path().to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        None,
+        T,
+    );
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("--hostname \"a_b\""), "{}", r.stderr);
+}
+
 /// The VM's loopback is up: a server on 127.0.0.1 answers a client in the same container (it
 /// failed with "Network is unreachable" while agentd left `lo` down).
 #[test]

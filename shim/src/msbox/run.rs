@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// User: USER[:GROUP] or UID[:GID].
     #[arg(short = 'u', long)]
     pub user: Option<String>,
+    /// The guest's host name; by default 12 random hex digits, as Docker names a container's
+    /// host after its short id.
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// Override the image's Entrypoint ("" clears it); the image's Cmd is dropped with it, as
     /// `docker run --entrypoint` does.
     #[arg(long)]
@@ -106,6 +110,14 @@ pub async fn run(args: RunArgs, data_root: Option<&PathBuf>) -> Result<i32> {
     cfg.backend = parse_backend(&args.backend).map_err(anyhow::Error::msg)?;
     cfg.vcpus = args.vcpus;
     cfg.memory_mib = args.memory;
+    let hostname = match &args.hostname {
+        Some(name) => name.clone(),
+        None => short_id()?,
+    };
+    cfg.boot_env.hostname = Some(
+        msb_protocol::boot::Hostname::parse(&hostname)
+            .map_err(|e| anyhow::anyhow!("--hostname {hostname:?}: {e}"))?,
+    );
     let dir = cfg.dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let _cleanup = RemoveOnDrop(dir.clone());
@@ -438,6 +450,16 @@ impl Drop for RemoveOnDrop {
         // Never through a volume still bound in it.
         let _ = msb_runtime::volumes::remove_tree(&self.0);
     }
+}
+
+/// 12 random hex digits: the default host name, as Docker's short container id.
+fn short_id() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0_u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("read /dev/urandom for the host name")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
