@@ -13,13 +13,15 @@
 //!   network backend.
 //! - [`agent`]: the `agent` port's host side: listen on the sandbox's socket, accept the
 //!   runtime's one connection, give it to the VM.
-//! - [`jail`] and [`seccomp`]: the VMM's confinement, set up once libkrun has opened its files
-//!   and before the guest runs: a mount namespace whose root holds only the virtio-fs shares
-//!   and `/proc/self/fd`, then a seccomp deny-list (with the runtime's `no_new_privs`).
+//! - [`caps`], [`jail`] and [`seccomp`]: the VMM's confinement. The capabilities are cut to
+//!   what virtio-fs needs at start; once libkrun has opened its files and before the guest runs,
+//!   a mount namespace whose root holds only the virtio-fs shares and `/proc/self/fd`, then a
+//!   seccomp deny-list (with the runtime's `no_new_privs`).
 //! - [`verdict`]: when the VM fails, the cause and a suggestion, appended to the guest console
 //!   log that the runtime shows the user.
 
 pub mod agent;
+pub mod caps;
 pub mod config_fd;
 #[cfg(test)]
 mod forked;

@@ -93,7 +93,9 @@ fn run(
     console: &mut Option<File>,
 ) -> anyhow::Result<Infallible> {
     translate::validate(cfg)?;
-    // While this process has one thread (unshare needs it); the new root is built later.
+    // While this process has one thread (unshare needs it, and every thread libkrun starts
+    // inherits the reduced capabilities); the new root is built later.
+    msb_krunvmm::caps::limit().context("limit the VMM's capabilities")?;
     let jail = Jail::for_config(cfg).context("confine the VMM: a mount namespace of its own")?;
     let filters = Filters::compile()?;
     let listener = agent::listen(&cfg.agent_socket)?;
@@ -131,6 +133,7 @@ fn confine(jail: Jail, filters: &Filters, id: &str, console: &File, kvm: Result<
     let done = jail
         .enter()
         .map_err(anyhow::Error::from)
+        .and_then(|()| msb_krunvmm::caps::drop_admin().map_err(anyhow::Error::from))
         .and_then(|()| filters.install().map_err(anyhow::Error::from));
     if let Err(e) = done {
         let cause = format!("confine the VMM before the guest runs: {e:#}");

@@ -36,6 +36,51 @@ fn mount(src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags
         .unwrap_or_else(|e| panic!("mount {src:?} on {}: {e}", target.display()));
 }
 
+/// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD, SETFCAP (capability bits).
+const FILE_SERVER: u64 = 1 | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 27 | 1 << 31;
+/// CAP_SYS_ADMIN.
+const SYS_ADMIN: u64 = 1 << 21;
+
+/// One thread's capability sets.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug in assertion messages
+struct Caps {
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+    bounding: u64,
+    ambient: u64,
+}
+
+/// Every thread of `pid` with its capability sets.
+fn thread_caps(pid: u32) -> Vec<(String, Caps)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = t.unwrap().file_name().to_string_lossy().into_owned();
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue; // the thread ended
+        };
+        let field = |name: &str| {
+            let v = s
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .unwrap_or_else(|| panic!("no {name} in {s}"));
+            u64::from_str_radix(v.trim(), 16).unwrap()
+        };
+        out.push((
+            tid,
+            Caps {
+                effective: field("CapEff"),
+                permitted: field("CapPrm"),
+                inheritable: field("CapInh"),
+                bounding: field("CapBnd"),
+                ambient: field("CapAmb"),
+            },
+        ));
+    }
+    out
+}
+
 /// The `/proc/<pid>/status` field `name`.
 fn status(pid: u32, name: &str) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -257,7 +302,28 @@ async fn the_vmm_runs_confined_to_its_shares() {
     };
     assert_eq!(status(pid, "Seccomp_filters").as_deref(), Some(filters));
 
-    // Device set-up survived the namespace and the filters.
+    // Capabilities: what virtio-fs needs, in every thread; nothing to regain.
+    let threads = thread_caps(pid);
+    assert!(!threads.is_empty());
+    for (tid, c) in &threads {
+        assert_eq!(
+            (c.bounding, c.inheritable, c.ambient),
+            (0, 0, 0),
+            "thread {tid}: {threads:#x?}"
+        );
+        assert!(
+            c.permitted == FILE_SERVER || c.permitted == FILE_SERVER | SYS_ADMIN,
+            "thread {tid}: {threads:#x?}"
+        );
+        assert_eq!(c.effective & !c.permitted, 0, "thread {tid}: {threads:#x?}");
+    }
+    // The thread that built the jail gave SYS_ADMIN up.
+    assert!(
+        threads.iter().any(|(_, c)| c.permitted == FILE_SERVER),
+        "{threads:#x?}"
+    );
+
+    // Device set-up survived the namespace, the capabilities and the filters.
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(confined.elapsed())).await;
     assert!(
         child.try_wait().unwrap().is_none(),
