@@ -30,6 +30,101 @@ pub struct RuntimeFigures {
     idle_processes: Vec<String>,
     /// `ctr task exec ... true` into the idle container (at least 10).
     exec_true_wall_ms: Stats,
+    /// microsandbox: where the runs' time went, from the shim's log lines in containerd's log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phases: Option<Phases>,
+}
+
+/// The shim's own timings of the `ctr run --rm true` runs (medians over the runs, ms), from
+/// its `created`, `started`, `deleted` and the runtime's `ready in` log lines.
+#[derive(Debug, Serialize)]
+pub struct Phases {
+    /// `Create` in the shim, whole.
+    create: f64,
+    /// Of it, before the VM is asked for (bundle, configuration, root file system source).
+    create_before_vm: f64,
+    /// Of it, the VM's boot: the runtime's set-up (disks, cgroup, sockets), the VMM's start, the
+    /// guest's boot to `core.ready`.
+    boot: f64,
+    /// Of the boot, the guest's own clock at `core.ready` (kernel start to agentd ready).
+    guest_clock_at_ready: f64,
+    /// `Start` in the shim.
+    start: f64,
+    /// `Delete` in the shim, whole.
+    delete: f64,
+    /// Of it, the VM's shutdown (the guest's power-off, the VMM's exit, the clean-up).
+    vm_stop: f64,
+    /// The host's share as far as these lines tell it: Create outside the boot, the boot
+    /// outside the guest's clock (the runtime's set-up, QEMU's start and its loading of the
+    /// kernel) and Delete outside the VM's shutdown.
+    host_side_estimate: f64,
+}
+
+/// The number after `key=` in a log line.
+fn field(line: &str, key: &str) -> Option<f64> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The shim's timings of containers `names` from containerd's `log`.
+fn phases(log: &str, names: &[String]) -> Option<Phases> {
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let mut cols: [Vec<f64>; 7] = Default::default();
+    for name in names {
+        let of = |msg: &str, key: &str| -> Option<String> {
+            log.lines()
+                .find(|l| {
+                    let named = format!("{key}={name}");
+                    l.contains(msg)
+                        && (l.contains(&format!("{named} ")) || l.contains(&format!("{named}\"")))
+                })
+                .map(str::to_owned)
+        };
+        let created = of("msg=\"created ", "container")?;
+        let ready = of("msg=\"ready in ", "sandbox")?;
+        let started = of("msg=\"started ", "container")?;
+        let deleted = of("msg=\"deleted ", "container")?;
+        // "ready in X ms (guest: boot a ms, init b ms, ready c ms)"
+        let guest = ready
+            .split("ready ")
+            .nth(2)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        let row = [
+            field(&created, "took_ms")?,
+            field(&created, "before_vm_ms")?,
+            field(&created, "boot_ms")?,
+            guest,
+            field(&started, "took_ms")?,
+            field(&deleted, "took_ms")?,
+            field(&deleted, "vm_stop_ms")?,
+        ];
+        for (c, v) in cols.iter_mut().zip(row) {
+            c.push(v);
+        }
+    }
+    let [create, before, boot, guest, start, delete, stop] = cols.map(median);
+    let (create, before, boot, guest, start, delete, stop) =
+        (create?, before?, boot?, guest?, start?, delete?, stop?);
+    Some(Phases {
+        create,
+        create_before_vm: before,
+        boot,
+        guest_clock_at_ready: guest,
+        start,
+        delete,
+        vm_stop: stop,
+        host_side_estimate: before + (boot - guest) + (delete - stop),
+    })
 }
 
 /// The report.
@@ -170,6 +265,10 @@ fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<R
         idle_rss_mib: rss_kib as f64 / 1024.0,
         exec_true_wall_ms: stats(execs),
         idle_processes: names,
+        phases: phases(
+            &ctrd.log(),
+            &(0..runs).map(|i| format!("{tag}-{i}")).collect::<Vec<_>>(),
+        ),
     })
 }
 
@@ -195,4 +294,26 @@ pub fn run(runs: usize) -> Result<Report> {
             measure(&ctrd, "io.containerd.runc.v2", "runc", runs)?,
         ],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_come_from_the_shims_lines() {
+        let log = r#"time="t" level=info msg="ready in 2267 ms (guest: boot 1198 ms, init 1633 ms, ready 1664 ms) sandbox=msb-0"
+time="t" level=info msg="created container=msb-0 bundle=/b took_ms=2400 before_vm_ms=5 boot_ms=2300"
+time="t" level=info msg="started container=msb-0 exec= pid=7 guest_pid=12 took_ms=40"
+time="t" level=info msg="deleted container=msb-0 took_ms=150 vm_stop_ms=120""#;
+        let p = phases(log, &["msb-0".to_owned()]).unwrap();
+        assert_eq!(
+            (p.create, p.create_before_vm, p.boot, p.guest_clock_at_ready),
+            (2400.0, 5.0, 2300.0, 1664.0)
+        );
+        assert_eq!((p.start, p.delete, p.vm_stop), (40.0, 150.0, 120.0));
+        assert_eq!(p.host_side_estimate, 5.0 + 636.0 + 30.0);
+        assert!(phases(log, &["msb-1".to_owned()]).is_none());
+        assert!(phases(log, &["msb-".to_owned()]).is_none());
+    }
 }

@@ -209,10 +209,21 @@ impl Containerd {
     /// containerd, unmounts what is left under its directory and removes it. Tests share it, so
     /// each must look only at its own pods.
     pub fn shared_cri(version: Version) -> std::result::Result<&'static Containerd, String> {
+        binary(SHIM_BINARY);
+        Self::shared_cri_linking(version, &crate::paths::profile_dir().join(SHIM_BINARY))
+    }
+
+    /// [`Containerd::shared_cri`] with `shim` linked into its PATH as [`SHIM_BINARY`]
+    /// (benchmarks use the release build). The first call's `shim` is the one every caller
+    /// gets.
+    pub fn shared_cri_linking(
+        version: Version,
+        shim: &Path,
+    ) -> std::result::Result<&'static Containerd, String> {
         static SHARED: std::sync::OnceLock<std::result::Result<SharedCri, String>> =
             std::sync::OnceLock::new();
         let shared = SHARED
-            .get_or_init(|| SharedCri::start(version).map_err(|e| format!("{e:#}")))
+            .get_or_init(|| SharedCri::start(version, shim).map_err(|e| format!("{e:#}")))
             .as_ref()?;
         if shared.ctrd.version != version {
             return Err(format!(
@@ -343,18 +354,14 @@ cleanup
 "#;
 
 impl SharedCri {
-    fn start(version: Version) -> Result<SharedCri> {
-        binary(SHIM_BINARY);
+    fn start(version: Version, shim: &Path) -> Result<SharedCri> {
         if let Err(e) = version.check() {
             bail!(e);
         }
         let dir = PathBuf::from(format!("/run/msbt-{}-cri", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("opt/bin"))?;
-        std::os::unix::fs::symlink(
-            crate::paths::profile_dir().join(SHIM_BINARY),
-            dir.join("opt/bin").join(SHIM_BINARY),
-        )?;
+        std::os::unix::fs::symlink(shim, dir.join("opt/bin").join(SHIM_BINARY))?;
         let mut child = shell_command(&dir, version, CRI_KEEPER)
             .arg("keeper")
             .args([CRI_NAMESPACE, BUSYBOX, PAUSE])

@@ -20,6 +20,7 @@ use crate::record::RECORD_FILE;
 impl TaskService {
     /// Handles `Delete`.
     pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse, ShimError> {
+        let started = std::time::Instant::now();
         if !req.exec_id.is_empty() {
             let mut tables = self.inner.tables.lock().await;
             let c = tables.container_mut(&req.id)?;
@@ -77,11 +78,14 @@ impl TaskService {
             }
             (c, last)
         };
+        let mut vm_stop_ms = None;
         if let Some(pod) = last_in_pod {
             tracing::info!(sandbox = %container.sandbox_id, "last container deleted; stopping VM");
+            let stopping = std::time::Instant::now();
             if let Err(e) = pod.vm.shutdown().await {
                 tracing::warn!(sandbox = %container.sandbox_id, error = %e, "shut down VM");
             }
+            vm_stop_ms = Some(stopping.elapsed().as_millis());
             pod.watcher.abort();
             let _ = msb_runtime::volumes::remove_tree(&pod.dir);
         }
@@ -95,7 +99,7 @@ impl TaskService {
         let _ = std::fs::remove_file(std::path::Path::new(&container.bundle).join(RECORD_FILE));
 
         let exit = container.init.exit;
-        tracing::info!(container = %req.id, "deleted");
+        tracing::info!(container = %req.id, took_ms = started.elapsed().as_millis(), vm_stop_ms, "deleted");
         self.publish(TaskEvent::Delete {
             container_id: req.id.clone(),
             pid: container.init.pid,

@@ -11,6 +11,7 @@ use crate::pod_vm::PodVmError;
 impl TaskService {
     /// Handles `Start`.
     pub async fn start(&self, req: StartRequest) -> Result<StartResponse, ShimError> {
+        let started = std::time::Instant::now();
         let (sandbox, key, request, io) = {
             let tables = self.inner.tables.lock().await;
             let c = tables.container(&req.id)?;
@@ -62,7 +63,8 @@ impl TaskService {
             p.guest_pid = guest_pid;
             exits
         };
-        tracing::info!(container = %req.id, exec = %req.exec_id, pid, guest_pid, "started");
+        tracing::info!(container = %req.id, exec = %req.exec_id, pid, guest_pid,
+            took_ms = started.elapsed().as_millis(), "started");
         // Published before the exit watcher exists, so Start always precedes Exit.
         self.publish(if req.exec_id.is_empty() {
             TaskEvent::Start {
