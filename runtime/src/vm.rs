@@ -6,8 +6,8 @@
 //! The VM's directory (`$MSB_RUN_DIR/sandboxes/<id>`, default `/run/microsandbox`, or any
 //! directory the caller names, of any path length: see [`crate::socket_path`]): `agent.sock`
 //! (the agent port), `relay.sock` (more host clients), `console.log` (guest console), `qemu.log`
-//! or `krun.log` (VMM output), `virtiofsd<N>.log` and `fs<N>.sock` (QEMU shares), and the disk
-//! images the caller put there.
+//! or `krun.log` (VMM output), `virtiofsd<N>.log` and `fs<N>.sock` (QEMU shares), `jail/`
+//! (QEMU: the empty mount point of its jail's root), and the disk images the caller put there.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

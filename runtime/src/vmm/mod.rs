@@ -6,6 +6,7 @@
 //! runtime never names a backend: it asks [`select_backend`] and talks to the guest through the
 //! agent socket the spec names.
 
+pub mod ids;
 pub mod krun;
 pub mod qemu;
 
@@ -186,6 +187,15 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// The VMM's confinement could not be prepared (its uid lease, its jail).
+    #[error("{what}")]
+    Confine {
+        /// What was being prepared.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The VMM exited or the guest never came up.
     #[error("{0}")]
     Failed(String),
@@ -225,6 +235,8 @@ pub struct VmmProcess {
     /// Helper processes that serve this VM only (virtiofsd), in their own process groups:
     /// killed and reaped with it.
     companions: Vec<std::process::Child>,
+    /// The VMM's uid/gid lease ([`ids`]), released with this value (and the VMM's own copy).
+    _ids: Option<ids::IdLease>,
     /// Keeps the logs of the VM's directory bounded while it runs.
     _log_cap: crate::log_cap::LogCapper,
 }
@@ -255,7 +267,14 @@ impl VmmProcess {
             vmm_log,
             kind,
             companions: Vec::new(),
+            _ids: None,
         })
+    }
+
+    /// Holds the VMM's uid/gid lease as long as this value lives.
+    pub fn with_id_lease(mut self, lease: ids::IdLease) -> Self {
+        self._ids = Some(lease);
+        self
     }
 
     /// Adds helper processes (started with `process_group(0)`) that live and die with the VM.

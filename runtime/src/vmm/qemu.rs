@@ -7,35 +7,65 @@
 //!   hangs the guest forever.
 //! - `panic=-1` + `-no-reboot`: a panicking guest makes QEMU exit instead of spinning a core.
 //! - `-accel tcg,tb-size=64`: a smaller translation cache, less memory per guest.
-//! - `-serial file:`: the console log in the sandbox directory, for error messages.
-//! - `virtserialport name=agent` on a unix socket (`server=on,wait=off`): the agent channel.
-//! - QEMU and virtiofsd run in the sandbox directory and name their sockets relative to it: a
-//!   socket's absolute path may exceed `sun_path`'s 107 bytes (see [`crate::socket_path`]).
+//! - every per-VM resource is an inherited descriptor ([`Fds`]), never a path: QEMU runs
+//!   jailed and unprivileged (below) and could open none of them. The console log is
+//!   `-serial file:/dev/fdset/0`; each disk an fd set (`-add-fd`, `file=/dev/fdset/N`); the
+//!   agent channel (`virtserialport name=agent`) a listening socket the runtime binds in the
+//!   sandbox directory (`-chardev socket,fd=N,server=on,wait=off`), where the runtime then
+//!   connects by path as before ([`crate::socket_path`] for paths beyond `sun_path`).
+//! - `-name guest=<sandbox directory>`: only so that `ps` tells which VM a QEMU serves.
 //! - one `virtio-blk-device` per disk with `serial=`: the guest finds disks by serial.
-//! - shares: one `virtiofsd` per share (a companion process of the VM, `--sandbox chroot`,
-//!   `--readonly` when asked) and a `vhost-user-fs-device`; vhost-user needs the guest memory
-//!   in a shared memfd (`memory-backend-memfd,share=on`).
+//! - shares: one `virtiofsd` per share (a companion process of the VM, `--sandbox namespace`,
+//!   `--readonly` when asked, its listening socket as `--fd`; the runtime connects to it at once
+//!   and hands QEMU the connected socket) and a `vhost-user-fs-device`; vhost-user needs the
+//!   guest memory in a shared memfd (`memory-backend-memfd,share=on`).
 //! - the pod network: `-netdev tap,fd=N,vhost=off` with a `virtio-net-device` carrying the pod
 //!   interface's `mac=` and `host_mtu=`. The TAP was made in the pod's namespace
 //!   ([`crate::net`]); QEMU stays in the host's and inherits the descriptor (close-on-exec
 //!   cleared for QEMU only). `vhost=off`: `/dev/vhost-net` may be absent (QEMU 7.2 aborts when
 //!   asked for it) and under TCG it cannot help.
-//! - confinement, as far as it goes today: QEMU and each `virtiofsd` start with
-//!   `PR_SET_NO_NEW_PRIVS`; QEMU runs its own seccomp filter ([`SANDBOX`]: no fork or exec, no
-//!   privilege or resource changes); `virtiofsd` its `--sandbox chroot` and its own seccomp
-//!   filter. Both still run as root in the host's mount namespace (docs/SECURITY.md). Both
-//!   join the sandbox's host cgroup ([`crate::cgroup`]) before they exec, when it has one.
+//! - confinement (docs/SECURITY.md, "QEMU's confinement"): QEMU joins the sandbox's host cgroup
+//!   ([`crate::cgroup`]), then enters its [`Jail`] (a mount namespace whose root holds `/usr`,
+//!   the kernel and initramfs and three device nodes) and drops to a uid/gid leased for this VM
+//!   alone ([`super::ids`]), with `PR_SET_NO_NEW_PRIVS`, all before it execs; then it runs its
+//!   own seccomp filter ([`SANDBOX`]: no fork or exec, no privilege or resource changes).
+//!   Each `virtiofsd` joins the cgroup, starts with `PR_SET_NO_NEW_PRIVS`, and sandboxes itself
+//!   (mount, pid and network namespaces with the share as root, fewer capabilities, its own
+//!   seccomp filter); it stays root to serve files as their guest owners.
 
+mod jail;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use super::ids::{IdLease, IdRange};
 use super::{Backend, BackendKind, VmSpec, VmmError, VmmProcess};
+
+pub use jail::{Jail, JailError};
 
 /// The QEMU backend.
 #[derive(Debug, Default)]
 pub struct Qemu {
     program: String,
+}
+
+/// The descriptors QEMU inherits for one VM's resources (their numbers are the same in QEMU as
+/// in the runtime). Each is open before QEMU starts, so QEMU, jailed and unprivileged, opens
+/// none of them by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fds {
+    /// The console log, write-only (`-serial file:/dev/fdset/0`).
+    pub console: RawFd,
+    /// The agent port's listening socket (`-chardev socket,fd=`, `server=on`).
+    pub agent: RawFd,
+    /// Per share: a socket connected to its `virtiofsd`.
+    pub shares: Vec<RawFd>,
+    /// Per disk: a read-only descriptor, and for a writable disk a read-write one too (QEMU
+    /// probes an image read-only first, then reopens it read-write; an fd set serves each open
+    /// with a descriptor of the same access mode). Disk `i` is fd set `i + 1`.
+    pub disks: Vec<Vec<RawFd>>,
 }
 
 impl Qemu {
@@ -52,12 +82,13 @@ impl Qemu {
         self
     }
 
-    /// The full argument list for `spec` (without the program).
+    /// The full argument list for `spec` (without the program), with its resources on `fds`.
     pub fn args(
         &self,
         spec: &VmSpec,
         accel: &str,
         tsc_khz: Option<u64>,
+        fds: &Fds,
     ) -> Result<Vec<String>, VmmError> {
         let p = |path: &Path| path.display().to_string();
         // A value inside a QEMU option list (`key=value,...`): a comma in it is doubled, or
@@ -73,6 +104,15 @@ impl Qemu {
             cmdline.push("tsc=reliable".into());
         }
         cmdline.extend(spec.cmdline.iter().cloned());
+        if fds.disks.len() != spec.disks.len() || fds.shares.len() != spec.shares.len() {
+            return Err(VmmError::Failed(format!(
+                "{} disk and {} share descriptors for {} disks and {} shares",
+                fds.disks.len(),
+                fds.shares.len(),
+                spec.disks.len(),
+                spec.shares.len()
+            )));
+        }
         let mut a: Vec<String> = vec![
             "-accel".into(),
             accel.into(),
@@ -96,6 +136,9 @@ impl Qemu {
             "-no-user-config".into(),
             "-nographic".into(),
             "-no-reboot".into(),
+            // Only for `ps`: which VM this QEMU serves (its other arguments name descriptors).
+            "-name".into(),
+            format!("guest={}", opt(&p(&spec.dir))),
             "-sandbox".into(),
             SANDBOX.into(),
             "-kernel".into(),
@@ -104,15 +147,14 @@ impl Qemu {
             p(&spec.initramfs),
             "-append".into(),
             cmdline.join(" "),
+            "-add-fd".into(),
+            format!("fd={},set=0", fds.console),
             "-serial".into(),
-            format!("file:{}", p(&spec.console_log)),
+            "file:/dev/fdset/0".into(),
             "-device".into(),
             "virtio-serial-device".into(),
             "-chardev".into(),
-            format!(
-                "socket,id=agent,path={},server=on,wait=off",
-                opt(&p(in_dir(spec, &spec.agent_socket)))
-            ),
+            format!("socket,id=agent,fd={},server=on,wait=off", fds.agent),
             "-device".into(),
             "virtserialport,chardev=agent,name=agent".into(),
         ];
@@ -123,25 +165,29 @@ impl Qemu {
                 spec.memory_mib
             ));
         }
-        for (i, share) in spec.shares.iter().enumerate() {
+        for (i, (share, fd)) in spec.shares.iter().zip(&fds.shares).enumerate() {
             a.push("-chardev".into());
-            a.push(format!("socket,id=fs{i},path={}", share_socket_name(i)));
+            a.push(format!("socket,id=fs{i},fd={fd}"));
             a.push("-device".into());
             a.push(format!(
                 "vhost-user-fs-device,chardev=fs{i},tag={}",
                 opt(&share.tag)
             ));
         }
-        for (i, d) in spec.disks.iter().enumerate() {
+        for (i, (d, set)) in spec.disks.iter().zip(&fds.disks).enumerate() {
             let mode = if d.read_only {
                 "readonly=on"
             } else {
                 "cache=unsafe,discard=unmap"
             };
+            for fd in set {
+                a.push("-add-fd".into());
+                a.push(format!("fd={fd},set={}", i + 1));
+            }
             a.push("-drive".into());
             a.push(format!(
-                "file={},if=none,id=disk{i},format=raw,{mode}",
-                opt(&p(&d.path))
+                "file=/dev/fdset/{},if=none,id=disk{i},format=raw,{mode}",
+                i + 1
             ));
             a.push("-device".into());
             a.push(format!(
@@ -163,21 +209,27 @@ impl Qemu {
     }
 }
 
-/// The vhost-user socket of share `i`, in the sandbox directory.
+/// The vhost-user socket of share `i`, in the sandbox directory (root-only, like the
+/// directory). virtiofsd serves the one connection the runtime makes there at once.
 fn share_socket_name(i: usize) -> String {
     format!("fs{i}.sock")
-}
-
-/// `path` relative to the sandbox directory, the VMM's working directory, when it lies inside
-/// it (sockets: their absolute paths may be too long to bind); else `path` itself.
-fn in_dir<'a>(spec: &VmSpec, path: &'a Path) -> &'a Path {
-    path.strip_prefix(&spec.dir).unwrap_or(path)
 }
 
 /// `PR_SET_NO_NEW_PRIVS` for a VMM-side process (in its child, before exec): nothing it execs
 /// gains privileges through setuid bits or file capabilities. Async-signal-safe.
 fn no_new_privs() -> std::io::Result<()> {
     nix::sys::prctl::set_no_new_privs().map_err(Into::into)
+}
+
+/// Clears close-on-exec on `fd` in a forked child: this process, and only it, inherits it.
+/// Async-signal-safe.
+fn inherit(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl(2) on a descriptor number; async-signal-safe. A closed number fails with
+    // EBADF, which is returned.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// QEMU's own seccomp filter (`-sandbox`): no obsolete system calls, no privilege changes, no
@@ -196,40 +248,113 @@ fn log_file(path: &std::path::Path) -> Result<(std::fs::File, std::fs::File), Vm
     Ok((f, dup))
 }
 
-/// Starts one `virtiofsd` per share and waits until each listens (QEMU connects at start).
-/// On any failure the ones already started are killed.
-fn start_virtiofsd(spec: &VmSpec) -> Result<Vec<std::process::Child>, VmmError> {
-    let mut children = Vec::new();
-    for (i, share) in spec.shares.iter().enumerate() {
-        if let Err(e) = start_one_virtiofsd(spec, i, share, &mut children) {
-            kill_all(&mut children);
-            return Err(e);
-        }
-    }
-    Ok(children)
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> VmmError {
+    let what = format!("{what} {}", path.display());
+    move |source| VmmError::Io { what, source }
 }
 
+/// Opens what QEMU gets as descriptors, except the shares' sockets: the console log, the agent
+/// port's listening socket (bound here, in the private sandbox directory), each disk. Returns
+/// the owners (close-on-exec; closed here once QEMU has its copies) and their numbers.
+fn open_resources(spec: &VmSpec) -> Result<(Vec<OwnedFd>, Fds), VmmError> {
+    use std::fs::OpenOptions;
+    let mut owned: Vec<OwnedFd> = Vec::new();
+    let mut keep = |fd: OwnedFd| {
+        let n = fd.as_raw_fd();
+        owned.push(fd);
+        n
+    };
+    // Write-only, as QEMU opens it; made (0600) where the caller has not.
+    let console = crate::private::create_file(&spec.console_log)
+        .map_err(io_err("open", &spec.console_log))?;
+    let console = keep(console.into());
+    let _ = std::fs::remove_file(&spec.agent_socket);
+    let agent = crate::socket_path::bind_std(&spec.agent_socket)
+        .map_err(io_err("bind", &spec.agent_socket))?;
+    let agent = keep(agent.into());
+    let mut disks = Vec::new();
+    for d in &spec.disks {
+        let mut set = vec![keep(
+            std::fs::File::open(&d.path)
+                .map_err(io_err("open", &d.path))?
+                .into(),
+        )];
+        if !d.read_only {
+            set.push(keep(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&d.path)
+                    .map_err(io_err("open", &d.path))?
+                    .into(),
+            ));
+        }
+        disks.push(set);
+    }
+    Ok((
+        owned,
+        Fds {
+            console,
+            agent,
+            shares: Vec::new(),
+            disks,
+        },
+    ))
+}
+
+/// Starts one `virtiofsd` per share, each on a listening socket made here, and returns them
+/// with a socket connected to each (for QEMU). On any failure the ones already started are
+/// killed.
+fn start_virtiofsd(spec: &VmSpec) -> Result<(Vec<std::process::Child>, Vec<OwnedFd>), VmmError> {
+    let mut children = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, share) in spec.shares.iter().enumerate() {
+        match start_one_virtiofsd(spec, i, share, &mut children) {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                kill_all(&mut children);
+                return Err(e);
+            }
+        }
+    }
+    Ok((children, sockets))
+}
+
+/// One `virtiofsd` in its own sandbox (`--sandbox namespace`: a mount namespace holding only
+/// the share as its root, new pid and network namespaces, reduced capabilities, its seccomp
+/// filter). It gets its listening socket as `--fd`; the runtime connects at once (the
+/// connection waits in the backlog until virtiofsd accepts), so nothing waits for it to start.
 fn start_one_virtiofsd(
     spec: &VmSpec,
     i: usize,
     share: &super::ShareSpec,
     children: &mut Vec<std::process::Child>,
-) -> Result<(), VmmError> {
+) -> Result<OwnedFd, VmmError> {
     let program = std::env::var("MSB_VIRTIOFSD").unwrap_or_else(|_| "virtiofsd".into());
-    let name = share_socket_name(i);
-    let sock = spec.dir.join(&name);
+    // Said here: a virtiofsd that exits at once is seen only as QEMU's failed handshake.
+    if !share.host_path.is_dir() {
+        return Err(VmmError::Failed(format!(
+            "share {}: {} is not a directory",
+            share.tag,
+            share.host_path.display()
+        )));
+    }
+    let sock = spec.dir.join(share_socket_name(i));
     let _ = std::fs::remove_file(&sock);
+    let listener = crate::socket_path::bind_std(&sock).map_err(io_err("bind", &sock))?;
+    let connected = crate::socket_path::SocketPath::new(&sock)
+        .and_then(|a| std::os::unix::net::UnixStream::connect(a.addr()))
+        .map_err(io_err("connect to", &sock))?;
     let log_path = spec.dir.join(format!("virtiofsd{i}.log"));
     let (out, err) = log_file(&log_path)?;
+    let fd = listener.as_raw_fd();
     let mut cmd = std::process::Command::new(&program);
-    cmd.current_dir(&spec.dir)
-        .arg("--socket-path")
-        .arg(&name)
+    cmd.arg(format!("--fd={fd}"))
         .arg("--shared-dir")
         .arg(&share.host_path)
         .args([
             "--sandbox",
-            "chroot",
+            "namespace",
             "--cache",
             "auto",
             "--log-level",
@@ -242,10 +367,13 @@ fn start_one_virtiofsd(
     if let Some(cg) = &spec.cgroup {
         cg.on_spawn_std(&mut cmd);
     }
-    // SAFETY: runs in the forked child before exec and only calls prctl(2), which is
-    // async-signal-safe.
+    // SAFETY: runs in the forked child before exec and only calls fcntl(2) and prctl(2), which
+    // are async-signal-safe; `fd` is the listener's, open in the parent until after the spawn.
     unsafe {
-        cmd.pre_exec(no_new_privs);
+        cmd.pre_exec(move || {
+            inherit(fd)?;
+            no_new_privs()
+        });
     }
     let child = cmd
         .stdin(Stdio::null())
@@ -263,29 +391,9 @@ fn start_one_virtiofsd(
                 source: e,
             },
         })?;
+    drop(listener);
     children.push(child);
-    let child = children.last_mut().expect("just pushed");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !sock.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = super::console_tail(&log_path, 20);
-            return Err(VmmError::Failed(format!(
-                "virtiofsd for share {} ({}) exited with {status}: {}",
-                share.tag,
-                share.host_path.display(),
-                log.trim()
-            )));
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(VmmError::Failed(format!(
-                "virtiofsd for share {} did not listen on {} within 10 s",
-                share.tag,
-                sock.display()
-            )));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    Ok(())
+    Ok(connected.into())
 }
 
 fn kill_all(children: &mut [std::process::Child]) {
@@ -293,6 +401,33 @@ fn kill_all(children: &mut [std::process::Child]) {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// `program` as the path exec will run: as it is when it names a path, else the first
+/// executable file of that name on `$PATH`. Resolved here because the jail's `$PATH` lookup
+/// would see only `/usr`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::absolute(program).ok()?;
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_absolute() && executable(p))
+}
+
+/// The line a failing jail step wrote to QEMU's log, if any: what the spawn error alone (an
+/// errno) does not say.
+fn jail_failure(log: &Path) -> Option<String> {
+    super::console_tail(log, 5)
+        .lines()
+        .find(|l| l.starts_with(jail::FAILURE_PREFIX))
+        .map(str::to_owned)
 }
 
 impl Backend for Qemu {
@@ -308,35 +443,66 @@ impl Backend for Qemu {
                 "tcg,tb-size=64".to_owned()
             }
         };
-        let args = self.args(spec, &accel, crate::host::tsc_khz())?;
+        let program = find_program(&self.program).ok_or_else(|| VmmError::MissingProgram {
+            program: self.program.clone(),
+            hint: "install the Debian package qemu-system-x86".into(),
+        })?;
+        let confine = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| VmmError::Confine {
+            what: what.to_owned(),
+            source: e,
+        };
+        let lease = IdRange::from_env()
+            .and_then(IdLease::acquire)
+            .map_err(|e| confine("lease a uid and gid for QEMU", e.into()))?;
+        // Where the jail's root is mounted, in QEMU's namespace only: an empty directory.
+        let mount_point = spec.dir.join("jail");
+        crate::private::create_dir(&mount_point).map_err(io_err("create", &mount_point))?;
+        let jail = Jail::new(
+            &mount_point,
+            &program,
+            &[&spec.kernel, &spec.initramfs],
+            accel == "kvm",
+            lease.id(),
+        )
+        .map_err(|e| confine("prepare QEMU's jail", e.into()))?;
         let log_path = spec.dir.join("qemu.log");
         let (log, log2) = log_file(&log_path)?;
-        // Last before QEMU, which connects to them: nothing after this may fail without
-        // killing them.
-        let mut companions = start_virtiofsd(spec)?;
-        let mut cmd = tokio::process::Command::new(&self.program);
-        // First of its hooks: QEMU runs nothing outside the cgroup.
+        let (owned, mut fds) = open_resources(spec)?;
+        // Last before QEMU, which talks to them from its start: nothing after this may fail
+        // without killing them.
+        let (mut companions, shares) = start_virtiofsd(spec)?;
+        fds.shares = shares.iter().map(AsRawFd::as_raw_fd).collect();
+        let args = self
+            .args(spec, &accel, crate::host::tsc_khz(), &fds)
+            .inspect_err(|_| kill_all(&mut companions))?;
+        // Every descriptor QEMU inherits; all others stay close-on-exec. The lease's too: the
+        // uid stays leased while QEMU runs, whatever becomes of this process.
+        let mut inherited: Vec<RawFd> = owned.iter().map(AsRawFd::as_raw_fd).collect();
+        inherited.extend(&fds.shares);
+        inherited.extend(spec.net.as_ref().map(crate::net::NetDevice::fd));
+        inherited.push(lease.fd());
+        let mut cmd = tokio::process::Command::new(&program);
+        // argv[0] as configured (`ps` shows `qemu-system-x86_64 ...`, not the resolved path).
+        cmd.arg0(&self.program);
+        // First of its hooks: QEMU runs nothing outside the cgroup (which needs the host's
+        // cgroup files: before the jail).
         if let Some(cg) = &spec.cgroup {
             cg.on_spawn(&mut cmd);
         }
-        let tap = spec.net.as_ref().map(crate::net::NetDevice::fd);
-        // SAFETY: runs in the forked child before exec and only calls fcntl(2) and prctl(2),
-        // which are async-signal-safe; `fd` is the TAP's descriptor, open in the parent (the
-        // `NetDevice` in `spec` holds it) and so in the child.
+        // SAFETY: runs in the forked child before exec and only makes system calls on values
+        // prepared here (fcntl(2), the jail's mount/pivot_root/set*id calls, prctl(2)): no
+        // allocation, async-signal-safe. The descriptors are open in the parent (`owned`,
+        // `shares`, the `NetDevice` in `spec`, `lease`) until after the spawn, so in the child.
         unsafe {
             cmd.pre_exec(move || {
-                no_new_privs()?;
-                if let Some(fd) = tap {
-                    // Only this descriptor, only in QEMU: every other stays close-on-exec.
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                for &fd in &inherited {
+                    inherit(fd)?;
                 }
-                Ok(())
+                jail.enter()?;
+                no_new_privs()
             });
         }
         let child = cmd
-            .current_dir(&spec.dir)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -345,20 +511,26 @@ impl Backend for Qemu {
             .kill_on_drop(true)
             .spawn()
             .inspect_err(|_| kill_all(&mut companions))
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => VmmError::MissingProgram {
+            .map_err(|e| match (jail_failure(&log_path), e.kind()) {
+                (None, std::io::ErrorKind::NotFound) => VmmError::MissingProgram {
                     program: self.program.clone(),
                     hint: "install the Debian package qemu-system-x86".into(),
                 },
-                _ => VmmError::Io {
-                    what: super::starting(&self.program, spec),
+                (step, _) => VmmError::Io {
+                    what: match step {
+                        Some(step) => format!("{} ({step})", super::starting(&self.program, spec)),
+                        None => super::starting(&self.program, spec),
+                    },
                     source: e,
                 },
             })?;
-        tracing::debug!(sandbox = %spec.id, "qemu {}", args.join(" "));
+        // QEMU has its copies.
+        drop(owned);
+        drop(shares);
+        tracing::debug!(sandbox = %spec.id, uid = lease.id(), "qemu {}", args.join(" "));
         let vmm = VmmProcess::new(child, spec.console_log.clone(), log_path, BackendKind::Qemu)
             .inspect_err(|_| kill_all(&mut companions))?;
-        Ok(vmm.with_companions(companions))
+        Ok(vmm.with_companions(companions).with_id_lease(lease))
     }
 }
 
@@ -366,37 +538,72 @@ impl Backend for Qemu {
 mod tests {
     use super::*;
 
+    /// Descriptors as a launch would pass them for [`crate::vmm::sample_spec`]'s two disks.
+    fn fds() -> Fds {
+        Fds {
+            console: 10,
+            agent: 11,
+            shares: vec![],
+            disks: vec![vec![12], vec![13, 14]],
+        }
+    }
+
     #[test]
     fn command_line_carries_every_field() {
         let spec = crate::vmm::sample_spec();
         let a = Qemu::new()
-            .args(&spec, "tcg,tb-size=64", Some(2_596_146))
+            .args(&spec, "tcg,tb-size=64", Some(2_596_146), &fds())
             .unwrap()
             .join(" ");
         assert_eq!(
             a,
             "-accel tcg,tb-size=64 -M microvm -cpu qemu64 -smp 2 -m 512M -nodefaults -no-user-config -nographic -no-reboot \
-             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
+             -name guest=/d -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
              -kernel /a/vmlinux -initrd /a/initramfs.cpio \
              -append console=ttyS0 quiet panic=-1 tsc_early_khz=2596146 tsc=reliable MSB_HOSTNAME=h \
-             -serial file:/d/console.log -device virtio-serial-device \
-             -chardev socket,id=agent,path=agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=agent \
-             -drive file=/d/lower.img,if=none,id=disk0,format=raw,readonly=on -device virtio-blk-device,drive=disk0,serial=lower \
-             -drive file=/d/upper.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap -device virtio-blk-device,drive=disk1,serial=upper"
+             -add-fd fd=10,set=0 -serial file:/dev/fdset/0 -device virtio-serial-device \
+             -chardev socket,id=agent,fd=11,server=on,wait=off -device virtserialport,chardev=agent,name=agent \
+             -add-fd fd=12,set=1 -drive file=/dev/fdset/1,if=none,id=disk0,format=raw,readonly=on -device virtio-blk-device,drive=disk0,serial=lower \
+             -add-fd fd=13,set=2 -add-fd fd=14,set=2 \
+             -drive file=/dev/fdset/2,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap -device virtio-blk-device,drive=disk1,serial=upper"
         );
     }
 
     #[test]
     fn commas_in_option_values_are_doubled() {
         let mut spec = crate::vmm::sample_spec();
-        spec.disks[0].path = "/d/a,format=qcow2,b.img".into();
-        let a = Qemu::new().args(&spec, "tcg", None).unwrap().join(" ");
+        spec.disks[0].serial = "a,format=qcow2".into();
+        spec.shares = vec![crate::vmm::ShareSpec {
+            tag: "t,x=y".into(),
+            host_path: "/cache".into(),
+            read_only: true,
+        }];
+        let fds = Fds {
+            shares: vec![15],
+            ..fds()
+        };
+        let a = Qemu::new()
+            .args(&spec, "tcg", None, &fds)
+            .unwrap()
+            .join(" ");
         assert!(
-            a.contains(
-                "-drive file=/d/a,,format=qcow2,,b.img,if=none,id=disk0,format=raw,readonly=on"
-            ),
+            a.contains("virtio-blk-device,drive=disk0,serial=a,,format=qcow2 "),
             "{a}"
         );
+        assert!(
+            a.contains("vhost-user-fs-device,chardev=fs0,tag=t,,x=y "),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn descriptors_must_match_the_spec() {
+        let spec = crate::vmm::sample_spec();
+        let e = Qemu::new()
+            .args(&spec, "tcg", None, &Fds::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "0 disk and 0 share descriptors for 2 disks and 0 shares");
     }
 
     #[test]
@@ -412,7 +619,14 @@ mod tests {
             net: Some(net.clone()),
             ..crate::vmm::sample_spec()
         };
-        let a = Qemu::new().args(&spec, "tcg", None).unwrap().join(" ");
+        let fds = Fds {
+            disks: vec![],
+            ..fds()
+        };
+        let a = Qemu::new()
+            .args(&spec, "tcg", None, &fds)
+            .unwrap()
+            .join(" ");
         assert!(
             a.ends_with(&format!(
                 "-netdev tap,id=net0,fd={},vhost=off \
@@ -435,12 +649,20 @@ mod tests {
             }],
             ..crate::vmm::sample_spec()
         };
-        let a = Qemu::new().args(&spec, "tcg", None).unwrap().join(" ");
+        let fds = Fds {
+            disks: vec![],
+            shares: vec![15],
+            ..fds()
+        };
+        let a = Qemu::new()
+            .args(&spec, "tcg", None, &fds)
+            .unwrap()
+            .join(" ");
         assert!(a.contains("-M microvm,memory-backend=mem "), "{a}");
         assert!(
             a.ends_with(
                 "-object memory-backend-memfd,id=mem,size=256M,share=on \
-                 -chardev socket,id=fs0,path=fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=msb_runtime"
+                 -chardev socket,id=fs0,fd=15 -device vhost-user-fs-device,chardev=fs0,tag=msb_runtime"
             ),
             "{a}"
         );
