@@ -28,24 +28,29 @@ use std::time::{Duration, Instant};
 use msb_protocol::types::{ExecExited, ExecStderr, ExecStdinAck, ExecStdout};
 use msb_protocol::{Payload, STDIN_WINDOW};
 
-use crate::port::Out;
+use crate::port::{Out, DATA_CHUNK};
 
 /// How long output may stay silent after the process ended before `exited` is sent anyway.
 pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
-/// Bytes read from a stream per frame.
-const CHUNK: usize = 64 * 1024;
+/// A process's stdout and stderr pipes hold this much (Linux's default is 64 KiB), its stdin
+/// pipe [`STDIN_PIPE_SIZE`]. Under TCG what costs is not the bytes but each hand-over between the
+/// process and agentd: a context switch flushes QEMU's TLB, and 100 MiB in 4 KiB writes through
+/// a pipe to `cat` took 25 s against 6 s for writing them to `/dev/null`. A large pipe lets the
+/// process run on while the pump waits, so that one read takes many of its writes.
+pub const OUTPUT_PIPE_SIZE: usize = 512 * 1024;
+/// See [`OUTPUT_PIPE_SIZE`]: agentd writes stdin in chunks of up to a quarter of the window.
+pub const STDIN_PIPE_SIZE: usize = 256 * 1024;
 
-/// A read shorter than this that follows the previous read within [`STREAM_GAP`] marks a busy
-/// stream of small writes (`yes | head`, a line-by-line logger): the pump then lets the pipe fill
-/// for [`COALESCE_WAIT`] before the next read, so one frame carries many writes. Each frame costs
-/// the guest a VM exit and several context switches; under TCG 100 MiB from `yes | head -c` took
-/// 64 s in 4 KiB frames against 8 s for the same bytes from a file. Output after a quiet spell is
-/// never delayed, and a busy stream's at most by [`COALESCE_WAIT`].
-const SMALL_READ: usize = 16 * 1024;
-/// See [`SMALL_READ`].
+/// A read that came within this long of asking for it (the pipe held data, or the process wrote
+/// again right away) marks a busy stream. A busy stream's pump then lets the pipe fill for
+/// [`COALESCE_WAIT`] before the next read, unless the read filled its buffer, so one frame
+/// carries many writes: each frame costs the guest a VM exit and context switches; under TCG
+/// 100 MiB from `yes | head -c` took 64 s in 4 KiB frames against 8 s for the same bytes from a
+/// file. Output after a quiet spell is never delayed, and a busy stream's at most by
+/// [`COALESCE_WAIT`].
 const STREAM_GAP: Duration = Duration::from_millis(20);
-/// See [`SMALL_READ`].
+/// See [`STREAM_GAP`].
 const COALESCE_WAIT: Duration = Duration::from_millis(10);
 
 /// Bytes of stdin taken before an acknowledgement is sent even though more is queued (one is
@@ -73,11 +78,17 @@ struct OpenGate {
 impl OpenGate {
     /// Queues `payload` on `id` unless the session is closed; returns whether it was queued.
     fn send<P: Payload>(&self, out: &Out, id: u32, payload: &P) -> bool {
+        self.send_with(|| out.send(id, payload))
+    }
+
+    /// Runs `queue` (which queues a frame of the session) unless the session is closed; returns
+    /// whether it ran.
+    fn send_with(&self, queue: impl FnOnce()) -> bool {
         let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
         if *closed {
             return false;
         }
-        out.send(id, payload);
+        queue();
         true
     }
 
@@ -236,36 +247,50 @@ fn thread(f: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Copies a stream into frames: the data is read straight into the frame's buffer
+/// ([`Out::data_buf`]), up to [`DATA_CHUNK`] bytes a frame.
 fn pump_out(id: u32, mut f: File, err: bool, out: Out, open: Arc<OpenGate>, done: SyncSender<()>) {
-    let mut buf = vec![0u8; CHUNK];
-    let mut last_read: Option<Instant> = None;
     loop {
-        match f.read(&mut buf) {
+        let asked = Instant::now();
+        // Wait for data before taking a buffer: an idle process holds none.
+        wait_readable(&f);
+        let mut buf = out.data_buf();
+        let n = match f.read(buf.space()) {
             Ok(0) => break,
-            Ok(n) => {
-                let now = Instant::now();
-                let busy =
-                    n < SMALL_READ && last_read.is_some_and(|t| now.duration_since(t) < STREAM_GAP);
-                last_read = Some(now);
-                let data = buf[..n].to_vec();
-                let sent = if err {
-                    open.send(&out, id, &ExecStderr { data })
-                } else {
-                    open.send(&out, id, &ExecStdout { data })
-                };
-                if !sent {
-                    break;
-                }
-                if busy {
-                    std::thread::sleep(COALESCE_WAIT);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // EIO: the terminal's last holder closed it.
             Err(_) => break,
+        };
+        let busy = asked.elapsed() < STREAM_GAP;
+        let sent = open.send_with(|| {
+            if err {
+                out.send_data::<ExecStderr>(id, buf, n)
+            } else {
+                out.send_data::<ExecStdout>(id, buf, n)
+            }
+        });
+        if !sent {
+            break;
+        }
+        if busy && n < DATA_CHUNK {
+            std::thread::sleep(COALESCE_WAIT);
         }
     }
     let _ = done.send(());
+}
+
+/// Blocks until `f` has data, reached its end or failed (the read that follows tells which).
+fn wait_readable(f: &File) {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    loop {
+        let mut pfd = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut pfd, nix::poll::PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
 }
 
 /// The stdin thread's end of a [`StdinQueue`].
@@ -382,6 +407,56 @@ mod tests {
             acked += msg.decode::<ExecStdinAck>().unwrap().bytes;
         }
         assert_eq!(acked, want, "acknowledged exactly what was taken");
+    }
+
+    /// Output written in small pieces arrives byte-exact, in order, in frames of at most
+    /// `DATA_CHUNK` bytes that each carry many writes, then `exited`.
+    #[test]
+    fn output_arrives_exactly_in_coalesced_frames() {
+        const TOTAL: usize = 8 << 20;
+        const WRITE: usize = 4096 + 13;
+        let (mut port_r, port_w) = pipe();
+        let out = Out::start(port_w).unwrap();
+        let sessions: Sessions = Arc::default();
+        let (mut stdout_w, exit_tx) = session(9, &out, &sessions, 0, None);
+        drop(out);
+        let data: Vec<u8> = (0..TOTAL)
+            .map(|i| u8::try_from((i * 7 + i / 4099) % 256).unwrap())
+            .collect();
+        let expected = data.clone();
+        let producer = std::thread::spawn(move || {
+            for piece in data.chunks(WRITE) {
+                stdout_w.write_all(piece).unwrap();
+            }
+            drop(stdout_w);
+            exit_tx.send(3).unwrap();
+        });
+        let (mut got, mut frames) = (Vec::with_capacity(TOTAL), 0usize);
+        let code = loop {
+            let frame = read_frame(&mut port_r).unwrap().expect("a frame");
+            let msg = Message::from_frame(&frame).unwrap();
+            assert_eq!(msg.id, 9);
+            if msg.is::<ExecExited>() {
+                break msg.decode::<ExecExited>().unwrap().code;
+            }
+            let chunk = msg.decode::<ExecStdout>().unwrap().data;
+            assert!(
+                !chunk.is_empty() && chunk.len() <= DATA_CHUNK,
+                "{}",
+                chunk.len()
+            );
+            got.extend_from_slice(&chunk);
+            frames += 1;
+        };
+        producer.join().unwrap();
+        assert_eq!(code, 3);
+        assert_eq!(got.len(), TOTAL);
+        assert!(got == expected, "the output differs from what was written");
+        let writes = TOTAL.div_ceil(WRITE);
+        assert!(
+            frames * 4 <= writes,
+            "{frames} frames for {writes} writes: too little coalescing"
+        );
     }
 
     #[test]

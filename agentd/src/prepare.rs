@@ -22,7 +22,7 @@ use msb_protocol::types::{ExecFailed, ExecFailureKind, ExecRequest};
 use crate::container::Containers;
 use crate::exec::ParentStdio;
 use crate::spawn::{ChildStdio, NsMode, SpawnPlan, Step};
-use crate::{lock, sys, users};
+use crate::{exec, lock, sys, users};
 
 /// Default `PATH` when a request sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -203,10 +203,10 @@ pub fn prepare(containers: &Containers, req: &mut ExecRequest) -> Result<Prepare
         };
         (child, Some(terminal_stdio(master, req.stdin).map_err(io)?))
     } else {
-        let (out_r, out_w) = sys::pipe().map_err(io)?;
-        let (err_r, err_w) = sys::pipe().map_err(io)?;
+        let (out_r, out_w) = sys::pipe_sized(exec::OUTPUT_PIPE_SIZE).map_err(io)?;
+        let (err_r, err_w) = sys::pipe_sized(exec::OUTPUT_PIPE_SIZE).map_err(io)?;
         let (in_child, in_parent) = if req.stdin {
-            let (r, w) = sys::pipe().map_err(io)?;
+            let (r, w) = sys::pipe_sized(exec::STDIN_PIPE_SIZE).map_err(io)?;
             (r, Some(File::from(w)))
         } else {
             (sys::open_ro(Path::new("/dev/null")).map_err(io)?, None)

@@ -168,6 +168,18 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
+/// A pipe whose ends are close-on-exec, holding `size` bytes if the kernel agrees (a refusal,
+/// say over the per-user total of pipe buffers, leaves the default size and is logged: the pipe
+/// works either way).
+pub fn pipe_sized(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe()?;
+    let size = i32::try_from(size).unwrap_or(i32::MAX);
+    if let Err(e) = nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size)) {
+        tracing::debug!("pipe of {size} bytes: {e}; keeping the default size");
+    }
+    Ok((r, w))
+}
+
 /// The terminal ioctls agentd makes: nix has no safe wrapper for them, these give each one its
 /// argument type.
 mod ioctl {

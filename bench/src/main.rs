@@ -10,13 +10,24 @@
 //!   (first run, then N more), the resident memory of an idle container's shim + VMM and
 //!   `ctr task exec ... true` into it (at least 10), for `io.microsandbox.v1` and
 //!   `io.containerd.runc.v2` in the same run.
+//! - `msb-bench stdio [N] [MiB]`: through a private containerd, MiB (default 100) from
+//!   `head -c` in the container to `ctr run`'s stdout, and into `ctr run`'s stdin, each
+//!   beside the same container's time for the same bytes without the transport, N runs (default
+//!   3) for `io.microsandbox.v1` and `io.containerd.runc.v2` in the same run.
+//! - `msb-bench cri [N] [P]`: through a private containerd 1.7's CRI plugin, a pod with a
+//!   `sleep` container started as the kubelet does (RunPodSandbox, CreateContainer,
+//!   StartContainer): N pods one after the other (default 20), then P at once (default 10),
+//!   p50/p95; the resident and proportional memory of idle pods with 1 and P up; `microsandbox`
+//!   and `runc` handlers in the same run.
 //! - `msb-bench image [N]`: `msbox run IMAGE -- true` from a local registry: pull, first run
 //!   (unpack and layer images), cached runs, and a root file system directory's run beside them.
 
 mod boot;
 mod codec;
+mod cri;
 mod ctr;
 mod image;
+mod stdio;
 
 use anyhow::{bail, Result};
 
@@ -44,11 +55,25 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&ctr::run(n)?)?);
             Ok(())
         }
+        Some("stdio") => {
+            let n = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
+            let mib = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(100);
+            println!("{}", serde_json::to_string_pretty(&stdio::run(n, mib)?)?);
+            Ok(())
+        }
         Some("image") => {
             let n = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
             println!("{}", serde_json::to_string_pretty(&image::run(n)?)?);
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark {other:?}; available: codec, boot, ctr, image"),
+        Some("cri") => {
+            let n = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
+            let p = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
+            println!("{}", serde_json::to_string_pretty(&cri::run(n, p)?)?);
+            Ok(())
+        }
+        Some(other) => {
+            bail!("unknown benchmark {other:?}; available: codec, boot, ctr, stdio, image, cri")
+        }
     }
 }

@@ -45,6 +45,7 @@ pub mod boot;
 #[cfg(feature = "tokio")]
 pub mod codec;
 pub mod consts;
+pub mod data_frame;
 mod envelope;
 pub mod flags;
 pub mod frame;
@@ -56,6 +57,7 @@ pub mod seccomp;
 pub mod types;
 
 pub use consts::*;
+pub use data_frame::{data_frame_prefix, DataPayload, DATA_FRAME_PREFIX_MAX};
 pub use flags::Flags;
 pub use frame::{read_frame, write_frame, Frame, FrameError};
 pub use message::{Message, MessageError, Payload};

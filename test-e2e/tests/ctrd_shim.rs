@@ -1060,6 +1060,52 @@ fn a_gib_of_stdout_to_a_stalling_reader_loses_nothing() {
     assert_nothing_left(ns, || ctrd.log());
 }
 
+/// Arbitrary bytes (every byte value, no period a swapped or repeated chunk could hide in) go
+/// into a container through ctr's stdin and come back on stdout and stderr at the same time,
+/// each exactly: the guest's output frames are built around data read in place, in chunks of
+/// every size the pipes give, and two streams of one process share the agent channel.
+#[test]
+fn arbitrary_bytes_through_stdin_stdout_and_stderr_at_once_arrive_exactly() {
+    let ns = "exact";
+    let Some(ctrd) = setup(ns) else { return };
+    let x1 = container_id("x1");
+    let _slot = GuestSlot::acquire();
+    // xorshift64*: 16 MiB that no short pattern describes.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let input: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_be_bytes()[0]
+        })
+        .collect();
+    let o = ctrd.ctr_with_stdin(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            "io.microsandbox.v1",
+            "--rm",
+            BUSYBOX,
+            &x1,
+            "sh",
+            "-c",
+            "cat > /f && { cat /f & cat /f >&2; wait; }",
+        ],
+        input.clone(),
+    );
+    let tail = |b: &[u8]| String::from_utf8_lossy(&b[b.len().saturating_sub(2000)..]).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{}", tail(&o.stderr));
+    for (name, got) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        assert_eq!(got.len(), input.len(), "{name} length");
+        if let Some(at) = got.iter().zip(&input).position(|(a, b)| a != b) {
+            panic!("{name} differs from the input first at byte {at}");
+        }
+    }
+    assert_nothing_left(ns, || ctrd.log());
+}
+
 /// The pid of the shim serving namespace `ns`, if one runs.
 fn shim_pid(ns: &str) -> Option<i32> {
     let ps = Command::new("ps").args(["-eo", "pid,args"]).output().ok()?;

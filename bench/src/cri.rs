@@ -1,0 +1,322 @@
+//! A pod through the CRI, as the kubelet starts one: `RunPodSandbox`, `CreateContainer`,
+//! `StartContainer` (busybox `sleep`), timed until `StartContainer` returns (the container is
+//! running then); one pod after the other, then several (10 by default) at once; and the host
+//! memory of idle pods (resident and proportional set of each pod's shim and everything under
+//! it) with 1 and with that many pods up. For the `microsandbox` and `runc` handlers of one containerd 1.7 with the CRI
+//! plugin (the end-to-end tests' set-up, `hack/lib/containerd.sh`), in the same run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use msb_test_e2e::containerd::{Containerd, Version, CRI_NAMESPACE, SHIM_BINARY};
+use msb_test_e2e::cri::{container_config, pod_config, unique_name, Cri, Handler};
+use serde::Serialize;
+
+/// Figures of one handler.
+#[derive(Debug, Serialize)]
+pub struct HandlerFigures {
+    handler: &'static str,
+    /// One pod after the other: RunPodSandbox + CreateContainer + StartContainer.
+    serial_ms: Percentiles,
+    /// How many pods start at once in the parallel round, and stay up for the memory figure.
+    parallel: usize,
+    /// Those pods, each pod's time.
+    parallel_ms: Percentiles,
+    /// Until the last of them runs.
+    parallel_wall_ms: f64,
+    /// One idle pod: its shim and all the shim's descendants.
+    idle_1: Memory,
+    /// The parallel round's idle pods: per pod, the mean over them.
+    idle_parallel_per_pod: Memory,
+}
+
+/// min, p50, p95, max.
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    n: usize,
+    min: f64,
+    p50: f64,
+    p95: f64,
+    max: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    v.sort_by(f64::total_cmp);
+    // Nearest rank: the smallest value with at least `percent`% of the values at or below it.
+    let at = |percent: usize| {
+        let rank = (percent * v.len()).div_ceil(100);
+        v[rank.clamp(1, v.len()) - 1]
+    };
+    Percentiles {
+        n: v.len(),
+        min: v[0],
+        p50: at(50),
+        p95: at(95),
+        max: v[v.len() - 1],
+    }
+}
+
+/// Resident and proportional set, MiB.
+#[derive(Debug, Serialize, Default)]
+pub struct Memory {
+    rss_mib: f64,
+    pss_mib: f64,
+    /// Which processes were counted (of the first pod), with their RSS and PSS in KiB.
+    processes: Vec<String>,
+}
+
+/// The report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    benchmark: &'static str,
+    runs: usize,
+    backend_note: String,
+    serial_start_ms_p50_p95: Vec<(String, f64, f64)>,
+    handlers: Vec<HandlerFigures>,
+}
+
+/// Starts one pod with a `sleep` container; its id and how long it took.
+fn start_pod(cri: &Cri, handler: Handler) -> Result<(String, Duration)> {
+    let name = unique_name("bench");
+    let config = pod_config(&name);
+    let t = Instant::now();
+    let pod = cri
+        .run_pod(&config, handler)
+        .map_err(|e| anyhow::anyhow!("RunPodSandbox: {e}"))?;
+    let container = cri
+        .create_container(
+            &pod,
+            &container_config(&format!("{name}-c"), &["sleep", "3600"]),
+            &config,
+        )
+        .map_err(|e| anyhow::anyhow!("CreateContainer in {pod}: {e}"))?;
+    cri.start_container(&container)
+        .map_err(|e| anyhow::anyhow!("StartContainer {container}: {e}"))?;
+    let took = t.elapsed();
+    let state = cri
+        .container_status(&container)
+        .map_err(|e| anyhow::anyhow!("ContainerStatus {container}: {e}"))?
+        .state();
+    ensure!(
+        state == msb_test_e2e::cri::api::ContainerState::ContainerRunning,
+        "container {container} is {state:?} after StartContainer"
+    );
+    Ok((pod, took))
+}
+
+/// Stops and removes `pod` (and its container).
+fn remove_pod(cri: &Cri, pod: &str) -> Result<()> {
+    cri.stop_pod(pod)
+        .map_err(|e| anyhow::anyhow!("StopPodSandbox {pod}: {e}"))?;
+    cri.remove_pod(pod)
+        .map_err(|e| anyhow::anyhow!("RemovePodSandbox {pod}: {e}"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `(pid, ppid)` of every process.
+fn processes() -> Vec<(i32, i32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces, so from the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        out.push((pid, ppid));
+    }
+    out
+}
+
+/// A `kB` field of a `/proc` file.
+fn kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The resident and proportional set of the shim serving `pod` and all its descendants.
+fn pod_memory(pod: &str) -> Result<Memory> {
+    let procs = processes();
+    let cmdline = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    let Some(&(shim, _)) = procs.iter().find(|p| {
+        let c = cmdline(p.0);
+        c.contains("containerd-shim")
+            && c.contains(&format!("-id {pod} "))
+            && c.contains(CRI_NAMESPACE)
+    }) else {
+        bail!("no shim process for pod {pod}");
+    };
+    let mut tree = vec![shim];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    let mut m = Memory::default();
+    for pid in tree {
+        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue; // ended meanwhile
+        };
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let (rss, pss) = (kib(&rollup, "Rss:"), kib(&rollup, "Pss:"));
+        m.rss_mib += rss as f64 / 1024.0;
+        m.pss_mib += pss as f64 / 1024.0;
+        m.processes
+            .push(format!("{} rss {rss} KiB pss {pss} KiB", name.trim()));
+    }
+    Ok(m)
+}
+
+fn measure(
+    socket: &std::path::Path,
+    handler: Handler,
+    runs: usize,
+    parallel: usize,
+) -> Result<HandlerFigures> {
+    let cri = Cri::connect(socket)?;
+    // A first pod, not counted: the layer images and the page cache warm up.
+    let (pod, _) = start_pod(&cri, handler)?;
+    remove_pod(&cri, &pod)?;
+    let mut serial = Vec::new();
+    let mut idle_1 = None;
+    for i in 0..runs {
+        let (pod, took) = start_pod(&cri, handler)?;
+        serial.push(ms(took));
+        if i == 0 {
+            // Let the guest settle (page cache, translation cache) before reading memory.
+            std::thread::sleep(Duration::from_secs(3));
+            idle_1 = Some(pod_memory(&pod)?);
+        }
+        remove_pod(&cri, &pod)?;
+    }
+    let t = Instant::now();
+    let started: Vec<Result<(String, Duration)>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..parallel)
+            .map(|_| {
+                s.spawn(|| {
+                    let cri = Cri::connect(socket)?;
+                    start_pod(&cri, handler)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| bail!("a pod's thread panicked"))
+            })
+            .collect()
+    });
+    let wall = t.elapsed();
+    let mut pods = Vec::new();
+    let mut parallel_ms = Vec::new();
+    let mut failed = Vec::new();
+    for r in started {
+        match r {
+            Ok((pod, took)) => {
+                pods.push(pod);
+                parallel_ms.push(ms(took));
+            }
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    let idle_n = if failed.is_empty() {
+        std::thread::sleep(Duration::from_secs(3));
+        let mut sum = Memory::default();
+        for (i, pod) in pods.iter().enumerate() {
+            let m = pod_memory(pod)?;
+            sum.rss_mib += m.rss_mib / parallel as f64;
+            sum.pss_mib += m.pss_mib / parallel as f64;
+            if i == 0 {
+                sum.processes = m.processes;
+            }
+        }
+        Some(sum)
+    } else {
+        None
+    };
+    for pod in &pods {
+        remove_pod(&cri, pod)?;
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {parallel} parallel pods failed: {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(HandlerFigures {
+        handler: handler.name(),
+        serial_ms: percentiles(serial),
+        parallel,
+        parallel_ms: percentiles(parallel_ms),
+        parallel_wall_ms: ms(wall),
+        idle_1: idle_1.context("no serial run")?,
+        idle_parallel_per_pod: idle_n.context("no parallel round")?,
+    })
+}
+
+/// Runs the comparison with `runs` serial pods per handler, then `parallel` at once.
+pub fn run(runs: usize, parallel: usize) -> Result<Report> {
+    ensure!(
+        runs > 0 && parallel > 0,
+        "at least one run and one pod at once"
+    );
+    let exe = std::env::current_exe()?;
+    let shim = exe.parent().context("binary directory")?.join(SHIM_BINARY);
+    ensure!(
+        shim.is_file(),
+        "{} is missing: cargo build --release -p msb-bench -p msb-shim",
+        shim.display()
+    );
+    Version::V1_7.check().map_err(anyhow::Error::msg)?;
+    let ctrd = Containerd::shared_cri_linking(Version::V1_7, &shim).map_err(anyhow::Error::msg)?;
+    let (backend, why) = msb_runtime::vmm::select_backend(None);
+    let handlers = vec![
+        measure(ctrd.socket(), Handler::Microsandbox, runs, parallel)?,
+        measure(ctrd.socket(), Handler::Runc, runs, parallel)?,
+    ];
+    Ok(Report {
+        benchmark: "cri",
+        runs,
+        backend_note: format!("microsandbox backend {backend} ({why}); default shim config"),
+        serial_start_ms_p50_p95: handlers
+            .iter()
+            .map(|h| (h.handler.to_owned(), h.serial_ms.p50, h.serial_ms.p95))
+            .collect(),
+        handlers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let p = percentiles((1..=20).rev().map(f64::from).collect());
+        assert_eq!(
+            (p.n, p.min, p.p50, p.p95, p.max),
+            (20, 1.0, 10.0, 19.0, 20.0)
+        );
+        let one = percentiles(vec![7.0]);
+        assert_eq!((one.p50, one.p95), (7.0, 7.0));
+    }
+}
