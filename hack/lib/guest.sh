@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers for hack/guest-assets: unpacking Debian's kernel and choosing modules.
+# Helpers for hack/guest-assets: unpacking Debian's kernel, choosing modules, building ours.
 
 # Writes the uncompressed ELF kernel inside bzImage $1 to $2, as the kernel's own
 # scripts/extract-vmlinux does: find each compression magic, decompress from there, keep the
@@ -65,4 +65,42 @@ host_tsc_khz() {
   [ -n "$v" ] || v=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Detected \([0-9.]*\) MHz processor.*/\1/p' | tail -1)
   [ -n "$v" ] || v=$(awk -F': ' '/^cpu MHz/ {print $2; exit}' /proc/cpuinfo)
   awk -v mhz="$v" 'BEGIN { printf "%d\n", mhz * 1000 }'
+}
+
+# The toolchain that builds the guest kernel, one line per tool: part of its cache key.
+kernel_toolchain() {
+  gcc --version | head -1
+  ld --version | head -1
+  make --version | head -1
+}
+
+# Builds the guest kernel: `make tinyconfig` of the kernel source tree $1, the fragment $2 merged
+# on top, checked, and `make vmlinux` out of tree in $3 (reused while its stamp, $4, matches, so a
+# changed fragment rebuilds only what it touches). Leaves $3/vmlinux and $3/.config; fails when
+# Kconfig dropped any line of the fragment (a missing dependency would otherwise go unnoticed).
+kernel_build() {
+  local src=$1 fragment=$2 obj=$3 stamp=$4
+  if [ "$(cat "$obj/.msb-tree" 2>/dev/null)" != "$stamp" ]; then
+    rm -rf "$obj"
+  fi
+  mkdir -p "$obj" && echo "$stamp" >"$obj/.msb-tree" || return 1
+  make -s -C "$src" O="$obj" tinyconfig >/dev/null || return 1
+  KCONFIG_CONFIG="$obj/.config" "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" \
+    "$obj/.config" "$fragment" >"$obj/merge.log" || return 1
+  make -s -C "$src" O="$obj" olddefconfig >/dev/null || return 1
+  local line sym got bad=0
+  while read -r line; do
+    sym=$(grep -oE 'CONFIG_[A-Za-z0-9_]+' <<<"$line")
+    # "is not set" also holds for a symbol Kconfig left out (its dependencies are off).
+    if ! grep -qxF "$line" "$obj/.config" &&
+      { [ "${line:0:1}" != "#" ] || grep -qE "^$sym=" "$obj/.config"; }; then
+      got=$(grep -E "^$sym=|^# $sym is not set" "$obj/.config" || echo "absent")
+      echo "kernel_build: $fragment wants '$line', Kconfig made it '$got' (a missing dependency?)" >&2
+      bad=1
+    fi
+  done < <(grep -E '^(CONFIG_[A-Za-z0-9_]+=.*|# CONFIG_[A-Za-z0-9_]+ is not set)$' "$fragment")
+  [ "$bad" = 0 ] || return 1
+  # KBUILD_BUILD_*: the same inputs give the same `uname -v`, whoever builds when, however often.
+  make -s -C "$src" O="$obj" -j"$(nproc)" KBUILD_BUILD_USER=msb KBUILD_BUILD_HOST=msb \
+    KBUILD_BUILD_VERSION=1 KBUILD_BUILD_TIMESTAMP="$(date -u -d @0)" vmlinux
 }
