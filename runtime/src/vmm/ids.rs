@@ -244,8 +244,10 @@ mod tests {
         assert!(IdLease::is_held(&dir, 1000).unwrap());
         // What a VMM inherits: the same open file description, outliving our value (a shim that
         // died while its VMM runs).
-        // SAFETY: dup(2) of a descriptor `a` keeps open.
-        let vmm_copy = unsafe { libc::dup(a.fd()) };
+        // Close-on-exec: a process another test spawns meanwhile must not inherit it (it would
+        // hold the lease past the close below).
+        // SAFETY: F_DUPFD_CLOEXEC of a descriptor `a` keeps open.
+        let vmm_copy = unsafe { libc::fcntl(a.fd(), libc::F_DUPFD_CLOEXEC, 0) };
         assert!(vmm_copy >= 0);
         drop(a);
         assert!(
