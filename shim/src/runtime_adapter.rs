@@ -65,6 +65,7 @@ impl PodVmFactory for RuntimeFactory {
             vmm_pid: Mutex::new(None),
             processes: Mutex::default(),
             events,
+            catch_up: Mutex::new(None),
         });
         // On failure `vm` is dropped here, and with it a VM that did start (its VMM killed).
         let prepared = vm.boot_with(first).await?;
@@ -86,7 +87,24 @@ struct RuntimePodVm {
     /// Correlation id of each live process, for signals, resizes and stdin.
     processes: Mutex<HashMap<ProcessKey, u32>>,
     events: broadcast::Sender<PodVmEvent>,
+    /// Asks the task that turns the guest's events into [`PodVmEvent`]s to forward every event
+    /// the guest sent so far, and answers when it has (see [`CatchUp`]).
+    catch_up: Mutex<Option<mpsc::UnboundedSender<CatchUp>>>,
 }
+
+/// A request to the event-forwarding task: forward what is already received, then answer.
+///
+/// agentd sends an OOM kill's `core.container.oom` before the killed process's exit, and the
+/// agent client hands both on in that order, but on two paths: the exit to the process's
+/// session, the event to every event subscriber, among them the task that forwards it here.
+/// That task can run late, so the exit could reach the shim first, and containerd publish
+/// `TaskExit` before `TaskOOM` (a CRI client then misses `OOMKilled`). So a process's exit waits
+/// until the forwarding task has caught up with what the guest sent before it.
+type CatchUp = oneshot::Sender<()>;
+
+/// How long an exit waits for the event forwarding to catch up at most (it is a few task
+/// switches; the bound only keeps an exit from hanging on a forwarding task that is gone).
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -243,10 +261,26 @@ impl RuntimePodVm {
         *lock(&self.vmm_pid) = u32::try_from(sb.vmm_pid()).ok();
         *lock(&self.agent) = Some(agent.clone());
         let (mut guest_events, events) = (agent.events(), self.events.clone());
+        let (catch_up, mut catch_ups) = mpsc::unbounded_channel::<CatchUp>();
+        *lock(&self.catch_up) = Some(catch_up);
         tokio::spawn(async move {
-            while let Ok(m) = guest_events.recv().await {
+            let forward = |m: &msb_protocol::Message| {
                 if let Ok(oom) = m.decode::<msb_protocol::types::ContainerOom>() {
                     let _ = events.send(PodVmEvent::Oom { container: oom.id });
+                }
+            };
+            loop {
+                tokio::select! {
+                    m = guest_events.recv() => match m {
+                        Ok(m) => forward(&m),
+                        Err(_) => break,
+                    },
+                    Some(done) = catch_ups.recv() => {
+                        while let Ok(m) = guest_events.try_recv() {
+                            forward(&m);
+                        }
+                        let _ = done.send(());
+                    }
                 }
             }
             let _ = events.send(PodVmEvent::Died {
@@ -421,6 +455,7 @@ impl PodVm for RuntimePodVm {
                 key.exec_id.as_deref().unwrap_or("init")
             ),
         );
+        let catch_up = lock(&self.catch_up).clone();
         tokio::spawn(async move {
             loop {
                 match session.next().await {
@@ -428,6 +463,13 @@ impl PodVm for RuntimePodVm {
                     Ok(ExecEvent::Stderr(d)) => gate.forward(Output::Stderr(d)).await,
                     Ok(ExecEvent::Exited(code)) => {
                         drop(gate);
+                        // An OOM kill the guest reported before this exit goes first.
+                        if let Some(catch_up) = &catch_up {
+                            let (done, caught_up) = oneshot::channel();
+                            if catch_up.send(done).is_ok() {
+                                let _ = tokio::time::timeout(CATCH_UP_TIMEOUT, caught_up).await;
+                            }
+                        }
                         let _ = exit_tx.send(code);
                         return;
                     }
