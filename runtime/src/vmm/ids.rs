@@ -257,7 +257,17 @@ mod tests {
         assert!(IdLease::acquire_in(&dir, range).is_err());
         // SAFETY: closes the descriptor dup'ed above, owned by nothing else.
         unsafe { libc::close(vmm_copy) };
-        assert!(!IdLease::is_held(&dir, 1000).unwrap());
+        // Free once no copy is left. Other tests of this process fork children (a jail in a
+        // forked child, spawns), and a child holds every descriptor, close-on-exec ones too,
+        // until it execs or exits: give those a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while IdLease::is_held(&dir, 1000).unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still held 10 s after the close"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(IdLease::acquire_in(&dir, range).unwrap().id(), 1000);
         assert!(!IdLease::is_held(&dir, 1002).unwrap(), "never leased");
         use std::os::unix::fs::PermissionsExt;
