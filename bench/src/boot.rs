@@ -2,7 +2,7 @@
 //! agentd's first instruction, to the end of its set-up, to the port being open) and what the
 //! host sees (VMM launch to `core.ready`; `msbox run ROOTFS -- true` end to end).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,11 @@ pub struct Stats {
     min: f64,
     median: f64,
     max: f64,
+}
+
+/// A duration in milliseconds, as every report gives them.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 pub fn stats(mut v: Vec<f64>) -> Stats {
@@ -62,10 +67,6 @@ fn busybox_root(dir: &Path) -> Result<()> {
     }
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Boots `n` guests (each shut down before the next), then runs `msbox ... true` `n` times.
@@ -107,12 +108,8 @@ pub async fn run(n: usize) -> Result<Report> {
         });
         sb.shutdown(Duration::from_secs(20)).await?;
     }
-    let msbox: PathBuf = std::env::current_exe()?.with_file_name("msbox");
-    ensure!(
-        msbox.is_file(),
-        "{} is missing: cargo build --release -p msb-shim --bin msbox",
-        msbox.display()
-    );
+    let msbox =
+        crate::setup::next_to_this("msbox", "cargo build --release -p msb-shim --bin msbox")?;
     let mut walls = Vec::new();
     for _ in 0..n {
         let t = Instant::now();

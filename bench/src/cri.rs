@@ -8,9 +8,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use msb_test_e2e::containerd::{Containerd, Version, CRI_NAMESPACE, SHIM_BINARY};
+use msb_test_e2e::containerd::{Containerd, Version, CRI_NAMESPACE};
 use msb_test_e2e::cri::{container_config, pod_config, unique_name, Cri, Handler};
 use serde::Serialize;
+
+use crate::boot::ms;
+use crate::{procs, setup};
 
 /// Figures of one handler.
 #[derive(Debug, Serialize)]
@@ -112,74 +115,14 @@ fn remove_pod(cri: &Cri, pod: &str) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("RemovePodSandbox {pod}: {e}"))
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// `(pid, ppid)` of every process.
-fn processes() -> Vec<(i32, i32)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: comm may hold spaces, so from the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        out.push((pid, ppid));
-    }
-    out
-}
-
-/// A `kB` field of a `/proc` file.
-fn kib(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The resident and proportional set of the shim serving `pod` and all its descendants.
 fn pod_memory(pod: &str) -> Result<Memory> {
-    let procs = processes();
-    let cmdline = |pid: i32| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default()
-    };
-    let Some(&(shim, _)) = procs.iter().find(|p| {
-        let c = cmdline(p.0);
-        c.contains("containerd-shim")
-            && c.contains(&format!("-id {pod} "))
-            && c.contains(CRI_NAMESPACE)
-    }) else {
-        bail!("no shim process for pod {pod}");
-    };
-    let mut tree = vec![shim];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
-        i += 1;
-    }
     let mut m = Memory::default();
-    for pid in tree {
-        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
-            continue; // ended meanwhile
-        };
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let (rss, pss) = (kib(&rollup, "Rss:"), kib(&rollup, "Pss:"));
+    for (name, rss, pss) in procs::resident_proportional(&procs::shim_tree(pod, CRI_NAMESPACE)?) {
         m.rss_mib += rss as f64 / 1024.0;
         m.pss_mib += pss as f64 / 1024.0;
         m.processes
-            .push(format!("{} rss {rss} KiB pss {pss} KiB", name.trim()));
+            .push(format!("{name} rss {rss} KiB pss {pss} KiB"));
     }
     Ok(m)
 }
@@ -279,16 +222,9 @@ pub fn run(runs: usize, parallel: usize) -> Result<Report> {
         runs > 0 && parallel > 0,
         "at least one run and one pod at once"
     );
-    let exe = std::env::current_exe()?;
-    let shim = exe.parent().context("binary directory")?.join(SHIM_BINARY);
-    ensure!(
-        shim.is_file(),
-        "{} is missing: cargo build --release -p msb-bench -p msb-shim",
-        shim.display()
-    );
+    let shim = setup::shim()?;
     Version::V1_7.check().map_err(anyhow::Error::msg)?;
     let ctrd = Containerd::shared_cri_linking(Version::V1_7, &shim).map_err(anyhow::Error::msg)?;
-    let (backend, why) = msb_runtime::vmm::select_backend(None);
     let handlers = vec![
         measure(ctrd.socket(), Handler::Microsandbox, runs, parallel)?,
         measure(ctrd.socket(), Handler::Runc, runs, parallel)?,
@@ -296,7 +232,7 @@ pub fn run(runs: usize, parallel: usize) -> Result<Report> {
     Ok(Report {
         benchmark: "cri",
         runs,
-        backend_note: format!("microsandbox backend {backend} ({why}); default shim config"),
+        backend_note: setup::backend_note(),
         serial_start_ms_p50_p95: handlers
             .iter()
             .map(|h| (h.handler.to_owned(), h.serial_ms.p50, h.serial_ms.p95))

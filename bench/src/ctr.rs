@@ -8,11 +8,12 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use msb_test_e2e::containerd::{Containerd, BUSYBOX as IMAGE, SHIM_BINARY};
+use anyhow::{ensure, Result};
+use msb_test_e2e::containerd::{Containerd, BUSYBOX as IMAGE};
 use serde::Serialize;
 
-use crate::boot::{stats, Stats};
+use crate::boot::{ms, stats, Stats};
+use crate::{procs, setup};
 
 const NS: &str = "bench";
 
@@ -149,62 +150,15 @@ fn ctr(ctrd: &Containerd, args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// `(pid, ppid, name, rss_kib)` of every process.
-fn processes() -> Vec<(i32, i32, String, u64)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(k))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .map(str::to_owned)
-        };
-        let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let rss = field("VmRSS:").and_then(|v| v.parse().ok()).unwrap_or(0);
-        out.push((pid, ppid, field("Name:").unwrap_or_default(), rss));
-    }
-    out
-}
-
 /// The shim serving container `id` and all its descendants: names and summed RSS in KiB.
 fn shim_tree_rss(id: &str) -> Result<(Vec<String>, u64)> {
-    let procs = processes();
-    let cmdline = |pid: i32| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default()
-    };
-    let Some(shim) = procs.iter().find(|p| {
-        let c = cmdline(p.0);
-        c.contains("containerd-shim") && c.contains(&format!("-id {id} ")) && c.contains(NS)
-    }) else {
-        bail!("no shim process for {id}");
-    };
-    let mut tree = vec![shim.0];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
-        i += 1;
-    }
-    let counted: Vec<_> = procs.iter().filter(|p| tree.contains(&p.0)).collect();
+    let counted = procs::resident(&procs::shim_tree(id, NS)?);
     Ok((
         counted
             .iter()
-            .map(|p| format!("{} {} KiB", p.2, p.3))
+            .map(|(name, rss)| format!("{name} {rss} KiB"))
             .collect(),
-        counted.iter().map(|p| p.3).sum(),
+        counted.iter().map(|(_, rss)| rss).sum(),
     ))
 }
 
@@ -275,20 +229,11 @@ fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<R
 /// Runs the comparison with `runs` warm runs per runtime.
 pub fn run(runs: usize) -> Result<Report> {
     ensure!(runs > 0, "at least one run");
-    let exe = std::env::current_exe()?;
-    let shim = exe.parent().context("binary directory")?.join(SHIM_BINARY);
-    ensure!(
-        shim.is_file(),
-        "{} is missing: cargo build --release -p msb-bench -p msb-shim",
-        shim.display()
-    );
-    let ctrd = Containerd::start_linking(&shim)?;
-    ctrd.import_busybox(NS)?;
-    let (backend, why) = msb_runtime::vmm::select_backend(None);
+    let ctrd = setup::containerd_with_busybox(NS)?;
     Ok(Report {
         benchmark: "ctr",
         runs,
-        backend_note: format!("microsandbox backend {backend} ({why}); default shim config"),
+        backend_note: setup::backend_note(),
         runtimes: vec![
             measure(&ctrd, "io.microsandbox.v1", "msb", runs)?,
             measure(&ctrd, "io.containerd.runc.v2", "runc", runs)?,

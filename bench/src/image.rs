@@ -50,12 +50,7 @@ fn msbox(bin: &Path, args: &[&str]) -> Result<f64> {
 /// Runs the series `n` times.
 pub fn run(n: usize) -> Result<Report> {
     ensure!(n > 0, "at least one run");
-    let bin = std::env::current_exe()?.with_file_name("msbox");
-    ensure!(
-        bin.is_file(),
-        "{} is missing: cargo build --release -p msb-shim --bin msbox",
-        bin.display()
-    );
+    let bin = crate::setup::next_to_this("msbox", "cargo build --release -p msb-shim --bin msbox")?;
     let registry = Registry::start().context("docker-registry (Debian package docker-registry)")?;
     let busybox = std::fs::read("/bin/busybox").context("busybox-static must be installed")?;
     let mut bottom = Layer::new(Compression::Gzip)

@@ -27,6 +27,8 @@ mod codec;
 mod cri;
 mod ctr;
 mod image;
+mod procs;
+mod setup;
 mod stdio;
 
 use anyhow::{bail, Result};

@@ -15,13 +15,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use msb_test_e2e::containerd::{Containerd, BUSYBOX as IMAGE, SHIM_BINARY};
+use msb_test_e2e::containerd::{Containerd, BUSYBOX as IMAGE};
 use serde::Serialize;
 
-use crate::boot::{stats, Stats};
+use crate::boot::{ms, stats, Stats};
+use crate::setup;
 
 const NS: &str = "bench-stdio";
 
@@ -61,10 +62,6 @@ pub struct Report {
     runs: usize,
     backend_note: String,
     runtimes: Vec<RuntimeFigures>,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Shell code that puts `/proc/uptime` in centiseconds into variable `$1`.
@@ -288,16 +285,7 @@ fn measure(
 /// Runs `runs` stdout and stdin transfers of `mib` MiB per runtime.
 pub fn run(runs: usize, mib: u64) -> Result<Report> {
     ensure!(runs > 0 && mib > 0, "at least one run of at least 1 MiB");
-    let exe = std::env::current_exe()?;
-    let shim = exe.parent().context("binary directory")?.join(SHIM_BINARY);
-    ensure!(
-        shim.is_file(),
-        "{} is missing: cargo build --release -p msb-bench -p msb-shim",
-        shim.display()
-    );
-    let ctrd = Containerd::start_linking(&shim)?;
-    ctrd.import_busybox(NS)?;
-    let (backend, why) = msb_runtime::vmm::select_backend(None);
+    let ctrd = setup::containerd_with_busybox(NS)?;
     let bytes = mib << 20;
     // While working on one runtime: `MSB_BENCH_ONLY=microsandbox` (a part of the runtime name).
     let only = std::env::var("MSB_BENCH_ONLY").ok();
@@ -305,7 +293,7 @@ pub fn run(runs: usize, mib: u64) -> Result<Report> {
         benchmark: "stdio",
         bytes,
         runs,
-        backend_note: format!("microsandbox backend {backend} ({why}); default shim config"),
+        backend_note: setup::backend_note(),
         runtimes: [
             ("io.microsandbox.v1", "msb"),
             ("io.containerd.runc.v2", "runc"),
