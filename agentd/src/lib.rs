@@ -6,7 +6,8 @@
 //! ([`container`], [`storage`], [`cgroup`], OOM reports in [`oom`]), processes ([`prepare`] turns
 //! a request into a plan, [`seccomp`] compiles its container's profile, [`spawn`] starts it,
 //! [`exec`] runs its session, [`reaper`] reaps), files ([`fs`]), the pod network ([`net`]), port
-//! forwarding ([`forward`]) and shutdown ([`shutdown`]). Every path inside a container's root
+//! forwarding ([`forward`]), shutdown ([`shutdown`]) and a VM restored from a template
+//! ([`restore`]). Every path inside a container's root
 //! that agentd creates, reads, writes or mounts on is resolved inside that root ([`inroot`]).
 //!
 //! Threads, not async: the dispatcher is the main thread and the only one that spawns; each
@@ -32,6 +33,7 @@ pub mod oom;
 pub mod port;
 pub mod prepare;
 pub mod reaper;
+pub mod restore;
 pub mod seccomp;
 pub mod server;
 pub mod shutdown;
@@ -84,6 +86,12 @@ pub fn run(boot_ns: u64) -> ! {
     match &env {
         Ok(env) => init::apply_boot_env(env),
         Err(e) => tracing::error!("boot settings ignored: {e}"),
+    }
+    if env.as_ref().is_ok_and(|e| e.template) {
+        match restore::park_devices() {
+            Ok(n) => tracing::info!("template: {n} devices left unbound until core.restore"),
+            Err(e) => fatal(&format!("template: {e}")),
+        }
     }
     let init_ns = sys::boottime_ns();
     tracing::info!(

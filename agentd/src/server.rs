@@ -3,7 +3,7 @@
 //! that does not decode, a type agentd does not handle, a connection-level message on an id
 //! other than 0 are answered here with `core.error`; every request is answered by its handler.
 //!
-//! - `control`: the connection (`core.ping`, `core.clock.sync`, `core.shutdown`,
+//! - `control`: the connection (`core.ping`, `core.clock.sync`, `core.restore`, `core.shutdown`,
 //!   `core.relay.client.disconnected`);
 //! - `process`: `core.exec.*`, a process and its session (preparation in [`crate::prepare`]);
 //! - `containers`: `core.container.*`, a container's lifecycle;
@@ -103,6 +103,7 @@ impl Server {
             Ping::TYPE => self.ping(id),
             InitAck::TYPE => {}
             ClockSync::TYPE => self.on(&msg, |s, c: ClockSync| s.clock_sync(c)),
+            Restore::TYPE => self.on(&msg, |s, r: Restore| s.restore(id, r)),
             // Connection-level control: only on id 0, which the relay never forwards from a
             // client, so one host client cannot end the VM or another client's sessions.
             Shutdown::TYPE | RelayClientDisconnected::TYPE if id != 0 => self.error(

@@ -143,12 +143,35 @@ pub fn boottime_ns() -> u64 {
 
 /// Sets CLOCK_REALTIME.
 pub fn set_realtime(unix_nanos: u64) -> io::Result<()> {
-    let invalid = |_| io::Error::from_raw_os_error(libc::EINVAL);
-    let ts = TimeSpec::new(
-        libc::time_t::try_from(unix_nanos / 1_000_000_000).map_err(invalid)?,
-        libc::c_long::try_from(unix_nanos % 1_000_000_000).map_err(invalid)?,
-    );
+    let ts = TimeSpec::from_duration(std::time::Duration::from_nanos(unix_nanos));
     nix::time::clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(io::Error::from)
+}
+
+/// Mixes `bytes` into the kernel's input pool, credited as entropy (`RNDADDENTROPY`), then makes
+/// the generator reseed from it now (`RNDRESEEDCRNG`), not at its next scheduled reseed: what a
+/// VM restored from a template needs before anything reads randomness, since every clone starts
+/// with the template's generator state.
+pub fn add_entropy_and_reseed(bytes: &[u8]) -> io::Result<()> {
+    // <linux/random.h>: _IOW('R', 0x03, int[2]) and _IO('R', 0x07).
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    let too_big = || io::Error::from_raw_os_error(libc::E2BIG);
+    let size = libc::c_int::try_from(bytes.len()).map_err(|_| too_big())?;
+    let bits = size.checked_mul(8).ok_or_else(too_big)?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&bits.to_ne_bytes());
+    info.extend_from_slice(&size.to_ne_bytes());
+    info.extend_from_slice(bytes);
+    let dev = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // SAFETY: `info` is a rand_pool_info of `size` bytes of buffer, alive for the call; the
+    // kernel only reads it.
+    check(unsafe { libc::ioctl(dev.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) })?;
+    // SAFETY: an ioctl without an argument on our open descriptor.
+    check(unsafe { libc::ioctl(dev.as_raw_fd(), RNDRESEEDCRNG as _) })?;
+    Ok(())
 }
 
 /// kill(2); `ESRCH` (already gone) is not an error.

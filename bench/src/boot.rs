@@ -1,6 +1,8 @@
 //! Boot time: what agentd reports in `core.ready` (CLOCK_BOOTTIME in the guest: kernel start to
 //! agentd's first instruction, to the end of its set-up, to the port being open) and what the
-//! host sees (VMM launch to `core.ready`; `msbox run ROOTFS -- true` end to end).
+//! host sees (VMM launch to `core.ready`; `msbox run ROOTFS -- true` end to end); then the same
+//! host figures for VMs restored from a template (`msb_runtime::template`; the first restore
+//! builds it) instead of booted.
 
 use std::path::Path;
 use std::process::Command;
@@ -54,6 +56,61 @@ pub struct Report {
     guest_ready_ms: Stats,
     host_launch_to_ready_ms: Stats,
     msbox_run_true_wall_ms: Stats,
+    /// The first restore, which builds the template (a boot, the save, the restore).
+    template_build_and_restore_ms: f64,
+    /// VMM launch to `core.restored`, the `n` restores after the first.
+    restore_launch_to_ready_ms: Stats,
+    /// `msbox run ROOTFS -- true` with templates (its default), after the restores above.
+    msbox_run_true_restored_wall_ms: Stats,
+}
+
+/// One VM on a fresh copy of `root`, booted or restored: its `core.ready` and launch-to-ready.
+async fn one_vm(
+    root: &Path,
+    id: String,
+    templates: bool,
+) -> Result<(msb_protocol::types::Ready, f64, bool)> {
+    let mut cfg = VmConfig::new(id);
+    cfg.templates = templates;
+    let dir = cfg.dir();
+    std::fs::create_dir_all(&dir)?;
+    disks::make_lower(root, &dir.join("lower.img"))?;
+    disks::make_upper(&dir.join("upper.img"), 64 << 20)?;
+    cfg.disks = vec![
+        DiskSpec {
+            serial: "lower".into(),
+            path: dir.join("lower.img"),
+            read_only: true,
+        },
+        DiskSpec {
+            serial: "upper".into(),
+            path: dir.join("upper.img"),
+            read_only: false,
+        },
+    ];
+    let sb = Vm::start(cfg).await?;
+    let r = sb.ready().clone();
+    let took = ms(sb.boot_time());
+    let restored = sb.from_template();
+    sb.shutdown(Duration::from_secs(20)).await?;
+    Ok((r, took, restored))
+}
+
+/// `msbox run ROOTFS [--no-template] -- true`, `n` times: wall times.
+fn msbox_runs(msbox: &Path, root: &Path, n: usize, templates: bool) -> Result<Vec<f64>> {
+    let mut walls = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut cmd = Command::new(msbox);
+        cmd.arg("run");
+        if !templates {
+            cmd.arg("--no-template");
+        }
+        let status = cmd.arg(root).args(["--", "true"]).status()?;
+        walls.push(ms(t.elapsed()));
+        ensure!(status.success(), "msbox run true failed: {status}");
+    }
+    Ok(walls)
 }
 
 fn busybox_root(dir: &Path) -> Result<()> {
@@ -79,48 +136,37 @@ pub async fn run(n: usize) -> Result<Report> {
     let (backend, reason) = select_backend(None);
     let mut samples = Vec::new();
     let mut kernel_release = String::new();
+    let pid = std::process::id();
     for i in 0..n {
-        let mut cfg = VmConfig::new(format!("bench-{}-{i}", std::process::id()));
-        let dir = cfg.dir();
-        std::fs::create_dir_all(&dir)?;
-        disks::make_lower(&root, &dir.join("lower.img"))?;
-        disks::make_upper(&dir.join("upper.img"), 64 << 20)?;
-        cfg.disks = vec![
-            DiskSpec {
-                serial: "lower".into(),
-                path: dir.join("lower.img"),
-                read_only: true,
-            },
-            DiskSpec {
-                serial: "upper".into(),
-                path: dir.join("upper.img"),
-                read_only: false,
-            },
-        ];
-        let sb = Vm::start(cfg).await?;
-        let r = sb.ready().clone();
+        let (r, took, _) = one_vm(&root, format!("bench-{pid}-{i}"), false).await?;
         kernel_release = r.kernel_release.clone();
         samples.push(BootSample {
             guest_boot_ms: r.boot_time_ns as f64 / 1e6,
             guest_init_ms: r.init_time_ns as f64 / 1e6,
             guest_ready_ms: r.ready_time_ns as f64 / 1e6,
-            host_launch_to_ready_ms: ms(sb.boot_time()),
+            host_launch_to_ready_ms: took,
         });
-        sb.shutdown(Duration::from_secs(20)).await?;
     }
     let msbox =
         crate::setup::next_to_this("msbox", "cargo build --release -p msb-shim --bin msbox")?;
-    let mut walls = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        let status = Command::new(&msbox)
-            .arg("run")
-            .arg(&root)
-            .args(["--", "true"])
-            .status()?;
-        walls.push(ms(t.elapsed()));
-        ensure!(status.success(), "msbox run true failed: {status}");
+    let walls = msbox_runs(&msbox, &root, n, false)?;
+    // Templates: a fresh one of this run's own, built by the first restore.
+    let templates = work.join("templates");
+    std::env::set_var("MSB_TEMPLATE_DIR", &templates);
+    let (_, first, restored) = one_vm(&root, format!("bench-{pid}-t"), true).await?;
+    ensure!(
+        restored,
+        "the first VM with templates on was not restored (see the log)"
+    );
+    let mut restores = Vec::new();
+    for i in 0..n {
+        let (_, took, restored) = one_vm(&root, format!("bench-{pid}-r{i}"), true).await?;
+        ensure!(restored, "VM {i} was not restored (see the log)");
+        restores.push(took);
     }
+    // msbox's VM is another kind (its memory): one run to build its template first.
+    msbox_runs(&msbox, &root, 1, true)?;
+    let restored_walls = msbox_runs(&msbox, &root, n, true)?;
     std::fs::remove_dir_all(&work)?;
     Ok(Report {
         benchmark: "boot",
@@ -132,5 +178,8 @@ pub async fn run(n: usize) -> Result<Report> {
         host_launch_to_ready_ms: stats(samples.iter().map(|s| s.host_launch_to_ready_ms).collect()),
         samples,
         msbox_run_true_wall_ms: stats(walls),
+        template_build_and_restore_ms: first,
+        restore_launch_to_ready_ms: stats(restores),
+        msbox_run_true_restored_wall_ms: stats(restored_walls),
     })
 }

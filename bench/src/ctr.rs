@@ -5,6 +5,7 @@
 //! containerd is the end-to-end tests' private instance (`msb_test_e2e::containerd`, the demo's
 //! shell code underneath); the shim is the `containerd-shim-microsandbox-v1` next to this binary.
 
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -47,8 +48,11 @@ pub struct Phases {
     /// Of it, the VM's boot: the runtime's set-up (disks, cgroup, sockets), the VMM's start, the
     /// guest's boot to `core.ready`.
     boot: f64,
-    /// Of the boot, the guest's own clock at `core.ready` (kernel start to agentd ready).
+    /// Of the boot, the guest's own clock at `core.ready` (kernel start to agentd ready); 0 for
+    /// a VM restored from a template, whose clock is the template's.
     guest_clock_at_ready: f64,
+    /// Whether the VMs were restored from a template (the runtime's `from_template`).
+    from_template: bool,
     /// `Start` in the shim.
     start: f64,
     /// `Delete` in the shim, whole.
@@ -57,7 +61,8 @@ pub struct Phases {
     vm_stop: f64,
     /// The host's share as far as these lines tell it: Create outside the boot, the boot
     /// outside the guest's clock (the runtime's set-up, QEMU's start and its loading of the
-    /// kernel) and Delete outside the VM's shutdown.
+    /// kernel; for a restored VM the guest's clock tells nothing, so none of the restore is
+    /// counted here) and Delete outside the VM's shutdown.
     host_side_estimate: f64,
 }
 
@@ -78,6 +83,7 @@ fn phases(log: &str, names: &[String]) -> Option<Phases> {
         v.get(v.len() / 2).copied()
     };
     let mut cols: [Vec<f64>; 7] = Default::default();
+    let mut from_template = false;
     for name in names {
         let of = |msg: &str, key: &str| -> Option<String> {
             log.lines()
@@ -92,19 +98,21 @@ fn phases(log: &str, names: &[String]) -> Option<Phases> {
         let ready = of("msg=\"ready in ", "sandbox")?;
         let started = of("msg=\"started ", "container")?;
         let deleted = of("msg=\"deleted ", "container")?;
+        from_template = ready.contains("from_template=true");
         // "ready in X ms (guest: boot a ms, init b ms, ready c ms)"
-        let guest = ready
+        let guest: f64 = ready
             .split("ready ")
             .nth(2)?
             .split(' ')
             .next()?
             .parse()
             .ok()?;
+        let boot = field(&created, "boot_ms")?;
         let row = [
             field(&created, "took_ms")?,
             field(&created, "before_vm_ms")?,
-            field(&created, "boot_ms")?,
-            guest,
+            boot,
+            if from_template { boot } else { guest },
             field(&started, "took_ms")?,
             field(&deleted, "took_ms")?,
             field(&deleted, "vm_stop_ms")?,
@@ -120,7 +128,8 @@ fn phases(log: &str, names: &[String]) -> Option<Phases> {
         create,
         create_before_vm: before,
         boot,
-        guest_clock_at_ready: guest,
+        guest_clock_at_ready: if from_template { 0.0 } else { guest },
+        from_template,
         start,
         delete,
         vm_stop: stop,
@@ -162,13 +171,31 @@ fn shim_tree_rss(id: &str) -> Result<(Vec<String>, u64)> {
     ))
 }
 
-fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<RuntimeFigures> {
+/// One runtime's figures; `config`: a shim configuration file (`--runtime-config-path`).
+fn measure(
+    ctrd: &Containerd,
+    runtime: &str,
+    config: Option<&Path>,
+    tag: &str,
+    runs: usize,
+) -> Result<RuntimeFigures> {
+    let config_arg = config.map(|c| c.display().to_string());
+    let with_runtime = |args: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec![args[0].into()];
+        a.extend(["--runtime".to_owned(), runtime.to_owned()]);
+        if let Some(c) = &config_arg {
+            a.extend(["--runtime-config-path".to_owned(), c.clone()]);
+        }
+        a.extend(args[1..].iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let ctr_with = |args: &[&str]| -> Result<Output> {
+        let a = with_runtime(args);
+        ctr(ctrd, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     let run = |name: String| -> Result<Duration> {
         let t = Instant::now();
-        ctr(
-            ctrd,
-            &["run", "--rm", "--runtime", runtime, IMAGE, &name, "true"],
-        )?;
+        ctr_with(&["run", "--rm", IMAGE, &name, "true"])?;
         Ok(t.elapsed())
     };
     let first = run(format!("{tag}-first"))?;
@@ -177,19 +204,7 @@ fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<R
         walls.push(ms(run(format!("{tag}-{i}"))?));
     }
     let idle = format!("{tag}-idle");
-    ctr(
-        ctrd,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            runtime,
-            IMAGE,
-            &idle,
-            "sleep",
-            "600",
-        ],
-    )?;
+    ctr_with(&["run", "-d", IMAGE, &idle, "sleep", "600"])?;
     // Let the guest settle (page cache, translation cache) before reading resident memory.
     std::thread::sleep(Duration::from_secs(3));
     let (names, rss_kib) = shim_tree_rss(&idle)?;
@@ -213,7 +228,10 @@ fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<R
     }
     ctr(ctrd, &["container", "rm", &idle])?;
     Ok(RuntimeFigures {
-        runtime: runtime.into(),
+        runtime: match config {
+            Some(c) => format!("{runtime} ({})", c.display()),
+            None => runtime.into(),
+        },
         first_run_ms: ms(first),
         run_true_wall_ms: stats(walls),
         idle_rss_mib: rss_kib as f64 / 1024.0,
@@ -230,13 +248,17 @@ fn measure(ctrd: &Containerd, runtime: &str, tag: &str, runs: usize) -> Result<R
 pub fn run(runs: usize) -> Result<Report> {
     ensure!(runs > 0, "at least one run");
     let ctrd = setup::containerd_with_busybox(NS)?;
+    // microsandbox twice: restoring a template (the default) and booting.
+    let boot = std::env::temp_dir().join("msb-bench-boot.toml");
+    std::fs::write(&boot, "templates = false\n")?;
     Ok(Report {
         benchmark: "ctr",
         runs,
         backend_note: setup::backend_note(),
         runtimes: vec![
-            measure(&ctrd, "io.microsandbox.v1", "msb", runs)?,
-            measure(&ctrd, "io.containerd.runc.v2", "runc", runs)?,
+            measure(&ctrd, "io.microsandbox.v1", None, "msb", runs)?,
+            measure(&ctrd, "io.microsandbox.v1", Some(&boot), "msb-boot", runs)?,
+            measure(&ctrd, "io.containerd.runc.v2", None, "runc", runs)?,
         ],
     })
 }

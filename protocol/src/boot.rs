@@ -35,6 +35,10 @@ pub const ENV_DIR_MOUNTS: &str = "MSB_DIR_MOUNTS";
 pub const ENV_FILE_MOUNTS: &str = "MSB_FILE_MOUNTS";
 /// `MSB_LOG`: agentd's log level (`error`, `warn`, `info`, `debug`, `trace`). Ours.
 pub const ENV_LOG: &str = "MSB_LOG";
+/// `MSB_TEMPLATE`: this boot makes a template VM (format `1`), saved once agentd is ready and
+/// restored for each sandbox (docs/PERFORMANCE.md, "Templates"). agentd then leaves the disks
+/// and network devices unbound until `core.restore` names the sandbox's. Ours.
+pub const ENV_TEMPLATE: &str = "MSB_TEMPLATE";
 
 /// Every `MSB_*` variable name.
 pub const ALL_ENV_VARS: &[&str] = &[
@@ -48,6 +52,7 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_DIR_MOUNTS,
     ENV_FILE_MOUNTS,
     ENV_LOG,
+    ENV_TEMPLATE,
 ];
 
 /// A value that does not parse. Names the variable, the entry and what was wrong.
@@ -856,6 +861,8 @@ pub struct BootEnv {
     pub file_mounts: Vec<FileMountSpec>,
     /// `MSB_LOG`.
     pub log: Option<String>,
+    /// `MSB_TEMPLATE`.
+    pub template: bool,
 }
 
 impl BootEnv {
@@ -883,6 +890,11 @@ impl BootEnv {
                     check_token(ENV_LOG, v, "level", v, &[])?;
                     env.log = Some(v.to_owned())
                 }
+                ENV_TEMPLATE => match v {
+                    "1" => env.template = true,
+                    "0" => env.template = false,
+                    _ => return Err(err(ENV_TEMPLATE, v, "expected 1 or 0")),
+                },
                 _ => {}
             }
         }
@@ -940,6 +952,9 @@ impl BootEnv {
             FileMountSpec::format_list(&self.file_mounts),
         );
         push(ENV_LOG, self.log.clone().unwrap_or_default());
+        if self.template {
+            push(ENV_TEMPLATE, "1".into());
+        }
         out
     }
 

@@ -102,3 +102,7 @@ pub const OOM_EXIT_CODE: i32 = 137;
 
 /// Base added to a signal number to form the exit code of a signal death, as shells and runc do.
 pub const SIGNAL_EXIT_BASE: i32 = 128;
+
+/// Most bytes of host entropy a `core.restore` carries (agentd refuses more): 64 are plenty to
+/// reseed the kernel's generator, which is all they are for.
+pub const MAX_RESTORE_ENTROPY: usize = 256;

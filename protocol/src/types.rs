@@ -40,6 +40,8 @@ payloads! {
     InitResolved => "core.init.resolved", NONE;
     InitAck => "core.init.ack", NONE;
     ClockSync => "core.clock.sync", NONE;
+    Restore => "core.restore", SESSION_START;
+    Restored => "core.restored", TERMINAL;
     Shutdown => "core.shutdown", SHUTDOWN;
     RelayClientDisconnected => "core.relay.client.disconnected", NONE;
     Ping => "core.ping", NONE;
@@ -132,6 +134,27 @@ pub struct ClockSync {
     /// Host wall-clock time, nanoseconds since the Unix epoch.
     pub unix_time_nanos: u64,
 }
+
+/// **Ours:** `core.restore` (host -> guest, session start): this VM was restored from a template
+/// (booted with `MSB_TEMPLATE=1`, saved once ready) and becomes this sandbox's. agentd sets the
+/// wall clock, mixes `entropy` into the kernel's random pool and reseeds it (every clone starts
+/// with the template's random state), binds the disks and network devices it left unbound, then
+/// applies `boot_env` as it applies its command line at boot. Answered with `core.restored`, or
+/// `core.error` naming the step that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The sandbox's `MSB_*` settings as `KEY=VALUE` words, as its command line would carry them.
+    pub boot_env: Vec<String>,
+    /// Random bytes from the host, at most [`crate::consts::MAX_RESTORE_ENTROPY`].
+    #[serde(with = "serde_bytes")]
+    pub entropy: Vec<u8>,
+    /// Host wall-clock time, nanoseconds since the Unix epoch.
+    pub unix_time_nanos: u64,
+}
+
+/// **Ours:** `core.restored` (guest -> host): the restored VM is this sandbox's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Restored {}
 
 /// `core.shutdown` (host -> guest, id 0): stop containers, clean disks, power off. Its payload
 /// is CBOR null.

@@ -130,6 +130,15 @@ proptest! {
         round_trip(id, &ErrorReply { kind: ErrorKind::InvalidSession, message: msg.clone(), offending_type: Some(msg.clone()) });
         round_trip(id, &Ready { boot_time_ns: a, init_time_ns: b, ready_time_ns: c, agent_version: msg.clone(), kernel_release: msg.clone(), boot_id: msg.clone() });
         round_trip(id, &ClockSync { unix_time_nanos: a });
+        round_trip(
+            id,
+            &Restore {
+                boot_env: vec!["MSB_HOSTNAME=clone-1".into()],
+                entropy: vec![7; 64],
+                unix_time_nanos: a,
+            },
+        );
+        round_trip(id, &Restored {});
         round_trip(id, &RelayClientDisconnected { id_start: pid, id_end_exclusive: pid });
         round_trip(id, &ContainerOom { id: msg.clone() });
         round_trip(id, &ContainerPidsReply { pids: vec![pid, 1] });
@@ -219,6 +228,7 @@ fn boot_env_round_trips_through_cmdline_words() {
         ("MSB_DIR_MOUNTS", "data:/data:ro,nosuid;cache:/cache"),
         ("MSB_FILE_MOUNTS", "cfg:app.json:/etc/app.json:ro"),
         ("MSB_LOG", "debug"),
+        ("MSB_TEMPLATE", "1"),
         ("PATH", "/bin"),
     ])
     .unwrap();
@@ -236,6 +246,7 @@ fn boot_env_round_trips_through_cmdline_words() {
             "MSB_DIR_MOUNTS=data:/data:ro,nosuid;cache:/cache",
             "MSB_FILE_MOUNTS=cfg:app.json:/etc/app.json:ro",
             "MSB_LOG=debug",
+            "MSB_TEMPLATE=1",
         ]
     );
     let back = BootEnv::from_vars(words.iter().map(|w| w.split_once('=').unwrap())).unwrap();
@@ -261,6 +272,7 @@ fn boot_env_errors_name_variable_entry_and_problem() {
         ("MSB_RLIMITS", "files=1", "MSB_RLIMITS: entry \"files=1\": unknown resource \"files\""),
         ("MSB_DIR_MOUNTS", "data", "MSB_DIR_MOUNTS: entry \"data\": expected tag:guest_path[:options]"),
         ("MSB_FILE_MOUNTS", "cfg:..:/etc/x", "MSB_FILE_MOUNTS: entry \"cfg:..:/etc/x\": filename \"..\" is not a file name"),
+        ("MSB_TEMPLATE", "yes", "MSB_TEMPLATE: entry \"yes\": expected 1 or 0"),
     ];
     for (var, value, expected) in cases {
         let err = BootEnv::from_vars([(var, value)]).unwrap_err();

@@ -16,6 +16,7 @@
 //! - [`rootfs`]: containers' roots on the host: the layer image cache and the disk layouts of a
 //!   single container's VM and of a pod's.
 //! - [`vm`]: the owned value tying it together ([`Vm`]); dropping it leaves nothing behind.
+//! - [`template`]: a VM restored from a saved template instead of booted (QEMU).
 //! - [`socket_path`]: binds and connects Unix sockets whose paths exceed `sun_path`.
 //! - [`volumes`]: host directories and files bound into a VM's read-write volume share.
 
@@ -31,6 +32,7 @@ pub mod private;
 pub mod relay;
 pub mod rootfs;
 pub mod socket_path;
+pub mod template;
 pub mod vm;
 pub mod vmm;
 pub mod volumes;

@@ -42,6 +42,9 @@ pub struct VmConfig {
     pub shares: Vec<ShareSpec>,
     /// The pod network's TAP ([`crate::net::PodNetwork::device`]); `None`: loopback only.
     pub net: Option<crate::net::NetDevice>,
+    /// Restore a saved template instead of booting where it can ([`crate::template`]): QEMU, no
+    /// shares, no network. Default: on unless `$MSB_TEMPLATES` is `off`.
+    pub templates: bool,
     /// How long the guest may take to send `core.ready`.
     pub ready_timeout: Duration,
     /// The sandbox directory (default `$MSB_RUN_DIR/sandboxes/<id>`); removed with the sandbox.
@@ -66,6 +69,7 @@ impl VmConfig {
             disks: Vec::new(),
             shares: Vec::new(),
             net: None,
+            templates: crate::template::enabled_by_default(),
             ready_timeout: Duration::from_secs(60),
             cgroup: None,
         }
@@ -146,6 +150,7 @@ pub struct Vm {
     relay: RelayHandle,
     ready: Ready,
     boot_time: Duration,
+    from_template: bool,
 }
 
 impl Vm {
@@ -180,6 +185,7 @@ impl Vm {
             agent_socket: dir.join("agent.sock"),
             console_log: dir.join("console.log"),
             cgroup: cgroup.as_ref().map(Cgroup::join),
+            start: vmm::VmStart::Boot,
         };
         // Made here, private: the VMM opens it without creating it anew, so its mode stays.
         crate::private::create_file(&spec.console_log).map_err(|source| VmError::Io {
@@ -188,79 +194,63 @@ impl Vm {
             source,
         })?;
         let started = Instant::now();
-        let backend = vmm::backend(kind).map_err(|source| VmError::Vmm {
-            backend: kind,
-            source,
-        })?;
-        let mut vmm = backend.launch(&spec).map_err(|source| VmError::Vmm {
-            backend: kind,
-            source,
-        })?;
         let deadline = started + cfg.ready_timeout;
-        let stream = loop {
-            if let Some(exit) = vmm.try_exit() {
-                return Err(not_ready(
-                    &vmm,
-                    vmm_exited(&exit, "before the agent socket was up"),
-                ));
-            }
-            match crate::socket_path::connect(&spec.agent_socket).await {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
-                Err(e) => {
-                    return Err(not_ready(
-                        &vmm,
-                        format!("agent socket {}: {e}", spec.agent_socket.display()),
-                    ))
-                }
-            }
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        // The relay owns the one agent connection QEMU accepts; our own client is its first,
-        // and others (`relay.sock`) may attach while the sandbox runs.
-        let relay_socket = dir.join("relay.sock");
-        let serve = Relay::serve(
-            stream,
-            &relay_socket,
-            RelayOptions {
-                ready_timeout: remaining,
-                ..RelayOptions::default()
-            },
-        );
-        tokio::pin!(serve);
-        // Waits for core.ready, but gives up as soon as the VMM dies (a crashed guest must fail
-        // fast, not after the whole timeout).
-        let relay = loop {
-            tokio::select! {
-                r = &mut serve => match r {
-                    Ok(relay) => break relay,
+        let template = match (&cfg, kind) {
+            (cfg, BackendKind::Qemu)
+                if cfg.templates && spec.shares.is_empty() && spec.net.is_none() =>
+            {
+                let t = crate::template::TemplateSpec {
+                    vcpus: cfg.vcpus,
+                    memory_mib: cfg.memory_mib,
+                    kernel: cfg.assets.kernel.clone(),
+                    initramfs: cfg.assets.initramfs.clone(),
+                    disks: cfg.disks.len(),
+                    log: cfg.boot_env.log.clone(),
+                };
+                match crate::template::ensure(&t, deadline).await {
+                    Ok(t) => Some(t),
                     Err(e) => {
-                        // A guest connection that ended mostly means the VMM is exiting: say
-                        // so, as the other paths do, not only what the relay saw.
-                        let reason = match exit_soon(&mut vmm).await {
-                            Some(exit) => format!("{}: {e}", vmm_exited(&exit, "before core.ready")),
-                            None => e.to_string(),
-                        };
-                        return Err(not_ready(&vmm, reason));
+                        tracing::warn!(sandbox = %cfg.id, "no template, booting: {}", chain(&e));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut restored = None;
+        if let Some(t) = &template {
+            let clone = VmSpec {
+                cmdline: t.cmdline.clone(),
+                start: vmm::VmStart::Restore(t.state.clone()),
+                ..spec.clone()
+            };
+            match up(kind, &clone, deadline).await {
+                Ok(u) => match make_it_ours(&u, &cfg).await {
+                    Ok(()) => restored = Some(u),
+                    Err(e) => {
+                        tracing::warn!(sandbox = %cfg.id, "core.restore failed, booting instead: {e}");
+                        drop(u);
+                        t.discard();
                     }
                 },
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if let Some(exit) = vmm.try_exit() {
-                        return Err(not_ready(&vmm, vmm_exited(&exit, "before core.ready")));
-                    }
+                Err(e) => {
+                    tracing::warn!(sandbox = %cfg.id, "restoring the template failed, booting instead: {}", chain(&e));
+                    t.discard();
                 }
             }
+        }
+        let from_template = restored.is_some();
+        let Up {
+            vmm,
+            agent,
+            relay,
+            ready,
+        } = match restored {
+            Some(u) => u,
+            None => up(kind, &spec, deadline).await?,
         };
-        let own = relay
-            .attach()
-            .map_err(|e| not_ready(&vmm, format!("attach to the relay: {e}")))?;
-        let (agent, ready) = AgentClient::connect_relay(own, Duration::from_secs(10))
-            .await
-            .map_err(|e| not_ready(&vmm, format!("relay client: {e}")))?;
         let boot_time = started.elapsed();
-        tracing::info!(sandbox = %cfg.id, "ready in {} ms (guest: boot {} ms, init {} ms, ready {} ms)", boot_time.as_millis(), ready.boot_time_ns / 1_000_000, ready.init_time_ns / 1_000_000, ready.ready_time_ns / 1_000_000);
+        tracing::info!(sandbox = %cfg.id, from_template, "ready in {} ms (guest: boot {} ms, init {} ms, ready {} ms)", boot_time.as_millis(), ready.boot_time_ns / 1_000_000, ready.init_time_ns / 1_000_000, ready.ready_time_ns / 1_000_000);
         Ok(Vm {
             id: cfg.id,
             dir,
@@ -270,6 +260,7 @@ impl Vm {
             relay,
             ready,
             boot_time,
+            from_template,
         })
     }
 
@@ -287,6 +278,11 @@ impl Vm {
     /// What the guest announced.
     pub fn ready(&self) -> &Ready {
         &self.ready
+    }
+
+    /// Whether this VM was restored from a template rather than booted.
+    pub fn from_template(&self) -> bool {
+        self.from_template
     }
 
     /// Host wall time from launching the VMM to `core.ready`.
@@ -425,6 +421,129 @@ fn not_ready(vmm: &VmmProcess, reason: String) -> VmError {
     VmError::NotReady { reason, logs }
 }
 
+/// A VMM whose guest is ready, with the relay and the runtime's agent client on it.
+#[derive(Debug)]
+struct Up {
+    vmm: VmmProcess,
+    agent: AgentClient,
+    relay: RelayHandle,
+    ready: Ready,
+}
+
+/// Launches the VMM for `spec` and waits until its guest is ready (by `deadline`), or fails fast
+/// when the VMM dies first.
+async fn up(kind: BackendKind, spec: &VmSpec, deadline: Instant) -> Result<Up, VmError> {
+    let dir = &spec.dir;
+    let backend = vmm::backend(kind).map_err(|source| VmError::Vmm {
+        backend: kind,
+        source,
+    })?;
+    let mut vmm = backend.launch(spec).map_err(|source| VmError::Vmm {
+        backend: kind,
+        source,
+    })?;
+
+    let stream = loop {
+        if let Some(exit) = vmm.try_exit() {
+            return Err(not_ready(
+                &vmm,
+                vmm_exited(&exit, "before the agent socket was up"),
+            ));
+        }
+        match crate::socket_path::connect(&spec.agent_socket).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => {
+                return Err(not_ready(
+                    &vmm,
+                    format!("agent socket {}: {e}", spec.agent_socket.display()),
+                ))
+            }
+        }
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    // The relay owns the one agent connection QEMU accepts; our own client is its first,
+    // and others (`relay.sock`) may attach while the sandbox runs.
+    let relay_socket = dir.join("relay.sock");
+    let serve = Relay::serve(
+        stream,
+        &relay_socket,
+        RelayOptions {
+            ready_timeout: remaining,
+            ..RelayOptions::default()
+        },
+    );
+    tokio::pin!(serve);
+    // Waits for core.ready, but gives up as soon as the VMM dies (a crashed guest must fail
+    // fast, not after the whole timeout).
+    let relay = loop {
+        tokio::select! {
+            r = &mut serve => match r {
+                Ok(relay) => break relay,
+                Err(e) => {
+                    // A guest connection that ended mostly means the VMM is exiting: say
+                    // so, as the other paths do, not only what the relay saw.
+                    let reason = match exit_soon(&mut vmm).await {
+                        Some(exit) => format!("{}: {e}", vmm_exited(&exit, "before core.ready")),
+                        None => e.to_string(),
+                    };
+                    return Err(not_ready(&vmm, reason));
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if let Some(exit) = vmm.try_exit() {
+                    return Err(not_ready(&vmm, vmm_exited(&exit, "before core.ready")));
+                }
+            }
+        }
+    };
+    let own = relay
+        .attach()
+        .map_err(|e| not_ready(&vmm, format!("attach to the relay: {e}")))?;
+    let (agent, ready) = AgentClient::connect_relay(own, Duration::from_secs(10))
+        .await
+        .map_err(|e| not_ready(&vmm, format!("relay client: {e}")))?;
+    Ok(Up {
+        vmm,
+        agent,
+        relay,
+        ready,
+    })
+}
+
+/// Sends `core.restore` to a VM restored from a template: the sandbox's settings, the host's
+/// clock and fresh entropy.
+async fn make_it_ours(u: &Up, cfg: &VmConfig) -> Result<(), String> {
+    use std::io::Read;
+    let mut entropy = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut entropy))
+        .map_err(|e| format!("read /dev/urandom: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let restore = msb_protocol::types::Restore {
+        boot_env: cfg.boot_env.to_cmdline_words(),
+        entropy,
+        unix_time_nanos: u64::try_from(now.as_nanos()).map_err(|e| e.to_string())?,
+    };
+    u.agent.restore(&restore).await.map_err(|e| e.to_string())
+}
+
+/// An error with its causes, `: `-separated, for a log line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +609,7 @@ mod tests {
             relay,
             ready,
             boot_time: Duration::ZERO,
+            from_template: false,
         };
         (vm, guest)
     }

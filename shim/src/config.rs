@@ -118,6 +118,9 @@ pub struct ShimConfig {
     /// `<state_dir>/<namespace>/sandboxes/<sandbox id>/vm/`. On a disk, not tmpfs: the uppers hold
     /// what containers write.
     pub state_dir: PathBuf,
+    /// Start VMs by restoring a saved template where the backend and the VM allow
+    /// (`msb_runtime::template`: QEMU, no shares, no network), instead of booting.
+    pub templates: bool,
 }
 
 impl Default for ShimConfig {
@@ -136,6 +139,7 @@ impl Default for ShimConfig {
             max_memory_mib: 16 << 10,
             max_upper_size: 64 << 30,
             state_dir: PathBuf::from("/var/lib/microsandbox/shim"),
+            templates: true,
         }
     }
 }
@@ -171,6 +175,8 @@ pub struct VmSettings {
     /// The host cgroup of the VM's VMM and companions: the booting container's (a CRI pod's
     /// sandbox container's) `linux.cgroupsPath`; `None`: the shim's own cgroup.
     pub cgroup: Option<msb_runtime::cgroup::CgroupPath>,
+    /// Restore a saved template instead of booting where possible ([`ShimConfig::templates`]).
+    pub templates: bool,
 }
 
 /// Settings of one container after annotations.
@@ -294,6 +300,7 @@ impl ShimConfig {
                 netns: None,
                 host_network: false,
                 cgroup: None,
+                templates: cfg.templates,
             },
             upper_size: cfg.upper_size,
             handoff_init: cfg.handoff_init,

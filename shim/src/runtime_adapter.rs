@@ -230,6 +230,7 @@ impl RuntimePodVm {
         cfg.shares = shares;
         cfg.boot_env.hostname = vm_hostname(&self.id);
         cfg.cgroup = self.config.cgroup.clone();
+        cfg.templates &= self.config.templates;
         let sb = msb_runtime::Vm::start(cfg)
             .await
             .map_err(|e| PodVmError::Boot(e.into()))?;

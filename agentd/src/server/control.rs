@@ -1,8 +1,9 @@
-//! The connection itself: liveness, the wall clock, the end of the VM, and a relay client that
+//! The connection itself: liveness, the wall clock, a VM restored from a template, the end of the VM, and a relay client that
 //! left. Shutdown and a client's departure act on every session of the VM (or of a client's id
 //! range), which is why the dispatcher accepts them on id 0 only.
 
-use msb_protocol::types::{ClockSync, Pong, RelayClientDisconnected};
+use msb_protocol::types::{ClockSync, ErrorKind, Pong, RelayClientDisconnected, Restore, Restored};
+use msb_protocol::Payload;
 
 use super::Server;
 use crate::{exec, sys};
@@ -17,6 +18,15 @@ impl Server {
     pub(super) fn clock_sync(&self, c: ClockSync) {
         if let Err(e) = sys::set_realtime(c.unix_time_nanos) {
             tracing::warn!("clock sync: {e}");
+        }
+    }
+
+    /// `core.restore`: see [`crate::restore`]. Answered with `core.restored`, or `core.error`
+    /// naming the step that failed.
+    pub(super) fn restore(&self, id: u32, r: Restore) {
+        match crate::restore::restore(&r) {
+            Ok(()) => self.out.send(id, &Restored {}),
+            Err(e) => self.error(id, ErrorKind::InvalidPayload, e, Restore::TYPE),
         }
     }
 

@@ -455,6 +455,12 @@ impl AgentClient {
         reply::<NetConfigured>(NetConfigure::TYPE, m).map(drop)
     }
 
+    /// `core.restore`: makes a VM restored from a template the sandbox's
+    /// ([`crate::template`]).
+    pub async fn restore(&self, r: &Restore) -> Result<(), AgentError> {
+        self.work::<Restore, Restored>(r).await.map(drop)
+    }
+
     /// A container's cgroup figures.
     pub async fn container_stats(&self, id: &str) -> Result<ContainerStatsReply, AgentError> {
         self.call(&ContainerStats { id: id.into() }).await

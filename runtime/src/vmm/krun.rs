@@ -388,6 +388,12 @@ impl Backend for Krun {
                 ),
             });
         }
+        if spec.start != super::VmStart::Boot {
+            return Err(VmmError::Unsupported {
+                backend: BackendKind::Krun,
+                what: "templates (saving and restoring a VM)".into(),
+            });
+        }
         let program = self.program()?;
         let config = LaunchConfig::from_spec(spec, self.krunfw(spec)?);
         let log_path = spec.dir.join("krun.log");

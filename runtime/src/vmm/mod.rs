@@ -148,6 +148,22 @@ pub struct VmSpec {
     /// The host cgroup every VMM-side process (the VMM, each companion) joins before it execs;
     /// `None`: they stay in the caller's.
     pub cgroup: Option<crate::cgroup::Join>,
+    /// Boot, or restore a saved template ([`crate::template`]).
+    pub start: VmStart,
+}
+
+/// How the VMM starts the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum VmStart {
+    /// Boot the kernel.
+    #[default]
+    Boot,
+    /// Boot the kernel with a QMP channel for the runtime ([`VmmProcess::take_qmp`]), which
+    /// saves the VM as a template once it is ready. QEMU only.
+    BootTemplate,
+    /// Restore the template saved in this file instead of booting: the VMM's devices must be
+    /// those the template had (the same number of disks, no shares, no network). QEMU only.
+    Restore(PathBuf),
 }
 
 /// What a failed spawn of `program` for `spec` was doing, naming the cgroup the child was to
@@ -239,6 +255,8 @@ pub struct VmmProcess {
     _ids: Option<ids::IdLease>,
     /// Keeps the logs of the VM's directory bounded while it runs.
     _log_cap: crate::log_cap::LogCapper,
+    /// The runtime's end of the VMM's QMP channel ([`VmStart::BootTemplate`]).
+    qmp: Option<std::os::unix::net::UnixStream>,
 }
 
 impl VmmProcess {
@@ -268,7 +286,19 @@ impl VmmProcess {
             kind,
             companions: Vec::new(),
             _ids: None,
+            qmp: None,
         })
+    }
+
+    /// Keeps the runtime's end of the VMM's QMP channel for [`VmmProcess::take_qmp`].
+    pub fn with_qmp(mut self, qmp: std::os::unix::net::UnixStream) -> Self {
+        self.qmp = Some(qmp);
+        self
+    }
+
+    /// The runtime's end of the VMM's QMP channel, once ([`VmStart::BootTemplate`]).
+    pub fn take_qmp(&mut self) -> Option<std::os::unix::net::UnixStream> {
+        self.qmp.take()
     }
 
     /// Holds the VMM's uid/gid lease as long as this value lives.
@@ -440,6 +470,7 @@ pub(crate) fn sample_spec() -> VmSpec {
         agent_socket: "/d/agent.sock".into(),
         console_log: "/d/console.log".into(),
         cgroup: None,
+        start: VmStart::Boot,
     }
 }
 

@@ -34,6 +34,7 @@
 //!   seccomp filter); it stays root to serve files as their guest owners.
 
 mod jail;
+pub mod qmp;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -41,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use super::ids::{IdLease, IdRange};
-use super::{Backend, BackendKind, VmSpec, VmmError, VmmProcess};
+use super::{Backend, BackendKind, VmSpec, VmStart, VmmError, VmmProcess};
 
 pub use jail::{Jail, JailError};
 
@@ -66,6 +67,10 @@ pub struct Fds {
     /// probes an image read-only first, then reopens it read-write; an fd set serves each open
     /// with a descriptor of the same access mode). Disk `i` is fd set `i + 1`.
     pub disks: Vec<Vec<RawFd>>,
+    /// QEMU's end of the QMP socket pair ([`VmStart::BootTemplate`]).
+    pub qmp: Option<RawFd>,
+    /// The saved template, read-only ([`VmStart::Restore`]): `-incoming fd:N`.
+    pub incoming: Option<RawFd>,
 }
 
 impl Qemu {
@@ -74,6 +79,11 @@ impl Qemu {
         Qemu {
             program: std::env::var("MSB_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
         }
+    }
+
+    /// The QEMU program (a name on `$PATH` or a path).
+    pub fn program(&self) -> &str {
+        &self.program
     }
 
     /// Uses this QEMU program.
@@ -195,6 +205,16 @@ impl Qemu {
                 opt(&d.serial)
             ));
         }
+        if let Some(fd) = fds.qmp {
+            a.push("-chardev".into());
+            a.push(format!("socket,id=qmp,fd={fd}"));
+            a.push("-mon".into());
+            a.push("chardev=qmp,mode=control".into());
+        }
+        if let Some(fd) = fds.incoming {
+            a.push("-incoming".into());
+            a.push(format!("fd:{fd}"));
+        }
         if let Some(net) = &spec.net {
             a.push("-netdev".into());
             a.push(format!("tap,id=net0,fd={},vhost=off", net.fd()));
@@ -291,6 +311,14 @@ fn open_resources(spec: &VmSpec) -> Result<(Vec<OwnedFd>, Fds), VmmError> {
         }
         disks.push(set);
     }
+    let incoming = match &spec.start {
+        VmStart::Restore(state) => Some(keep(
+            std::fs::File::open(state)
+                .map_err(io_err("open the template", state))?
+                .into(),
+        )),
+        VmStart::Boot | VmStart::BootTemplate => None,
+    };
     Ok((
         owned,
         Fds {
@@ -298,6 +326,8 @@ fn open_resources(spec: &VmSpec) -> Result<(Vec<OwnedFd>, Fds), VmmError> {
             agent,
             shares: Vec::new(),
             disks,
+            qmp: None,
+            incoming,
         },
     ))
 }
@@ -406,7 +436,7 @@ fn kill_all(children: &mut [std::process::Child]) {
 /// `program` as the path exec will run: as it is when it names a path, else the first
 /// executable file of that name on `$PATH`. Resolved here because the jail's `$PATH` lookup
 /// would see only `/usr`.
-fn find_program(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -467,7 +497,20 @@ impl Backend for Qemu {
         .map_err(|e| confine("prepare QEMU's jail", e.into()))?;
         let log_path = spec.dir.join("qemu.log");
         let (log, log2) = log_file(&log_path)?;
-        let (owned, mut fds) = open_resources(spec)?;
+        let (mut owned, mut fds) = open_resources(spec)?;
+        let qmp = match spec.start {
+            VmStart::BootTemplate => {
+                let (ours, theirs) =
+                    std::os::unix::net::UnixStream::pair().map_err(|source| VmmError::Io {
+                        what: "make QEMU's QMP socket pair".into(),
+                        source,
+                    })?;
+                fds.qmp = Some(theirs.as_raw_fd());
+                owned.push(theirs.into());
+                Some(ours)
+            }
+            VmStart::Boot | VmStart::Restore(_) => None,
+        };
         // Last before QEMU, which talks to them from its start: nothing after this may fail
         // without killing them.
         let (mut companions, shares) = start_virtiofsd(spec)?;
@@ -489,6 +532,10 @@ impl Backend for Qemu {
         if let Some(cg) = &spec.cgroup {
             cg.on_spawn(&mut cmd);
         }
+        // A template's VM has no sandbox whose clean-up would find it: should this process die
+        // while it builds, the kernel kills that QEMU too. Set after the jail, whose change of
+        // credentials clears it.
+        let die_with_us = spec.start == VmStart::BootTemplate;
         // SAFETY: runs in the forked child before exec and only makes system calls on values
         // prepared here (fcntl(2), the jail's mount/pivot_root/set*id calls, prctl(2)): no
         // allocation, async-signal-safe. The descriptors are open in the parent (`owned`,
@@ -499,6 +546,9 @@ impl Backend for Qemu {
                     inherit(fd)?;
                 }
                 jail.enter()?;
+                if die_with_us {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                }
                 no_new_privs()
             });
         }
@@ -528,8 +578,11 @@ impl Backend for Qemu {
         drop(owned);
         drop(shares);
         tracing::debug!(sandbox = %spec.id, uid = lease.id(), "qemu {}", args.join(" "));
-        let vmm = VmmProcess::new(child, spec.console_log.clone(), log_path, BackendKind::Qemu)
+        let mut vmm = VmmProcess::new(child, spec.console_log.clone(), log_path, BackendKind::Qemu)
             .inspect_err(|_| kill_all(&mut companions))?;
+        if let Some(qmp) = qmp {
+            vmm = vmm.with_qmp(qmp);
+        }
         Ok(vmm.with_companions(companions).with_id_lease(lease))
     }
 }
@@ -545,6 +598,8 @@ mod tests {
             agent: 11,
             shares: vec![],
             disks: vec![vec![12], vec![13, 14]],
+            qmp: None,
+            incoming: None,
         }
     }
 

@@ -20,6 +20,9 @@ pub struct RunArgs {
     /// VMM backend: auto, krun or qemu.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Boot the VM instead of restoring a saved template (also `MSB_TEMPLATES=off`).
+    #[arg(long)]
+    pub no_template: bool,
     /// Allocate a terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
@@ -110,6 +113,7 @@ pub async fn run(args: RunArgs, data_root: Option<&PathBuf>) -> Result<i32> {
     cfg.backend = parse_backend(&args.backend).map_err(anyhow::Error::msg)?;
     cfg.vcpus = args.vcpus;
     cfg.memory_mib = args.memory;
+    cfg.templates &= !args.no_template;
     let hostname = match &args.hostname {
         Some(name) => name.clone(),
         None => short_id()?,
