@@ -128,16 +128,7 @@ impl TemplateSpec {
             ("kernel", &self.kernel),
             ("initramfs", &self.initramfs),
         ] {
-            let m = std::fs::metadata(path).map_err(io("read", path))?;
-            let _ = writeln!(
-                k,
-                "{name}={} size={} mtime={}.{} inode={}",
-                path.display(),
-                m.size(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ino()
-            );
+            let _ = writeln!(k, "{name}={}", file_identity(path)?);
         }
         let accel = if crate::host::kvm_usable().is_ok() {
             "kvm"
@@ -155,6 +146,54 @@ impl TemplateSpec {
             self.boot_env().to_cmdline_words().join(" ")
         );
         Ok(k)
+    }
+}
+
+/// `path` and what tells one file there from its successor: size, modification time, inode.
+fn file_identity(path: &Path) -> Result<String, TemplateError> {
+    let m = std::fs::metadata(path).map_err(io("read", path))?;
+    Ok(format!(
+        "{} size={} mtime={}.{} inode={}",
+        path.display(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
+}
+
+/// Whether a stored key names a QEMU, kernel or initramfs file that is gone or was replaced:
+/// its template can never be asked for again.
+fn stale(key: &str) -> bool {
+    key.lines().any(|line| match line.split_once('=') {
+        Some(("qemu" | "kernel" | "initramfs", identity)) => {
+            let path = identity.split(" size=").next().unwrap_or_default();
+            file_identity(Path::new(path)).map_or(true, |now| now != identity)
+        }
+        _ => false,
+    })
+}
+
+/// Removes the templates under `root` made from files since replaced or removed (a rebuilt
+/// kernel or initramfs, an upgraded QEMU), with their lock files, so the cache holds only
+/// templates that can still be used. Those of an older [`FORMAT`] go too.
+fn prune_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        if !dir.is_dir() || dir.extension().is_some() {
+            continue;
+        }
+        let Ok(key) = std::fs::read_to_string(dir.join("key")) else {
+            continue;
+        };
+        if stale(&key) || !key.starts_with(&format!("format={FORMAT}\n")) {
+            tracing::info!(template = %dir.display(), "removing a stale template");
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(dir.with_extension("lock"));
+        }
     }
 }
 
@@ -201,6 +240,7 @@ pub async fn ensure(spec: &TemplateSpec, deadline: Instant) -> Result<Template, 
     }
     let started = Instant::now();
     build(spec, &key, &template, deadline).await?;
+    prune_stale(&root);
     tracing::info!(template = %template.dir.display(), "template built in {} ms", started.elapsed().as_millis());
     Ok(template)
 }
@@ -532,6 +572,47 @@ mod tests {
         assert!(!saved(&t, "other\n"));
         t.discard();
         assert!(!t.dir.exists());
+    }
+
+    #[test]
+    fn templates_of_replaced_files_are_pruned() {
+        if crate::vmm::qemu::find_program(Qemu::new().program()).is_none() {
+            msb_test_e2e::skip("qemu-system-x86_64 is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path());
+        let root = dir.path().join("templates");
+        let save = |name: &str, key: &str| {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            std::fs::write(root.join(name).join("key"), key).unwrap();
+            std::fs::write(root.join(name).join("state"), "x").unwrap();
+            std::fs::write(root.join(format!("{name}.lock")), "").unwrap();
+        };
+        save("current", &s.key().unwrap());
+        save(
+            "old-format",
+            &s.key().unwrap().replace("format=1\n", "format=0\n"),
+        );
+        std::fs::write(&s.kernel, "a rebuilt kernel, longer").unwrap();
+        let replaced = s.key().unwrap();
+        save("replaced", &replaced);
+        std::fs::remove_file(&s.initramfs).unwrap();
+        std::fs::write(&s.initramfs, "initramfs").unwrap();
+        prune_stale(&root);
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            Vec::<String>::new(),
+            "every one named a replaced file or an old format"
+        );
+        save("now", &s.key().unwrap());
+        prune_stale(&root);
+        assert!(root.join("now/state").exists() && root.join("now.lock").exists());
     }
 
     #[test]
