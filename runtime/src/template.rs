@@ -38,7 +38,7 @@ use crate::vmm::{Backend, DiskSpec, VmSpec, VmStart, VmmError, VmmProcess};
 
 /// Bumped when what a template holds changes in a way its inputs do not show (agentd's template
 /// protocol, the device layout the runtime gives QEMU).
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// `$MSB_TEMPLATE_DIR`, or `/var/cache/microsandbox/templates`.
 pub fn templates_dir() -> PathBuf {
@@ -592,7 +592,9 @@ mod tests {
         save("current", &s.key().unwrap());
         save(
             "old-format",
-            &s.key().unwrap().replace("format=1\n", "format=0\n"),
+            &s.key()
+                .unwrap()
+                .replace(&format!("format={FORMAT}\n"), "format=0\n"),
         );
         std::fs::write(&s.kernel, "a rebuilt kernel, longer").unwrap();
         let replaced = s.key().unwrap();

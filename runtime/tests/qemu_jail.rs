@@ -230,27 +230,13 @@ async fn qemu_runs_jailed_as_a_uid_of_its_own_and_the_guest_still_works() {
     // disk (written through QEMU's descriptor).
     let agent = vm_a.agent().clone();
     agent
-        .container_create(&ContainerCreate {
-            id: "c".into(),
-            rootfs: RootfsSpec {
-                lower: vec![StorageRef::Image(format!(
-                    "{}/lower.img",
-                    msb_protocol::consts::RUNTIME_MOUNT_POINT
-                ))],
-                upper: StorageRef::Serial("upper".into()),
-                fstype: "ext4".into(),
-                readonly: false,
-            },
-            mounts: vec![],
-            hostname: None,
-            namespaces: Default::default(),
-            handoff_init: None,
-            resources: Default::default(),
-            sysctls: vec![],
-            masked_paths: Vec::new(),
-            readonly_paths: Vec::new(),
-            seccomp: None,
-        })
+        .container_create(&msb_test_e2e::guest::container(
+            StorageRef::Image(format!(
+                "{}/lower.img",
+                msb_protocol::consts::RUNTIME_MOUNT_POINT
+            )),
+            StorageRef::Serial("upper".into()),
+        ))
         .await
         .expect("container on the virtiofs lower and the upper disk");
     let (out, err, code) = agent

@@ -7,7 +7,7 @@ use std::time::Duration;
 use msb_protocol::types::*;
 use msb_runtime::vmm::{BackendKind, DiskSpec};
 use msb_runtime::{disks, AgentClient, ExecEvent, Vm, VmConfig};
-use msb_test_e2e::guest::{assets, busybox_rootfs, GuestSlot};
+use msb_test_e2e::guest::{assets, busybox_rootfs, container, GuestSlot};
 use msb_test_e2e::ids::container_id;
 
 fn sh(script: &str) -> ExecRequest {
@@ -75,25 +75,14 @@ async fn one_vm_many_processes() {
     assert!(sb.ready().ready_time_ns >= sb.ready().init_time_ns);
     agent
         .container_create(&ContainerCreate {
-            id: "c".into(),
-            rootfs: RootfsSpec {
-                lower: vec![StorageRef::Serial("lower".into())],
-                upper: StorageRef::Serial("upper".into()),
-                fstype: "ext4".into(),
-                readonly: false,
-            },
-            mounts: vec![],
-            hostname: None,
-            namespaces: Default::default(),
-            handoff_init: None,
             resources: Resources {
                 memory_limit: Some(32 << 20),
                 ..Default::default()
             },
-            sysctls: vec![],
-            masked_paths: Vec::new(),
-            readonly_paths: Vec::new(),
-            seccomp: None,
+            ..container(
+                StorageRef::Serial("lower".into()),
+                StorageRef::Serial("upper".into()),
+            )
         })
         .await
         .unwrap();
@@ -267,5 +256,102 @@ async fn one_vm_many_processes() {
     let _ = std::fs::remove_dir_all(dir.ancestors().nth(4).expect("the long root"));
     // SAFETY: probing a pid with signal 0.
     assert_eq!(unsafe { libc::kill(vmm_pid, 0) }, -1, "VMM still running");
+    drop(init);
+}
+
+/// The VMM's resident set, KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Memory the guest frees goes back to the host (the balloon device's free page reporting):
+/// 300 MiB written to a tmpfs in the guest raise QEMU's resident set, removing the file lowers
+/// it again within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_the_guest_frees_returns_to_the_host() {
+    let Some(_) = assets() else { return };
+    let _slot = GuestSlot::acquire();
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let mut cfg = VmConfig::new(container_id("balloon"));
+    cfg.backend = Some(BackendKind::Qemu);
+    cfg.memory_mib = 512;
+    let dir = cfg.dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    disks::make_lower(root.path(), &dir.join("lower.img")).unwrap();
+    disks::make_upper(&dir.join("upper.img"), 64 << 20).unwrap();
+    cfg.disks = vec![
+        DiskSpec {
+            serial: "lower".into(),
+            path: dir.join("lower.img"),
+            read_only: true,
+        },
+        DiskSpec {
+            serial: "upper".into(),
+            path: dir.join("upper.img"),
+            read_only: false,
+        },
+    ];
+    let sb = Vm::start(cfg).await.expect("guest starts");
+    let agent = sb.agent().clone();
+    agent
+        .container_create(&ContainerCreate {
+            mounts: vec![ContainerMount {
+                destination: "/big".into(),
+                kind: "tmpfs".into(),
+                source: "tmpfs".into(),
+                options: vec!["size=400m".into()],
+            }],
+            ..container(
+                StorageRef::Serial("lower".into()),
+                StorageRef::Serial("upper".into()),
+            )
+        })
+        .await
+        .unwrap();
+    let run = |script: &'static str| {
+        let agent = agent.clone();
+        async move {
+            let (out, err, code) = agent
+                .exec(&sh(script))
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            assert_eq!(code, Ok(0), "{script}: {}", String::from_utf8_lossy(&err));
+            String::from_utf8(out).unwrap()
+        }
+    };
+    // The container's init, which the probes below join.
+    let mut init = agent.exec(&sh("exec sleep 600")).await.unwrap();
+    assert!(matches!(init.next().await.unwrap(), ExecEvent::Started(_)));
+    let before = rss_kib(sb.vmm_pid());
+    run("head -c 314572800 /dev/zero > /big/fill").await;
+    let filled = rss_kib(sb.vmm_pid());
+    assert!(
+        filled >= before + 250 * 1024,
+        "300 MiB in the guest: QEMU's RSS {before} KiB -> {filled} KiB"
+    );
+    run("rm /big/fill").await;
+    let mut now = filled;
+    for _ in 0..100 {
+        now = rss_kib(sb.vmm_pid());
+        if now + 200 * 1024 <= filled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        now + 200 * 1024 <= filled,
+        "freed in the guest, still resident: {before} KiB -> {filled} KiB -> {now} KiB after 20 s"
+    );
+    let exit = sb.shutdown(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(exit.code, Some(0));
     drop(init);
 }

@@ -15,7 +15,7 @@ use msb_protocol::boot::Hostname;
 use msb_protocol::types::*;
 use msb_runtime::vmm::{BackendKind, DiskSpec};
 use msb_runtime::{disks, Vm, VmConfig};
-use msb_test_e2e::guest::{assets, busybox_rootfs, GuestSlot};
+use msb_test_e2e::guest::{assets, busybox_rootfs, container, GuestSlot};
 use msb_test_e2e::ids::container_id;
 
 /// What one sandbox reported.
@@ -58,24 +58,10 @@ async fn sandbox(lower: &Path, name: &str, templates: bool) -> Seen {
     let sb = Vm::start(cfg).await.expect("the sandbox starts");
     let agent = sb.agent().clone();
     agent
-        .container_create(&ContainerCreate {
-            id: "c".into(),
-            rootfs: RootfsSpec {
-                lower: vec![StorageRef::Serial("lower".into())],
-                upper: StorageRef::Serial("upper".into()),
-                fstype: "ext4".into(),
-                readonly: false,
-            },
-            mounts: vec![],
-            hostname: None,
-            namespaces: Default::default(),
-            handoff_init: None,
-            resources: Resources::default(),
-            sysctls: vec![],
-            masked_paths: Vec::new(),
-            readonly_paths: Vec::new(),
-            seccomp: None,
-        })
+        .container_create(&container(
+            StorageRef::Serial("lower".into()),
+            StorageRef::Serial("upper".into()),
+        ))
         .await
         .expect("a container on the sandbox's disks");
     let script = format!(

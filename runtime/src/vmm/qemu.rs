@@ -15,6 +15,8 @@
 //!   connects by path as before ([`crate::socket_path`] for paths beyond `sun_path`).
 //! - `-name guest=<sandbox directory>`: only so that `ps` tells which VM a QEMU serves.
 //! - one `virtio-blk-device` per disk with `serial=`: the guest finds disks by serial.
+//! - `virtio-balloon-device,free-page-reporting=on`: pages the guest frees are handed back to
+//!   the host (QEMU discards them), so a sandbox's resident memory shrinks when its guest's does.
 //! - shares: one `virtiofsd` per share (a companion process of the VM, `--sandbox namespace`,
 //!   `--readonly` when asked, its listening socket as `--fd`; the runtime connects to it at once
 //!   and hands QEMU the connected socket) and a `vhost-user-fs-device`; vhost-user needs the
@@ -167,6 +169,10 @@ impl Qemu {
             format!("socket,id=agent,fd={},server=on,wait=off", fds.agent),
             "-device".into(),
             "virtserialport,chardev=agent,name=agent".into(),
+            // Memory the guest frees goes back to the host (free page reporting, built into our
+            // guest kernel): an idle sandbox keeps only what its guest holds.
+            "-device".into(),
+            "virtio-balloon-device,free-page-reporting=on".into(),
         ];
         if !spec.shares.is_empty() {
             a.push("-object".into());
@@ -618,6 +624,7 @@ mod tests {
              -append console=ttyS0 quiet panic=-1 tsc_early_khz=2596146 tsc=reliable MSB_HOSTNAME=h \
              -add-fd fd=10,set=0 -serial file:/dev/fdset/0 -device virtio-serial-device \
              -chardev socket,id=agent,fd=11,server=on,wait=off -device virtserialport,chardev=agent,name=agent \
+             -device virtio-balloon-device,free-page-reporting=on \
              -add-fd fd=12,set=1 -drive file=/dev/fdset/1,if=none,id=disk0,format=raw,readonly=on -device virtio-blk-device,drive=disk0,serial=lower \
              -add-fd fd=13,set=2 -add-fd fd=14,set=2 \
              -drive file=/dev/fdset/2,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap -device virtio-blk-device,drive=disk1,serial=upper"

@@ -4,6 +4,7 @@
 //!   (each takes a whole core under TCG): a slot is an exclusive `flock` on a file in /tmp.
 //! - [`assets`]: the guest assets, or a printed reason to skip.
 //! - [`busybox_rootfs`]: a root file system from Debian's busybox-static.
+//! - [`container`]: the `core.container.create` of a plain container `c` on given storage.
 //! - [`msbox`]: runs the `msbox` binary with a deadline; on expiry the VMM is killed and the
 //!   guest console printed.
 
@@ -89,6 +90,33 @@ pub fn busybox_rootfs(dir: &Path) {
     )
     .unwrap();
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// `core.container.create` of a container `c` on `lower` and `upper` (ext4), with nothing else
+/// asked for: what a test changes, it sets on the value.
+pub fn container(
+    lower: msb_protocol::types::StorageRef,
+    upper: msb_protocol::types::StorageRef,
+) -> msb_protocol::types::ContainerCreate {
+    use msb_protocol::types::{ContainerCreate, RootfsSpec};
+    ContainerCreate {
+        id: "c".into(),
+        rootfs: RootfsSpec {
+            lower: vec![lower],
+            upper,
+            fstype: "ext4".into(),
+            readonly: false,
+        },
+        mounts: vec![],
+        hostname: None,
+        namespaces: Default::default(),
+        handoff_init: None,
+        resources: Default::default(),
+        sysctls: vec![],
+        masked_paths: Vec::new(),
+        readonly_paths: Vec::new(),
+        seccomp: None,
+    }
 }
 
 /// A finished `msbox` run.
