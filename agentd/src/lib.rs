@@ -122,10 +122,13 @@ pub fn run(boot_ns: u64) -> ! {
         ready_time_ns: 0,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         kernel_release: release,
-        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
+        // The kernel makes the boot id at its first read: a template leaves it unread, so that
+        // each clone makes its own after `core.restore` has reseeded the generator.
+        boot_id: if env.as_ref().is_ok_and(|e| e.template) {
+            String::new()
+        } else {
+            sys::boot_id()
+        },
     };
     let mut server = server::Server::new(out, reaper, ready);
     let result =

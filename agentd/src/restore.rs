@@ -12,7 +12,9 @@
 //! The rest of what a clone must not share with its siblings comes in the same message: the
 //! wall clock (the template's stood still while saved), entropy (every clone starts with the
 //! template's random generator state), and the sandbox's `MSB_*` settings (hostname, tmpfs
-//! mounts, limits), which a booted VM reads from its command line.
+//! mounts, limits), which a booted VM reads from its command line. The kernel's boot id, made at
+//! its first read, is left unread by a template, so each clone makes its own after the reseed;
+//! what the kernel randomised while booting (its layout, its hash keys) stays the template's.
 
 use std::fs;
 use std::io;
@@ -94,7 +96,9 @@ pub fn restore(r: &Restore) -> Result<(), String> {
     }
     let bound = bind_parked().map_err(|e| e.to_string())?;
     crate::init::apply_boot_env(&env);
-    tracing::info!(devices = bound, "restored from a template");
+    // First read, after the reseed: this clone's own.
+    let boot_id = sys::boot_id();
+    tracing::info!(devices = bound, boot_id, "restored from a template");
     Ok(())
 }
 

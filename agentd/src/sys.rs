@@ -147,6 +147,14 @@ pub fn set_realtime(unix_nanos: u64) -> io::Result<()> {
     nix::time::clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(io::Error::from)
 }
 
+/// The kernel's boot id (made at its first read).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// Mixes `bytes` into the kernel's input pool, credited as entropy (`RNDADDENTROPY`), then makes
 /// the generator reseed from it now (`RNDRESEEDCRNG`), not at its next scheduled reseed: what a
 /// VM restored from a template needs before anything reads randomness, since every clone starts

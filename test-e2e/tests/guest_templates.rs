@@ -30,6 +30,8 @@ struct Seen {
     /// The container's root is the sandbox's own: its lower's marker and what it wrote to its
     /// upper.
     files: String,
+    /// `/proc/sys/kernel/random/boot_id`.
+    boot_id: String,
 }
 
 /// Starts a sandbox on `lower` (read-only, shared) and a fresh upper, runs a probe in a
@@ -66,7 +68,8 @@ async fn sandbox(lower: &Path, name: &str, templates: bool) -> Seen {
         .expect("a container on the sandbox's disks");
     let script = format!(
         "hostname; date +%s; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
-         echo {name} > /written; cat /marker /written | tr '\\n' ' '"
+         echo {name} > /written; cat /marker /written | tr '\\n' ' '; echo; \
+         cat /proc/sys/kernel/random/boot_id"
     );
     let (out, err, code) = agent
         .exec(&ExecRequest {
@@ -93,7 +96,7 @@ async fn sandbox(lower: &Path, name: &str, templates: bool) -> Seen {
         String::from_utf8_lossy(&err)
     );
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 4, "probe output of {name}: {out:?}");
+    assert_eq!(lines.len(), 5, "probe output of {name}: {out:?}");
     let seen = Seen {
         from_template: sb.from_template(),
         hostname: lines[0].to_owned(),
@@ -101,6 +104,7 @@ async fn sandbox(lower: &Path, name: &str, templates: bool) -> Seen {
         host_time,
         random: lines[2].to_owned(),
         files: lines[3].trim().to_owned(),
+        boot_id: lines[4].to_owned(),
     };
     let exit = sb.shutdown(Duration::from_secs(20)).await.unwrap();
     assert_eq!(exit.code, Some(0), "{name} powers off cleanly");
@@ -161,6 +165,8 @@ async fn clones_of_a_template_are_sandboxes_of_their_own() {
         assert_eq!(s.random.len(), 64, "{s:?}");
     }
     assert_ne!(a.random, b.random, "clones draw different random streams");
+    assert_ne!(a.boot_id, b.boot_id, "each clone has a boot id of its own");
+    assert_eq!(a.boot_id.len(), 36, "{a:?}");
 
     // Off: a boot.
     let c = sandbox(&lower, "booted-c", false).await;
