@@ -296,7 +296,13 @@ async fn build(
         return Err(e);
     }
     let key_path = partial.join("key");
-    std::fs::write(&key_path, key).map_err(io("write", &key_path))?;
+    {
+        use std::io::Write;
+        let mut f = crate::private::create_file(&key_path).map_err(io("create", &key_path))?;
+        f.write_all(key.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io("write", &key_path))?;
+    }
     let _ = std::fs::remove_dir_all(&t.dir);
     std::fs::rename(&partial, &t.dir).map_err(io("rename into place", &partial))?;
     Ok(())

@@ -146,8 +146,13 @@ async fn clones_of_a_template_are_sandboxes_of_their_own() {
     assert_eq!(built.len(), 1, "one template: {built:?}");
     let t = &built[0];
     assert_eq!(
-        (mode(&templates_root), mode(t), mode(&t.join("state"))),
-        (0o700, 0o700, 0o600)
+        (
+            mode(&templates_root),
+            mode(t),
+            mode(&t.join("state")),
+            mode(&t.join("key"))
+        ),
+        (0o700, 0o700, 0o600, 0o600)
     );
     let key = std::fs::read_to_string(t.join("key")).unwrap();
     assert!(key.contains("disks=2\n"), "{key}");
