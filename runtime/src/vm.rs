@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use msb_protocol::boot::BootEnv;
-use msb_protocol::types::{Ready, Shutdown};
+use msb_protocol::types::{ClockSync, Ready, Shutdown};
 
 use crate::agent::{AgentClient, AgentError};
 use crate::assets::{GuestAssets, MissingAsset};
@@ -247,7 +247,23 @@ impl Vm {
             ready,
         } = match restored {
             Some(u) => u,
-            None => up(kind, &spec, deadline).await?,
+            None => {
+                let u = up(kind, &spec, deadline).await?;
+                // A booted guest took its wall clock from the emulated RTC, to the second and
+                // read while it booted: set it from the host's, as a restored one's is.
+                if let Some(now) = unix_time_nanos() {
+                    if let Err(e) = u
+                        .relay
+                        .control(&ClockSync {
+                            unix_time_nanos: now,
+                        })
+                        .await
+                    {
+                        tracing::warn!(sandbox = %cfg.id, "core.clock.sync not sent: {e}");
+                    }
+                }
+                u
+            }
         };
         let boot_time = started.elapsed();
         tracing::info!(sandbox = %cfg.id, from_template, "ready in {} ms (guest: boot {} ms, init {} ms, ready {} ms)", boot_time.as_millis(), ready.boot_time_ns / 1_000_000, ready.init_time_ns / 1_000_000, ready.ready_time_ns / 1_000_000);
@@ -521,15 +537,20 @@ async fn make_it_ours(u: &Up, cfg: &VmConfig) -> Result<(), String> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut entropy))
         .map_err(|e| format!("read /dev/urandom: {e}"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?;
     let restore = msb_protocol::types::Restore {
         boot_env: cfg.boot_env.to_cmdline_words(),
         entropy,
-        unix_time_nanos: u64::try_from(now.as_nanos()).map_err(|e| e.to_string())?,
+        unix_time_nanos: unix_time_nanos().ok_or("the host's clock is before 1970")?,
     };
     u.agent.restore(&restore).await.map_err(|e| e.to_string())
+}
+
+/// The host's wall clock, nanoseconds since the Unix epoch.
+fn unix_time_nanos() -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from(now.as_nanos()).ok()
 }
 
 /// An error with its causes, `: `-separated, for a log line.
