@@ -77,6 +77,7 @@ pub fn bind_parked() -> io::Result<usize> {
 /// Makes this restored VM the sandbox's: clock, entropy, devices, settings, in that order (the
 /// clock first, so that what follows logs the right time). Fails naming the step.
 pub fn restore(r: &Restore) -> Result<(), String> {
+    let started = std::time::Instant::now();
     if r.entropy.len() > MAX_RESTORE_ENTROPY {
         return Err(format!(
             "{} bytes of entropy (at most {MAX_RESTORE_ENTROPY})",
@@ -98,7 +99,12 @@ pub fn restore(r: &Restore) -> Result<(), String> {
     crate::init::apply_boot_env(&env);
     // First read, after the reseed: this clone's own.
     let boot_id = sys::boot_id();
-    tracing::info!(devices = bound, boot_id, "restored from a template");
+    tracing::info!(
+        devices = bound,
+        boot_id,
+        took_ms = started.elapsed().as_millis(),
+        "restored from a template"
+    );
     Ok(())
 }
 
