@@ -175,8 +175,10 @@ fn stale(key: &str) -> bool {
 }
 
 /// Removes the templates under `root` made from files since replaced or removed (a rebuilt
-/// kernel or initramfs, an upgraded QEMU), with their lock files, so the cache holds only
-/// templates that can still be used. Those of an older [`FORMAT`] go too.
+/// kernel or initramfs, an upgraded QEMU), so the cache holds only templates that can still be
+/// used; those of an older [`FORMAT`] go too. Each under its lock, skipped while another
+/// process holds it. The empty lock files stay: unlinking a lock file races with its next
+/// opener, who would then lock another file than a concurrent builder.
 fn prune_stale(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
@@ -189,10 +191,14 @@ fn prune_stale(root: &Path) {
         let Ok(key) = std::fs::read_to_string(dir.join("key")) else {
             continue;
         };
-        if stale(&key) || !key.starts_with(&format!("format={FORMAT}\n")) {
+        if !stale(&key) && key.starts_with(&format!("format={FORMAT}\n")) {
+            continue;
+        }
+        let lock = std::fs::File::open(dir.with_extension("lock"))
+            .map(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock));
+        if let Ok(Ok(_held)) = lock {
             tracing::info!(template = %dir.display(), "removing a stale template");
             let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::remove_file(dir.with_extension("lock"));
         }
     }
 }
@@ -615,12 +621,23 @@ mod tests {
         left.sort();
         assert_eq!(
             left,
-            Vec::<String>::new(),
-            "every one named a replaced file or an old format"
+            ["current.lock", "old-format.lock", "replaced.lock"],
+            "every one named a replaced file or an old format; lock files stay"
         );
         save("now", &s.key().unwrap());
+        // One whose lock another holds (a build) stays until it is free.
+        save("busy", &replaced);
+        let held = nix::fcntl::Flock::lock(
+            std::fs::File::open(root.join("busy.lock")).unwrap(),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
         prune_stale(&root);
-        assert!(root.join("now/state").exists() && root.join("now.lock").exists());
+        assert!(root.join("now/state").exists(), "a current one stays");
+        assert!(root.join("busy/state").exists(), "a locked one stays");
+        drop(held);
+        prune_stale(&root);
+        assert!(!root.join("busy").exists());
     }
 
     #[test]
