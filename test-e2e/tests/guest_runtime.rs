@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use msb_protocol::types::*;
-use msb_runtime::vmm::{BackendKind, DiskSpec};
-use msb_runtime::{disks, AgentClient, ExecEvent, Vm, VmConfig};
-use msb_test_e2e::guest::{assets, busybox_rootfs, container, GuestSlot};
+use msb_runtime::vmm::BackendKind;
+use msb_runtime::{AgentClient, ExecEvent, Vm, VmConfig};
+use msb_test_e2e::guest::{assets, busybox_rootfs, container, lower_and_upper, GuestSlot};
 use msb_test_e2e::ids::container_id;
 
 fn sh(script: &str) -> ExecRequest {
@@ -35,21 +35,7 @@ async fn one_vm_many_processes() {
     assert!(cfg.dir.join("agent.sock").as_os_str().len() > msb_runtime::socket_path::SUN_PATH_MAX);
     cfg.backend = Some(BackendKind::Qemu);
     let dir = cfg.dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    disks::make_lower(root.path(), &dir.join("lower.img")).unwrap();
-    disks::make_upper(&dir.join("upper.img"), 64 << 20).unwrap();
-    cfg.disks = vec![
-        DiskSpec {
-            serial: "lower".into(),
-            path: dir.join("lower.img"),
-            read_only: true,
-        },
-        DiskSpec {
-            serial: "upper".into(),
-            path: dir.join("upper.img"),
-            read_only: false,
-        },
-    ];
+    cfg.disks = lower_and_upper(&dir, root.path());
     let sb = Vm::start(cfg).await.expect("guest boots");
     // Only root reads what the VM writes: its directory, disks, console and VMM logs.
     {
@@ -282,21 +268,7 @@ async fn memory_the_guest_frees_returns_to_the_host() {
     cfg.backend = Some(BackendKind::Qemu);
     cfg.memory_mib = 512;
     let dir = cfg.dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    disks::make_lower(root.path(), &dir.join("lower.img")).unwrap();
-    disks::make_upper(&dir.join("upper.img"), 64 << 20).unwrap();
-    cfg.disks = vec![
-        DiskSpec {
-            serial: "lower".into(),
-            path: dir.join("lower.img"),
-            read_only: true,
-        },
-        DiskSpec {
-            serial: "upper".into(),
-            path: dir.join("upper.img"),
-            read_only: false,
-        },
-    ];
+    cfg.disks = lower_and_upper(&dir, root.path());
     let sb = Vm::start(cfg).await.expect("guest starts");
     let agent = sb.agent().clone();
     agent

@@ -4,6 +4,8 @@
 //!   (each takes a whole core under TCG): a slot is an exclusive `flock` on a file in /tmp.
 //! - [`assets`]: the guest assets, or a printed reason to skip.
 //! - [`busybox_rootfs`]: a root file system from Debian's busybox-static.
+//! - [`lower_and_upper`]: a VM's two disks, an EROFS lower of a root file system and an ext4
+//!   upper (serials `lower`, `upper`).
 //! - [`container`]: the `core.container.create` of a plain container `c` on given storage.
 //! - [`msbox`]: runs the `msbox` binary with a deadline; on expiry the VMM is killed and the
 //!   guest console printed.
@@ -90,6 +92,27 @@ pub fn busybox_rootfs(dir: &Path) {
     )
     .unwrap();
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// Makes `dir/lower.img` (EROFS of `rootfs`) and `dir/upper.img` (ext4, 64 MiB, sparse) and
+/// returns them as a VM's disks, serials `lower` (read-only) and `upper`.
+pub fn lower_and_upper(dir: &Path, rootfs: &Path) -> Vec<msb_runtime::DiskSpec> {
+    use msb_runtime::{disks, DiskSpec};
+    std::fs::create_dir_all(dir).unwrap();
+    disks::make_lower(rootfs, &dir.join("lower.img")).unwrap();
+    disks::make_upper(&dir.join("upper.img"), 64 << 20).unwrap();
+    vec![
+        DiskSpec {
+            serial: "lower".into(),
+            path: dir.join("lower.img"),
+            read_only: true,
+        },
+        DiskSpec {
+            serial: "upper".into(),
+            path: dir.join("upper.img"),
+            read_only: false,
+        },
+    ]
 }
 
 /// `core.container.create` of a container `c` on `lower` and `upper` (ext4), with nothing else
