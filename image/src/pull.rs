@@ -16,13 +16,14 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use oci_distribution::client::{ClientConfig, ClientProtocol};
 use oci_distribution::errors::{OciDistributionError, OciErrorCode};
 use oci_distribution::manifest::{self as m, OciDescriptor, OciImageIndex, OciImageManifest};
 use oci_distribution::{Client, Reference, RegistryOperation};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
+use tokio_util::sync::CancellationToken;
 
 pub use platform::PlatformSpec;
 
@@ -411,8 +412,13 @@ impl Puller {
 
         // The config first: its diff ids must match the layers before any layer is fetched.
         let config_digest = manifest.config.digest.clone();
-        self.fetch_blob(&manifest.config, "config", progress)
-            .await?;
+        self.fetch_blob(
+            &manifest.config,
+            "config",
+            progress,
+            &CancellationToken::new(),
+        )
+        .await?;
         let config = self.read_config(&config_digest).await?;
         let diff_ids = &config.rootfs().diff_ids().clone();
         if diff_ids.len() != manifest.layers.len() {
@@ -460,11 +466,23 @@ impl Puller {
             .iter()
             .filter(|l| seen.insert(l.digest.as_str()))
             .collect();
-        futures::stream::iter(unique)
-            .map(|layer| self.fetch_blob(layer, "layer", progress))
-            .buffer_unordered(self.opts.concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        // On the first failure the others stop too, and the pull returns only once each has
+        // ended and cleaned up after itself (its partial file removed): dropping them instead
+        // would leave that to blocking tasks still running after the pull has returned.
+        let stop = CancellationToken::new();
+        let mut fetches = futures::stream::iter(unique)
+            .map(|layer| self.fetch_blob(layer, "layer", progress, &stop))
+            .buffer_unordered(self.opts.concurrency.max(1));
+        let mut failed = None;
+        while let Some(result) = fetches.next().await {
+            if let (Err(e), None) = (result, &failed) {
+                stop.cancel();
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
 
         let record = ImageRecord {
             reference,
@@ -653,13 +671,19 @@ impl Puller {
     }
 
     /// Puts a blob in the store unless it is there: streamed, hashed as it comes and checked
-    /// against the descriptor's digest and size before the rename into `blobs/`.
+    /// against the descriptor's digest and size before the rename into `blobs/`. Once `stop` is
+    /// cancelled (another blob of the pull failed) it ends at once with `Ok`, its partial file
+    /// removed.
     async fn fetch_blob(
         &self,
         desc: &OciDescriptor,
         what: &'static str,
         progress: &dyn Progress,
+        stop: &CancellationToken,
     ) -> Result<(), PullError> {
+        if stop.is_cancelled() {
+            return Ok(()); // Another blob failed: the pull ends with its error.
+        }
         let digest = desc.digest.as_str();
         if digest_hex(digest).is_none() {
             return Err(PullError::UnsupportedDigest {
@@ -723,9 +747,15 @@ impl Puller {
         let mut hasher = Sha256::new();
         let mut done = 0u64;
         loop {
-            let next = tokio::time::timeout(self.opts.stall_timeout, stream.next())
-                .await
-                .map_err(|_| self.stalled(format!("sending {fetching}")))?;
+            let next = tokio::select! {
+                biased;
+                // Another blob failed: the pull ends with its error, and dropping `ingest` on
+                // the way out removes this partial file.
+                _ = stop.cancelled() => return Ok(()),
+                next = tokio::time::timeout(self.opts.stall_timeout, stream.next()) => {
+                    next.map_err(|_| self.stalled(format!("sending {fetching}")))?
+                }
+            };
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| PullError::Fetch {
                 registry: self.registry.clone(),
