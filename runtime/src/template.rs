@@ -117,12 +117,7 @@ impl TemplateSpec {
     pub fn key(&self) -> Result<String, TemplateError> {
         let mut k = String::new();
         let _ = writeln!(k, "format={FORMAT}");
-        let qemu = crate::vmm::qemu::find_program(Qemu::new().program()).ok_or_else(|| {
-            TemplateError::Vmm(VmmError::MissingProgram {
-                program: Qemu::new().program().to_owned(),
-                hint: "install the Debian package qemu-system-x86".into(),
-            })
-        })?;
+        let qemu = Qemu::new().resolved_program().map_err(TemplateError::Vmm)?;
         for (name, path) in [
             ("qemu", &qemu),
             ("kernel", &self.kernel),
@@ -130,12 +125,7 @@ impl TemplateSpec {
         ] {
             let _ = writeln!(k, "{name}={}", file_identity(path)?);
         }
-        let accel = if crate::host::kvm_usable().is_ok() {
-            "kvm"
-        } else {
-            "tcg"
-        };
-        let _ = writeln!(k, "accel={accel}");
+        let _ = writeln!(k, "accel={}", crate::vmm::qemu::accel().0);
         let _ = writeln!(k, "tsc_khz={:?}", crate::host::tsc_khz());
         let _ = writeln!(k, "vcpus={}", self.vcpus);
         let _ = writeln!(k, "memory_mib={}", self.memory_mib);
@@ -512,7 +502,7 @@ mod tests {
 
     #[test]
     fn the_key_names_every_input_and_changes_with_each() {
-        if crate::vmm::qemu::find_program(Qemu::new().program()).is_none() {
+        if Qemu::new().resolved_program().is_err() {
             msb_test_e2e::skip("qemu-system-x86_64 is not installed");
             return;
         }
@@ -588,7 +578,7 @@ mod tests {
 
     #[test]
     fn templates_of_replaced_files_are_pruned() {
-        if crate::vmm::qemu::find_program(Qemu::new().program()).is_none() {
+        if Qemu::new().resolved_program().is_err() {
             msb_test_e2e::skip("qemu-system-x86_64 is not installed");
             return;
         }

@@ -83,9 +83,12 @@ impl Qemu {
         }
     }
 
-    /// The QEMU program (a name on `$PATH` or a path).
-    pub fn program(&self) -> &str {
-        &self.program
+    /// The program as exec will run it ([`find_program`]), or why there is none.
+    pub(crate) fn resolved_program(&self) -> Result<PathBuf, VmmError> {
+        find_program(&self.program).ok_or_else(|| VmmError::MissingProgram {
+            program: self.program.clone(),
+            hint: "install the Debian package qemu-system-x86".into(),
+        })
     }
 
     /// Uses this QEMU program.
@@ -232,6 +235,16 @@ impl Qemu {
             ));
         }
         Ok(a)
+    }
+}
+
+/// The accelerator QEMU runs with (its `-accel` value): KVM where it can boot a standard guest,
+/// else TCG with a smaller translation cache, and then why not KVM. A template's key names it
+/// too ([`crate::template`]): a VM saved under one cannot be restored under the other.
+pub(crate) fn accel() -> (&'static str, Option<String>) {
+    match crate::host::kvm_usable() {
+        Ok(()) => ("kvm", None),
+        Err(why) => ("tcg,tb-size=64", Some(why)),
     }
 }
 
@@ -442,7 +455,7 @@ fn kill_all(children: &mut [std::process::Child]) {
 /// `program` as the path exec will run: as it is when it names a path, else the first
 /// executable file of that name on `$PATH`. Resolved here because the jail's `$PATH` lookup
 /// would see only `/usr`.
-pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+fn find_program(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -472,17 +485,12 @@ impl Backend for Qemu {
     }
 
     fn launch(&self, spec: &VmSpec) -> Result<VmmProcess, VmmError> {
-        let accel = match crate::host::kvm_usable() {
-            Ok(()) => "kvm".to_owned(),
-            Err(why) => {
-                tracing::info!(sandbox = %spec.id, "qemu uses TCG: {why}");
-                "tcg,tb-size=64".to_owned()
-            }
-        };
-        let program = find_program(&self.program).ok_or_else(|| VmmError::MissingProgram {
-            program: self.program.clone(),
-            hint: "install the Debian package qemu-system-x86".into(),
-        })?;
+        let (accel, tcg_because) = accel();
+        if let Some(why) = tcg_because {
+            tracing::info!(sandbox = %spec.id, "qemu uses TCG: {why}");
+        }
+        let accel = accel.to_owned();
+        let program = self.resolved_program()?;
         let confine = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| VmmError::Confine {
             what: what.to_owned(),
             source: e,
