@@ -104,7 +104,7 @@ impl Guest {
         let sock_path = dir.join("agent.sock");
         let qemu = Command::new("qemu-system-x86_64")
             .args([
-                "-accel", "tcg", "-M", "microvm", "-cpu", "qemu64", "-smp", "1", "-m", "256M",
+                "-accel", "tcg", "-M", "microvm", "-cpu", "qemu64,+arat", "-smp", "1", "-m", "256M",
             ])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
             .arg("-kernel")

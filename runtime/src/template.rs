@@ -37,8 +37,8 @@ use crate::vmm::qemu::Qemu;
 use crate::vmm::{Backend, DiskSpec, VmSpec, VmStart, VmmError, VmmProcess};
 
 /// Bumped when what a template holds changes in a way its inputs do not show (agentd's template
-/// protocol, the device layout the runtime gives QEMU).
-const FORMAT: u32 = 2;
+/// protocol, the devices and CPU model the runtime gives QEMU).
+const FORMAT: u32 = 3;
 
 /// `$MSB_TEMPLATE_DIR`, or `/var/cache/microsandbox/templates`.
 pub fn templates_dir() -> PathBuf {
