@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use msb_runtime::vmm::{select_backend, DiskSpec};
-use msb_runtime::{disks, Vm, VmConfig};
+use msb_runtime::vmm::select_backend;
+use msb_runtime::{Vm, VmConfig};
 use serde::Serialize;
 
 /// One boot.
@@ -72,22 +72,7 @@ async fn one_vm(
 ) -> Result<(msb_protocol::types::Ready, f64, bool)> {
     let mut cfg = VmConfig::new(id);
     cfg.templates = templates;
-    let dir = cfg.dir();
-    std::fs::create_dir_all(&dir)?;
-    disks::make_lower(root, &dir.join("lower.img"))?;
-    disks::make_upper(&dir.join("upper.img"), 64 << 20)?;
-    cfg.disks = vec![
-        DiskSpec {
-            serial: "lower".into(),
-            path: dir.join("lower.img"),
-            read_only: true,
-        },
-        DiskSpec {
-            serial: "upper".into(),
-            path: dir.join("upper.img"),
-            read_only: false,
-        },
-    ];
+    cfg.disks = msb_test_e2e::guest::try_lower_and_upper(&cfg.dir(), root)?;
     let sb = Vm::start(cfg).await?;
     let r = sb.ready().clone();
     let took = ms(sb.boot_time());

@@ -37,6 +37,19 @@ pub mod vm;
 pub mod vmm;
 pub mod volumes;
 
+/// An error and its causes on one line, `outer: inner: innermost`: what a log line or an RPC
+/// status needs so that users see the root cause.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
 pub use agent::{AgentClient, AgentError, ExecEvent, ExecSession, StdinSender};
 pub use assets::GuestAssets;
 pub use vm::{Vm, VmConfig, VmError};

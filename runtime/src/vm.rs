@@ -210,7 +210,7 @@ impl Vm {
                 match crate::template::ensure(&t, deadline).await {
                     Ok(t) => Some(t),
                     Err(e) => {
-                        tracing::warn!(sandbox = %cfg.id, "no template, booting: {}", chain(&e));
+                        tracing::warn!(sandbox = %cfg.id, "no template, booting: {}", crate::error_chain(&e));
                         None
                     }
                 }
@@ -234,7 +234,7 @@ impl Vm {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(sandbox = %cfg.id, "restoring the template failed, booting instead: {}", chain(&e));
+                    tracing::warn!(sandbox = %cfg.id, "restoring the template failed, booting instead: {}", crate::error_chain(&e));
                     t.discard();
                 }
             }
@@ -551,18 +551,6 @@ fn unix_time_nanos() -> Option<u64> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
     u64::try_from(now.as_nanos()).ok()
-}
-
-/// An error with its causes, `: `-separated, for a log line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@ use crate::config::ConfigError;
 use crate::pod_vm::PodVmError;
 use crate::task::state::StateError;
 
+/// The whole cause chain on one line (the runtime's, so that both print errors alike).
+pub use msb_runtime::error_chain as chain;
+
 /// Everything a task RPC can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -69,18 +72,6 @@ impl ShimError {
             ShimError::Vm(_) | ShimError::Io { .. } => Code::INTERNAL,
         }
     }
-}
-
-/// The whole cause chain on one line, `outer: inner: innermost`.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
 }
 
 impl From<ShimError> for ttrpc::Error {

@@ -97,11 +97,19 @@ pub fn busybox_rootfs(dir: &Path) {
 /// Makes `dir/lower.img` (EROFS of `rootfs`) and `dir/upper.img` (ext4, 64 MiB, sparse) and
 /// returns them as a VM's disks, serials `lower` (read-only) and `upper`.
 pub fn lower_and_upper(dir: &Path, rootfs: &Path) -> Vec<msb_runtime::DiskSpec> {
+    try_lower_and_upper(dir, rootfs).unwrap()
+}
+
+/// [`lower_and_upper`], returning its failure (for the benchmarks, which report errors).
+pub fn try_lower_and_upper(
+    dir: &Path,
+    rootfs: &Path,
+) -> anyhow::Result<Vec<msb_runtime::DiskSpec>> {
     use msb_runtime::{disks, DiskSpec};
-    std::fs::create_dir_all(dir).unwrap();
-    disks::make_lower(rootfs, &dir.join("lower.img")).unwrap();
-    disks::make_upper(&dir.join("upper.img"), 64 << 20).unwrap();
-    vec![
+    std::fs::create_dir_all(dir)?;
+    disks::make_lower(rootfs, &dir.join("lower.img"))?;
+    disks::make_upper(&dir.join("upper.img"), 64 << 20)?;
+    Ok(vec![
         DiskSpec {
             serial: "lower".into(),
             path: dir.join("lower.img"),
@@ -112,7 +120,7 @@ pub fn lower_and_upper(dir: &Path, rootfs: &Path) -> Vec<msb_runtime::DiskSpec> 
             path: dir.join("upper.img"),
             read_only: false,
         },
-    ]
+    ])
 }
 
 /// `core.container.create` of a container `c` on `lower` and `upper` (ext4), with nothing else
