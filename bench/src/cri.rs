@@ -62,8 +62,8 @@ fn percentiles(mut v: Vec<f64>) -> Percentiles {
 /// Resident and proportional set, MiB.
 #[derive(Debug, Serialize, Default)]
 pub struct Memory {
-    rss_mib: f64,
-    pss_mib: f64,
+    pub(crate) rss_mib: f64,
+    pub(crate) pss_mib: f64,
     /// Which processes were counted (of the first pod), with their RSS and PSS in KiB.
     processes: Vec<String>,
 }
@@ -78,8 +78,8 @@ pub struct Report {
     handlers: Vec<HandlerFigures>,
 }
 
-/// Starts one pod with a `sleep` container; its id and how long it took.
-fn start_pod(cri: &Cri, handler: Handler) -> Result<(String, Duration)> {
+/// Starts one pod with a `sleep` container; its id, its container's and how long it took.
+pub(crate) fn start_pod(cri: &Cri, handler: Handler) -> Result<(String, String, Duration)> {
     let name = unique_name("bench");
     let config = pod_config(&name);
     let t = Instant::now();
@@ -104,11 +104,11 @@ fn start_pod(cri: &Cri, handler: Handler) -> Result<(String, Duration)> {
         state == msb_test_e2e::cri::api::ContainerState::ContainerRunning,
         "container {container} is {state:?} after StartContainer"
     );
-    Ok((pod, took))
+    Ok((pod, container, took))
 }
 
 /// Stops and removes `pod` (and its container).
-fn remove_pod(cri: &Cri, pod: &str) -> Result<()> {
+pub(crate) fn remove_pod(cri: &Cri, pod: &str) -> Result<()> {
     cri.stop_pod(pod)
         .map_err(|e| anyhow::anyhow!("StopPodSandbox {pod}: {e}"))?;
     cri.remove_pod(pod)
@@ -116,7 +116,7 @@ fn remove_pod(cri: &Cri, pod: &str) -> Result<()> {
 }
 
 /// The resident and proportional set of the shim serving `pod` and all its descendants.
-fn pod_memory(pod: &str) -> Result<Memory> {
+pub(crate) fn pod_memory(pod: &str) -> Result<Memory> {
     let mut m = Memory::default();
     for (name, rss, pss) in procs::resident_proportional(&procs::shim_tree(pod, CRI_NAMESPACE)?) {
         m.rss_mib += rss as f64 / 1024.0;
@@ -135,12 +135,12 @@ fn measure(
 ) -> Result<HandlerFigures> {
     let cri = Cri::connect(socket)?;
     // A first pod, not counted: the layer images and the page cache warm up.
-    let (pod, _) = start_pod(&cri, handler)?;
+    let (pod, _, _) = start_pod(&cri, handler)?;
     remove_pod(&cri, &pod)?;
     let mut serial = Vec::new();
     let mut idle_1 = None;
     for i in 0..runs {
-        let (pod, took) = start_pod(&cri, handler)?;
+        let (pod, _, took) = start_pod(&cri, handler)?;
         serial.push(ms(took));
         if i == 0 {
             // Let the guest settle (page cache, translation cache) before reading memory.
@@ -155,7 +155,7 @@ fn measure(
             .map(|_| {
                 s.spawn(|| {
                     let cri = Cri::connect(socket)?;
-                    start_pod(&cri, handler)
+                    start_pod(&cri, handler).map(|(pod, _, took)| (pod, took))
                 })
             })
             .collect();

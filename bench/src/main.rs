@@ -19,6 +19,11 @@
 //!   StartContainer): N pods one after the other (default 20), then P at once (default 10),
 //!   p50/p95; the resident and proportional memory of idle pods with 1 and P up; `microsandbox`
 //!   and `runc` handlers in the same run.
+//! - `msb-bench density [SECONDS] [WORKERS] [MAX]`: through a private containerd 1.7's CRI
+//!   plugin, idle pods (`sleep` containers) started by WORKERS at once (default 4) until SECONDS
+//!   (default 60) are up or MAX pods (default 200) run: how many ran within the time, the
+//!   memory and host CPU the idle pods hold, and their removal; `microsandbox` and `runc`
+//!   handlers in the same run.
 //! - `msb-bench image [N]`: `msbox run IMAGE -- true` from a local registry: pull, first run
 //!   (unpack and layer images), cached runs, and a root file system directory's run beside them.
 
@@ -26,6 +31,7 @@ mod boot;
 mod codec;
 mod cri;
 mod ctr;
+mod density;
 mod image;
 mod procs;
 mod setup;
@@ -74,8 +80,27 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&cri::run(n, p)?)?);
             Ok(())
         }
+        Some("density") => {
+            let arg = |i: usize, default: u64| -> Result<u64> {
+                Ok(args
+                    .get(i)
+                    .map(|s| s.parse())
+                    .transpose()?
+                    .unwrap_or(default))
+            };
+            let limits = density::Limits {
+                seconds: arg(1, 60)?,
+                workers: usize::try_from(arg(2, 4)?)?,
+                max_pods: usize::try_from(arg(3, 200)?)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&density::run(limits)?)?);
+            Ok(())
+        }
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: codec, boot, ctr, stdio, image, cri")
+            bail!(
+                "unknown benchmark {other:?}; available: codec, boot, ctr, stdio, image, cri, \
+                 density"
+            )
         }
     }
 }

@@ -98,6 +98,26 @@ pub(crate) fn resident_proportional(pids: &[i32]) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// `(pid, name, CPU time in clock ticks)` of each of `pids` still running: user + system time
+/// from `/proc/<pid>/stat` (fields 14 and 15), in `USER_HZ` ticks (100 a second).
+pub(crate) fn cpu_ticks(pids: &[i32]) -> Vec<(i32, String, u64)> {
+    pids.iter()
+        .filter_map(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, name(pid), user_plus_system(&stat)?))
+        })
+        .collect()
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line (after `comm`, they are the 12th and 13th fields).
+fn user_plus_system(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut f = rest.split_whitespace().skip(11);
+    let user: u64 = f.next()?.parse().ok()?;
+    let system: u64 = f.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +126,13 @@ mod tests {
     fn ppid_after_a_name_with_spaces_and_parentheses() {
         assert_eq!(ppid("42 (a b) c) S 7 42 42 0 -1"), Some(7));
         assert_eq!(ppid("42 (sh) R"), None);
+    }
+
+    #[test]
+    fn cpu_time_after_a_name_with_spaces() {
+        let stat = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 1 0 100";
+        assert_eq!(user_plus_system(stat), Some(22));
+        assert_eq!(user_plus_system("42 (x) S 1"), None);
     }
 
     #[test]
