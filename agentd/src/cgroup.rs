@@ -136,9 +136,14 @@ impl Cgroup {
         Ok(())
     }
 
+    /// `memory.events`, whose every change the kernel signals as a modification (inotify).
+    pub fn memory_events(&self) -> PathBuf {
+        self.dir.join("memory.events")
+    }
+
     /// The `oom_kill` counter of `memory.events`.
     pub fn oom_kills(&self) -> u64 {
-        read(&self.dir.join("memory.events"))
+        read(&self.memory_events())
             .ok()
             .and_then(|s| keyed(&s, "oom_kill"))
             .unwrap_or(0)

@@ -117,6 +117,7 @@ impl Container {
             oom_reported: 0,
             spec,
         };
+        crate::oom::watch_container(&c.cgroup.memory_events());
         if let Err(e) = c.mount_storage(&base) {
             c.teardown();
             return Err(e);

@@ -1,11 +1,13 @@
 //! Port forwarding (`core.port.*`, see `msb_protocol::port`): the VM's listening TCP ports,
 //! reported to the host, and one connection per host session, relayed both ways.
 //!
-//! - [`watch_listening`]: a thread that reads `/proc/net/tcp` and `/proc/net/tcp6` every
-//!   [`WATCH_INTERVAL`] and sends `core.port.listening` when the set of listening ports changed.
-//!   Reading two small proc files is the cheapest way to learn of a new listener (there is no
-//!   notification for `listen(2)`); it starts with the pod network, so a VM without one pays
-//!   nothing.
+//! - [`watch_listening`]: a thread that reads `/proc/net/tcp` and `/proc/net/tcp6` and sends
+//!   `core.port.listening` when the set of listening ports changed. Reading two small proc files
+//!   is the cheapest way to learn of a new listener (there is no notification for `listen(2)`);
+//!   it starts with the pod network, so a VM without one pays nothing. It reads every
+//!   [`WATCH_INTERVAL`] for [`ACTIVE_FOR`] after a process started ([`activity`]) or the set
+//!   changed, when servers come up, and every [`IDLE_WATCH_INTERVAL`] otherwise: under TCG each
+//!   wake-up of an idle guest costs its host CPU, five a second per pod added up.
 //! - [`Forwards`]: the sessions. [`Forwards::connect`] registers the session before its thread
 //!   connects, so data the host sends right after `core.port.connected` always finds it. Each
 //!   connection has a writer thread (host data to the socket, acknowledged once written) and a
@@ -22,7 +24,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use msb_protocol::port::{
     PortAck, PortClosed, PortConnected, PortData, PortListening, MAX_LISTENING_PORTS, PORT_CHUNK,
@@ -32,8 +34,44 @@ use msb_protocol::Payload;
 
 use crate::port::Out;
 
-/// How often the listening ports are read.
+/// How often the listening ports are read while the guest is active.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often they are read once nothing started and nothing changed for [`ACTIVE_FOR`].
+pub const IDLE_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long after a process started or the ports changed the watcher reads them often.
+pub const ACTIVE_FOR: Duration = Duration::from_secs(10);
+
+/// When a process last started, and the condition variable the watcher waits on.
+static ACTIVITY: (Mutex<Option<Instant>>, Condvar) = (Mutex::new(None), Condvar::new());
+
+/// A process started in the guest (it may be a server about to listen): the watcher reads the
+/// ports at once and then often again for [`ACTIVE_FOR`].
+pub fn activity() {
+    *ACTIVITY.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    ACTIVITY.1.notify_all();
+}
+
+/// The watcher's pause after a read: short while the guest is active (`last_change` or the last
+/// [`activity`] within [`ACTIVE_FOR`]), long otherwise; an [`activity`] ends it early.
+fn pause(last_change: Instant) {
+    let (lock, woken) = &ACTIVITY;
+    let started = *lock.lock().unwrap_or_else(|e| e.into_inner());
+    let active = [Some(last_change), started]
+        .into_iter()
+        .flatten()
+        .any(|t| t.elapsed() < ACTIVE_FOR);
+    let interval = if active {
+        WATCH_INTERVAL
+    } else {
+        IDLE_WATCH_INTERVAL
+    };
+    let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = woken
+        .wait_timeout_while(guard, interval, |now| *now == started)
+        .unwrap_or_else(|e| e.into_inner());
+}
 
 /// How long one connection attempt may take (a loopback refusal is immediate).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -52,6 +90,7 @@ pub fn watch_listening(out: Out, forwards: Forwards) {
         .stack_size(128 * 1024)
         .spawn(move || {
             let mut reported: Option<Vec<u16>> = None;
+            let mut last_change = Instant::now();
             loop {
                 let now = listening();
                 let mut ports: Vec<u16> = now.keys().copied().collect();
@@ -66,8 +105,9 @@ pub fn watch_listening(out: Out, forwards: Forwards) {
                         },
                     );
                     reported = Some(ports);
+                    last_change = Instant::now();
                 }
-                std::thread::sleep(WATCH_INTERVAL);
+                pause(last_change);
             }
         });
     if let Err(e) = spawned {

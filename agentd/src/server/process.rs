@@ -37,6 +37,7 @@ impl Server {
     }
 
     fn start(&mut self, id: u32, mut req: ExecRequest) -> Result<(), ExecFailed> {
+        crate::forward::activity();
         let Prepared {
             plan,
             parent,
