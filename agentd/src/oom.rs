@@ -61,19 +61,26 @@ fn inotify() -> Option<&'static File> {
 /// [`crate::cgroup::Cgroup::memory_events`]). Where that fails the watcher polls instead.
 pub fn watch_container(memory_events: &Path) {
     use std::os::fd::AsRawFd;
-    let added = inotify().is_some_and(|f| {
-        let Ok(path) = std::ffi::CString::new(memory_events.as_os_str().as_bytes()) else {
-            return false;
-        };
-        // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives the call.
-        unsafe { libc::inotify_add_watch(f.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) >= 0 }
-    });
-    if !added && !POLL_INSTEAD.swap(true, Ordering::SeqCst) {
-        tracing::warn!(
-            "cannot watch {}: {}; OOM kills are polled",
-            memory_events.display(),
-            std::io::Error::last_os_error()
-        );
+    let added = match inotify() {
+        None => Err(std::io::Error::other("no inotify")),
+        Some(f) => std::ffi::CString::new(memory_events.as_os_str().as_bytes())
+            .map_err(std::io::Error::other)
+            .and_then(|path| {
+                // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives
+                // the call.
+                let wd = unsafe {
+                    libc::inotify_add_watch(f.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY)
+                };
+                crate::sys::check(wd).map(drop)
+            }),
+    };
+    if let Err(e) = added {
+        if !POLL_INSTEAD.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                "cannot watch {}: {e}; OOM kills are polled",
+                memory_events.display()
+            );
+        }
     }
 }
 

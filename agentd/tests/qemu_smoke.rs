@@ -103,9 +103,8 @@ impl Guest {
             .arg(dir.join("upper.img")));
         let sock_path = dir.join("agent.sock");
         let qemu = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel", "tcg", "-M", "microvm", "-cpu", "qemu64,+arat", "-smp", "1", "-m", "256M",
-            ])
+            .args(["-accel", "tcg", "-M", "microvm", "-cpu", "qemu64,+arat"])
+            .args(["-smp", "1", "-m", "256M"])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
             .arg("-kernel")
             .arg(assets.join("vmlinux"))
