@@ -22,12 +22,14 @@ pub struct BootSample {
     host_launch_to_ready_ms: f64,
 }
 
-/// Summary of a series.
+/// Summary of a series: its size, min, median (p50), p95 and max, by nearest rank.
 #[derive(Debug, Serialize)]
 pub struct Stats {
-    min: f64,
-    median: f64,
-    max: f64,
+    pub(crate) n: usize,
+    pub(crate) min: f64,
+    pub(crate) median: f64,
+    pub(crate) p95: f64,
+    pub(crate) max: f64,
 }
 
 /// A duration in milliseconds, as every report gives them.
@@ -35,11 +37,19 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// [`Stats`] of a non-empty series.
 pub fn stats(mut v: Vec<f64>) -> Stats {
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
+    // Nearest rank: the smallest value with at least `percent`% of the values at or below it.
+    let at = |percent: usize| {
+        let rank = (percent * v.len()).div_ceil(100);
+        v[rank.clamp(1, v.len()) - 1]
+    };
     Stats {
+        n: v.len(),
         min: v[0],
-        median: v[v.len() / 2],
+        median: at(50),
+        p95: at(95),
         max: v[v.len() - 1],
     }
 }
@@ -167,4 +177,20 @@ pub async fn run(n: usize) -> Result<Report> {
         restore_launch_to_ready_ms: stats(restores),
         msbox_run_true_restored_wall_ms: stats(restored_walls),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_by_nearest_rank() {
+        let p = stats((1..=20).rev().map(f64::from).collect());
+        assert_eq!(
+            (p.n, p.min, p.median, p.p95, p.max),
+            (20, 1.0, 10.0, 19.0, 20.0)
+        );
+        let one = stats(vec![7.0]);
+        assert_eq!((one.median, one.p95), (7.0, 7.0));
+    }
 }

@@ -12,7 +12,7 @@ use msb_test_e2e::containerd::{Containerd, Version, CRI_NAMESPACE};
 use msb_test_e2e::cri::{container_config, pod_config, unique_name, Cri, Handler};
 use serde::Serialize;
 
-use crate::boot::ms;
+use crate::boot::{ms, stats, Stats};
 use crate::{procs, setup};
 
 /// Figures of one handler.
@@ -20,43 +20,17 @@ use crate::{procs, setup};
 pub struct HandlerFigures {
     handler: &'static str,
     /// One pod after the other: RunPodSandbox + CreateContainer + StartContainer.
-    serial_ms: Percentiles,
+    serial_ms: Stats,
     /// How many pods start at once in the parallel round, and stay up for the memory figure.
     parallel: usize,
     /// Those pods, each pod's time.
-    parallel_ms: Percentiles,
+    parallel_ms: Stats,
     /// Until the last of them runs.
     parallel_wall_ms: f64,
     /// One idle pod: its shim and all the shim's descendants.
     idle_1: Memory,
     /// The parallel round's idle pods: per pod, the mean over them.
     idle_parallel_per_pod: Memory,
-}
-
-/// min, p50, p95, max.
-#[derive(Debug, Serialize)]
-pub struct Percentiles {
-    n: usize,
-    min: f64,
-    p50: f64,
-    p95: f64,
-    max: f64,
-}
-
-fn percentiles(mut v: Vec<f64>) -> Percentiles {
-    v.sort_by(f64::total_cmp);
-    // Nearest rank: the smallest value with at least `percent`% of the values at or below it.
-    let at = |percent: usize| {
-        let rank = (percent * v.len()).div_ceil(100);
-        v[rank.clamp(1, v.len()) - 1]
-    };
-    Percentiles {
-        n: v.len(),
-        min: v[0],
-        p50: at(50),
-        p95: at(95),
-        max: v[v.len() - 1],
-    }
 }
 
 /// Resident and proportional set, MiB.
@@ -207,9 +181,9 @@ fn measure(
     }
     Ok(HandlerFigures {
         handler: handler.name(),
-        serial_ms: percentiles(serial),
+        serial_ms: stats(serial),
         parallel,
-        parallel_ms: percentiles(parallel_ms),
+        parallel_ms: stats(parallel_ms),
         parallel_wall_ms: ms(wall),
         idle_1: idle_1.context("no serial run")?,
         idle_parallel_per_pod: idle_n.context("no parallel round")?,
@@ -235,24 +209,8 @@ pub fn run(runs: usize, parallel: usize) -> Result<Report> {
         backend_note: setup::backend_note(),
         serial_start_ms_p50_p95: handlers
             .iter()
-            .map(|h| (h.handler.to_owned(), h.serial_ms.p50, h.serial_ms.p95))
+            .map(|h| (h.handler.to_owned(), h.serial_ms.median, h.serial_ms.p95))
             .collect(),
         handlers,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let p = percentiles((1..=20).rev().map(f64::from).collect());
-        assert_eq!(
-            (p.n, p.min, p.p50, p.p95, p.max),
-            (20, 1.0, 10.0, 19.0, 20.0)
-        );
-        let one = percentiles(vec![7.0]);
-        assert_eq!((one.p50, one.p95), (7.0, 7.0));
-    }
 }
