@@ -36,8 +36,8 @@ pub struct HandlerFigures {
 /// Resident and proportional set, MiB.
 #[derive(Debug, Serialize, Default)]
 pub struct Memory {
-    pub(crate) rss_mib: f64,
-    pub(crate) pss_mib: f64,
+    rss_mib: f64,
+    pss_mib: f64,
     /// Which processes were counted (of the first pod), with their RSS and PSS in KiB.
     processes: Vec<String>,
 }
@@ -90,7 +90,7 @@ pub(crate) fn remove_pod(cri: &Cri, pod: &str) -> Result<()> {
 }
 
 /// The resident and proportional set of the shim serving `pod` and all its descendants.
-pub(crate) fn pod_memory(pod: &str) -> Result<Memory> {
+fn pod_memory(pod: &str) -> Result<Memory> {
     let mut m = Memory::default();
     for (name, rss, pss) in procs::resident_proportional(&procs::shim_tree(pod, CRI_NAMESPACE)?) {
         m.rss_mib += rss as f64 / 1024.0;

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use msb_test_e2e::containerd::{Containerd, Version, CRI_NAMESPACE};
 use msb_test_e2e::cri::{api::ContainerState, Cri, Handler};
 use serde::Serialize;
 
 use crate::boot::ms;
-use crate::cri::{pod_memory, remove_pod, start_pod};
+use crate::cri::{remove_pod, start_pod};
 use crate::{procs, setup};
 
 /// No pod is started once the host has less memory available than this (MiB): the benchmark
@@ -85,15 +85,13 @@ pub struct Report {
     handlers: Vec<HandlerFigures>,
 }
 
-/// A `kB` field of `/proc/meminfo`, in MiB.
+/// A `kB` field of `/proc/meminfo`, in MiB ([`procs::kib`]); an error where it is missing.
 fn meminfo_mib(key: &str) -> Result<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|kib| kib / 1024)
-        .with_context(|| format!("no {key} in /proc/meminfo"))
+    match procs::kib(&text, key) {
+        0 => bail!("no {key} in /proc/meminfo"),
+        kib => Ok(kib / 1024),
+    }
 }
 
 /// (busy, total) jiffies of all CPUs, from the first line of `/proc/stat`.
@@ -236,17 +234,17 @@ fn measure(socket: &std::path::Path, handler: Handler, limits: Limits) -> Result
                 .is_ok_and(|s| s.state() == ContainerState::ContainerRunning)
         })
         .count();
-    let (mut rss, mut pss) = (0.0, 0.0);
-    for u in &up {
-        let m = pod_memory(&u.pod)?;
-        rss += m.rss_mib;
-        pss += m.pss_mib;
-    }
-    let host_used = available_before.saturating_sub(meminfo_mib("MemAvailable:")?);
+    // Every pod's shim and what runs under it, found once for both figures.
     let mut pids = Vec::new();
     for u in &up {
         pids.extend(procs::shim_tree(&u.pod, CRI_NAMESPACE)?);
     }
+    let (mut rss, mut pss) = (0.0, 0.0);
+    for (_, r, p) in procs::resident_proportional(&pids) {
+        rss += r as f64 / 1024.0;
+        pss += p as f64 / 1024.0;
+    }
+    let host_used = available_before.saturating_sub(meminfo_mib("MemAvailable:")?);
     let before = procs::cpu_ticks(&pids);
     let busy = cpu_busy_percent(IDLE_WINDOW)?;
     let idle_cpu_per_pod = cpu_by_name(&before, &procs::cpu_ticks(&pids), up.len());
@@ -257,15 +255,20 @@ fn measure(socket: &std::path::Path, handler: Handler, limits: Limits) -> Result
     std::thread::scope(|s| {
         for _ in 0..limits.workers {
             s.spawn(|| {
-                let Ok(cri) = Cri::connect(socket) else {
-                    return;
+                let failed = |e: anyhow::Error| {
+                    teardown_errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{e:#}"));
+                };
+                let cri = match Cri::connect(socket) {
+                    Ok(c) => c,
+                    // Its share of the pods is left to the other workers.
+                    Err(e) => return failed(e),
                 };
                 while let Some(u) = up.get(next.fetch_add(1, Ordering::SeqCst)) {
                     if let Err(e) = remove_pod(&cri, &u.pod) {
-                        teardown_errors
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(format!("{e:#}"));
+                        failed(e);
                     }
                 }
             });

@@ -61,7 +61,7 @@ pub(crate) fn shim_tree(id: &str, namespace: &str) -> Result<Vec<i32>> {
 }
 
 /// A `kB` field (`Key:  123 kB`) of a `/proc` file; 0 if it is not there.
-fn kib(text: &str, key: &str) -> u64 {
+pub(crate) fn kib(text: &str, key: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
